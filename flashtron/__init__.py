@@ -1,0 +1,14 @@
+"""flashtron: fast, memory-efficient exact attention for PyTorch, in Triton, with flash-attn's API.
+
+    from flashtron import flash_attn_func
+    out = flash_attn_func(q, k, v, causal=True)   # q, k, v: (batch, seqlen, heads, head_dim)
+
+CUDA tensors run Triton kernels; CPU tensors run an exact blockwise PyTorch path
+(or the same Triton kernels under Triton's interpreter when TRITON_INTERPRET=1).
+"""
+
+from flashtron.interface import flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func
+
+__version__ = "0.1.0"
+
+__all__ = ["flash_attn_func", "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func", "__version__"]

@@ -1,0 +1,116 @@
+"""The CPU path: exact blockwise attention in PyTorch, beside the Triton launcher.
+
+It takes the same normalised arguments as `flashtron.kernels.launch` and has
+the same contract: forward returns (out, softmax_lse) with lse in natural log,
++inf for rows that see no key; backward recomputes the probabilities from that
+lse.  Work is done in float32 over blocks of query rows, each against the keys
+its rows can see, so memory is O(rows_per_block * seqlen_k) per head, never
+O(seqlen_q * seqlen_k).
+"""
+
+import math
+
+import torch
+
+# Scores held at once, across batch and heads: bounds the temporary memory.
+_SCORE_ELEMENTS_PER_BLOCK = 1 << 22
+
+
+def _rows_per_block(batch_heads: int, seqlen_k: int) -> int:
+    return max(1, _SCORE_ELEMENTS_PER_BLOCK // max(1, batch_heads * seqlen_k))
+
+
+def _key_range(row_start, row_end, seqlen_q, seqlen_k, window_left, window_right):
+    """Keys [lo, hi) that rows [row_start, row_end) can see, bottom-right aligned."""
+    diagonal = seqlen_k - seqlen_q
+    lo = max(0, row_start + diagonal - window_left) if window_left >= 0 else 0
+    hi = min(seqlen_k, row_end - 1 + diagonal + window_right + 1) if window_right >= 0 else seqlen_k
+    return lo, max(lo, hi)
+
+
+def _visible(row_start, row_end, key_lo, key_hi, seqlen_q, seqlen_k, window_left, window_right, device):
+    rows = torch.arange(row_start, row_end, device=device)[:, None]
+    keys = torch.arange(key_lo, key_hi, device=device)[None, :]
+    distance = keys - rows - (seqlen_k - seqlen_q)
+    keep = torch.ones(distance.shape, dtype=torch.bool, device=device)
+    if window_left >= 0:
+        keep &= distance >= -window_left
+    if window_right >= 0:
+        keep &= distance <= window_right
+    return keep
+
+
+def _grouped(t: torch.Tensor, num_heads_kv: int) -> torch.Tensor:
+    """(B, S, H, D) -> (B, Hk, G, S, D) in float32, G query heads per kv head."""
+    batch, seqlen, num_heads, head_dim = t.shape
+    return t.float().reshape(batch, seqlen, num_heads_kv, num_heads // num_heads_kv, head_dim).permute(0, 2, 3, 1, 4)
+
+
+def _ungrouped(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    batch, num_heads_kv, group, seqlen, head_dim = t.shape
+    return t.permute(0, 3, 1, 2, 4).reshape(batch, seqlen, num_heads_kv * group, head_dim).to(dtype)
+
+
+def _scores(q_rows, k, softmax_scale, rows, keys, seqlen_q, seqlen_k, window_left, window_right):
+    """Masked scaled scores (B, Hk, G, rows, keys) in float32."""
+    scores = torch.matmul(q_rows, k[:, :, None, keys[0]:keys[1]].transpose(-1, -2)) * softmax_scale
+    keep = _visible(rows[0], rows[1], keys[0], keys[1], seqlen_q, seqlen_k, window_left, window_right, q_rows.device)
+    return scores.masked_fill_(~keep, -math.inf)
+
+
+def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, allow_tf32: bool):
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+    qg = _grouped(q, num_heads_kv)
+    kg = _grouped(k, num_heads_kv)[:, :, 0]
+    vg = _grouped(v, num_heads_kv)[:, :, 0]
+    out = qg.new_zeros(qg.shape)
+    lse = qg.new_full(qg.shape[:-1], math.inf)
+    step = _rows_per_block(batch * num_heads, seqlen_k)
+    for row_start in range(0, seqlen_q, step):
+        rows = (row_start, min(seqlen_q, row_start + step))
+        keys = _key_range(*rows, seqlen_q, seqlen_k, window_left, window_right)
+        if keys[0] == keys[1]:
+            continue
+        scores = _scores(qg[..., rows[0]:rows[1], :], kg, softmax_scale, rows, keys,
+                         seqlen_q, seqlen_k, window_left, window_right)
+        block_lse = torch.logsumexp(scores, dim=-1)
+        saw_nothing = block_lse == -math.inf
+        p = torch.exp(scores - block_lse.masked_fill(saw_nothing, 0.0)[..., None])
+        out[..., rows[0]:rows[1], :] = torch.matmul(p, vg[:, :, None, keys[0]:keys[1]])
+        lse[..., rows[0]:rows[1]] = block_lse.masked_fill(saw_nothing, math.inf)
+    return _ungrouped(out, q.dtype), lse.reshape(batch, num_heads, seqlen_q)
+
+
+def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
+             allow_tf32: bool):
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+    qg = _grouped(q, num_heads_kv)
+    kg = _grouped(k, num_heads_kv)[:, :, 0]
+    vg = _grouped(v, num_heads_kv)[:, :, 0]
+    dog = _grouped(dout, num_heads_kv)
+    delta = (dog * _grouped(out, num_heads_kv)).sum(-1)
+    lse_g = lse.reshape(qg.shape[:-1])
+    dq = torch.zeros_like(qg)
+    dk = torch.zeros_like(kg)
+    dv = torch.zeros_like(vg)
+    step = _rows_per_block(batch * num_heads, seqlen_k)
+    for row_start in range(0, seqlen_q, step):
+        rows = (row_start, min(seqlen_q, row_start + step))
+        keys = _key_range(*rows, seqlen_q, seqlen_k, window_left, window_right)
+        if keys[0] == keys[1]:
+            continue
+        q_rows = qg[..., rows[0]:rows[1], :]
+        do_rows = dog[..., rows[0]:rows[1], :]
+        scores = _scores(q_rows, kg, softmax_scale, rows, keys, seqlen_q, seqlen_k, window_left, window_right)
+        # lse is +inf for rows that see nothing: their probabilities come out exactly 0.
+        p = torch.exp(scores - lse_g[..., rows[0]:rows[1], None])
+        dv[:, :, keys[0]:keys[1]] += torch.matmul(p.transpose(-1, -2), do_rows).sum(2)
+        dp = torch.matmul(do_rows, vg[:, :, None, keys[0]:keys[1]].transpose(-1, -2))
+        ds = p * (dp - delta[..., rows[0]:rows[1], None])
+        dq[..., rows[0]:rows[1], :] = torch.matmul(ds, kg[:, :, None, keys[0]:keys[1]]) * softmax_scale
+        dk[:, :, keys[0]:keys[1]] += torch.matmul(ds.transpose(-1, -2), q_rows).sum(2) * softmax_scale
+    dk_out = dk.permute(0, 2, 1, 3).to(k.dtype)
+    dv_out = dv.permute(0, 2, 1, 3).to(v.dtype)
+    return _ungrouped(dq, q.dtype), dk_out.contiguous(), dv_out.contiguous()

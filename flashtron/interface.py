@@ -1,0 +1,55 @@
+"""The public functions, with flash-attn 2.x's names, argument order and defaults.
+
+Each validates and normalises its arguments once (`flashtron.validation`) and
+calls the custom op (`flashtron.ops`), which autograd and torch.compile see.
+Layout is (batch, seqlen, num_heads, head_dim); the packed forms are views of
+the same call, so their gradients flow back into the packed tensor.
+"""
+
+import torch
+
+from flashtron import ops, validation
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """Exact attention softmax(q k^T * softmax_scale) v, computed blockwise.
+
+    q: (batch, seqlen_q, num_heads, head_dim); k, v: (batch, seqlen_k, num_heads_k, head_dim),
+    with num_heads a multiple of num_heads_k (MQA/GQA); float16, bfloat16 or float32; head_dim
+    from 1 to 256.  causal masks align to the bottom-right corner when seqlen_q != seqlen_k:
+    query i sees key j iff j <= i + seqlen_k - seqlen_q.  A query that sees no key gets output 0.
+    float32 inputs are computed in full float32 unless torch.set_float32_matmul_precision allows
+    tf32 ("high" or "medium").  The backward is always deterministic.
+
+    Returns out (the shape and dtype of q); with return_attn_probs=True, (out, softmax_lse, None)
+    where softmax_lse is float32 (batch, num_heads, seqlen_q) in natural log (+inf where a query
+    sees no key).
+    """
+    q, k, v = validation.check_qkv(q, k, v)
+    softmax_scale = validation.softmax_scale_or_default(softmax_scale, q.shape[-1])
+    window_left, window_right = validation.window_bounds(causal, window_size)
+    validation.check_unbuilt_options(q, dropout_p, softcap, alibi_slopes)
+    validation.check_flag("deterministic", deterministic)
+    validation.check_flag("return_attn_probs", return_attn_probs)
+    allow_tf32 = torch.get_float32_matmul_precision() != "highest"
+    out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, allow_tf32)
+    if return_attn_probs:
+        return out, softmax_lse, None
+    return out
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash_attn_func with q, k, v packed as qkv (batch, seqlen, 3, num_heads, head_dim)."""
+    validation.check_packed("qkv", qkv, 5, 2, 3, "(batch, seqlen, 3, num_heads, head_dim)")
+    return flash_attn_func(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal,
+                           window_size, softcap, alibi_slopes, deterministic, return_attn_probs)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash_attn_func with k, v packed as kv (batch, seqlen_k, 2, num_heads_k, head_dim)."""
+    validation.check_packed("kv", kv, 5, 2, 2, "(batch, seqlen_k, 2, num_heads_k, head_dim)")
+    return flash_attn_func(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal,
+                           window_size, softcap, alibi_slopes, deterministic, return_attn_probs)

@@ -1,0 +1,1 @@
+"""Triton kernels of flashtron and the launcher that sizes their grids."""

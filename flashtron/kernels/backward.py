@@ -1,0 +1,264 @@
+"""Backward kernels: recompute the probabilities from the saved log-sum-exp.
+
+Three launches, none of which allocates anything of size seqlen_q x seqlen_k:
+  1. `attention_backward_preprocess`: delta_i = sum_d dO_id * O_id, per query row.
+  2. `attention_backward_dkdv`: one program per (batch, kv head, key tile) holds
+     K and V in registers and loops over the query tiles of every query head of
+     its GQA group, so dK and dV are summed over the group without atomics.
+  3. `attention_backward_dq`: one program per (batch, head, query tile) loops
+     over key tiles.
+With P = exp(S - lse), dV = P^T dO, dP = dO V^T, dS = P * (dP - delta),
+dK = scale * dS^T Q, dQ = scale * dS K.  Every output element is written by one
+program in a fixed order, so the backward is deterministic.
+
+`softmax_lse` arrives in natural log and is moved to base 2 once per row; a
+row that saw no key has lse +inf, so its probabilities are exactly 0.
+"""
+
+import triton
+import triton.language as tl
+
+from flashtron.kernels.block_info import inner_block_range, visible
+from flashtron.kernels.matmul import mma
+
+LOG2E: tl.constexpr = 1.4426950408889634
+
+
+@triton.jit
+def attention_backward_preprocess(
+        Out, DOut, Delta,
+        stride_ob, stride_om, stride_oh,
+        stride_dob, stride_dom, stride_doh,
+        num_heads, seqlen_q, num_m_blocks,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid = tl.program_id(0)
+    m_block = pid % num_m_blocks
+    batch_head = pid // num_m_blocks
+    batch = batch_head // num_heads
+    head = batch_head % num_heads
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m < seqlen_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    rows = offs_m.to(tl.int64)[:, None]
+    o = tl.load(Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh
+                + rows * stride_om + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DOut + batch.to(tl.int64) * stride_dob + head.to(tl.int64) * stride_doh
+                 + rows * stride_dom + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + batch_head.to(tl.int64) * seqlen_q + offs_m, delta, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile,
+                  stride_qm, stride_dom, offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
+                  qk_scale_log2, start, end,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+                  HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+                  INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # Tiles here are transposed: rows are keys (this program's), columns are queries.
+    offs_m_tile = tl.arange(0, BLOCK_M)
+    d_in = offs_d < HEAD_DIM
+    qt_ptrs = q_base + tl.cast(start, tl.int64) * stride_qm + qt_tile
+    do_ptrs = do_base + tl.cast(start, tl.int64) * stride_dom + do_tile
+    for start_m in range(start, end, BLOCK_M):
+        offs_m = start_m + offs_m_tile
+        if MASKED:
+            m_in = offs_m < seqlen_q
+            qt = tl.load(qt_ptrs, mask=d_in[:, None] & m_in[None, :], other=0.0)
+            do = tl.load(do_ptrs, mask=m_in[:, None] & d_in[None, :], other=0.0)
+            lse = tl.load(lse_base + offs_m, mask=m_in, other=0.0)
+            delta = tl.load(delta_base + offs_m, mask=m_in, other=0.0)
+        else:
+            if BLOCK_D != HEAD_DIM:
+                qt = tl.load(qt_ptrs, mask=d_in[:, None], other=0.0)
+                do = tl.load(do_ptrs, mask=d_in[None, :], other=0.0)
+            else:
+                qt = tl.load(qt_ptrs)
+                do = tl.load(do_ptrs)
+            lse = tl.load(lse_base + offs_m)
+            delta = tl.load(delta_base + offs_m)
+        scores_t = mma(k, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        p_t = tl.math.exp2(scores_t * qk_scale_log2 - (lse * LOG2E)[None, :])
+        if MASKED:
+            keep = visible(offs_n, offs_m, seqlen_q, diagonal, window_right, window_left, HAS_HI, HAS_LO)
+            p_t = tl.where(keep, p_t, 0.0)
+        dv = mma(p_t.to(do.dtype), do, dv, INPUT_PRECISION, UPCAST)
+        dp_t = mma(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = mma(ds_t.to(qt.dtype), tl.trans(qt), dk, INPUT_PRECISION, UPCAST)
+        qt_ptrs += BLOCK_M * stride_qm
+        do_ptrs += BLOCK_M * stride_dom
+    return dk, dv
+
+
+@triton.jit
+def attention_backward_dkdv(
+        Q, K, V, DOut, Lse, Delta, DK, DV,
+        stride_qb, stride_qm, stride_qh,
+        stride_kb, stride_kn, stride_kh,
+        stride_vb, stride_vn, stride_vh,
+        stride_dob, stride_dom, stride_doh,
+        stride_dkb, stride_dkn, stride_dkh,
+        stride_dvb, stride_dvn, stride_dvh,
+        num_heads, num_heads_kv, kv_group_size, seqlen_q, seqlen_k, num_n_blocks,
+        softmax_scale, qk_scale_log2, window_left, window_right,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    pid = tl.program_id(0)
+    n_block = pid % num_n_blocks
+    batch_head_kv = pid // num_n_blocks
+    if HAS_LO:
+        # With a lower bound on the keys (causal), early key tiles see the most queries.
+        n_block = num_n_blocks - 1 - n_block
+    batch = batch_head_kv // num_heads_kv
+    head_kv = batch_head_kv % num_heads_kv
+    start_n = n_block * BLOCK_N
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n < seqlen_k)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    row_tile_k = tl.arange(0, BLOCK_N)[:, None]
+    k = tl.load(K + batch.to(tl.int64) * stride_kb + head_kv.to(tl.int64) * stride_kh
+                + start_n.to(tl.int64) * stride_kn + row_tile_k * stride_kn + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + batch.to(tl.int64) * stride_vb + head_kv.to(tl.int64) * stride_vh
+                + start_n.to(tl.int64) * stride_vn + row_tile_k * stride_vn + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    qt_tile = offs_d[:, None] + offs_m[None, :] * stride_qm
+    do_tile = offs_m[:, None] * stride_dom + offs_d[None, :]
+
+    # Keys are the outer index here: the band's bounds swap sides.
+    diagonal = seqlen_q - seqlen_k
+    lo, full_lo, full_hi, hi = inner_block_range(start_n, seqlen_q, diagonal, window_right, window_left,
+                                                 BLOCK_N, BLOCK_M, HAS_HI, HAS_LO)
+    for group_member in range(kv_group_size):
+        head = head_kv * kv_group_size + group_member
+        batch_head = batch * num_heads + head
+        q_base = Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
+        do_base = DOut + batch.to(tl.int64) * stride_dob + head.to(tl.int64) * stride_doh
+        lse_base = Lse + batch_head.to(tl.int64) * seqlen_q
+        delta_base = Delta + batch_head.to(tl.int64) * seqlen_q
+        dk, dv = _dkdv_segment(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
+            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right, qk_scale_log2, lo, full_lo,
+            BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+        dk, dv = _dkdv_segment(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
+            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right, qk_scale_log2, full_lo, full_hi,
+            BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+        dk, dv = _dkdv_segment(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
+            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right, qk_scale_log2, full_hi, hi,
+            BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+
+    dk = dk * softmax_scale
+    tl.store(DK + batch.to(tl.int64) * stride_dkb + head_kv.to(tl.int64) * stride_dkh
+             + start_n.to(tl.int64) * stride_dkn + row_tile_k * stride_dkn + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + batch.to(tl.int64) * stride_dvb + head_kv.to(tl.int64) * stride_dvh
+             + start_n.to(tl.int64) * stride_dvn + row_tile_k * stride_dvn + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
+                offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, start, end,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+                HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+                INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    offs_n_tile = tl.arange(0, BLOCK_N)
+    d_in = offs_d < HEAD_DIM
+    kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
+    vt_ptrs = v_base + tl.cast(start, tl.int64) * stride_vn + vt_tile
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + offs_n_tile
+        if MASKED:
+            tile_mask = d_in[:, None] & (offs_n < seqlen_k)[None, :]
+            kt = tl.load(kt_ptrs, mask=tile_mask, other=0.0)
+            vt = tl.load(vt_ptrs, mask=tile_mask, other=0.0)
+        elif BLOCK_D != HEAD_DIM:
+            kt = tl.load(kt_ptrs, mask=d_in[:, None], other=0.0)
+            vt = tl.load(vt_ptrs, mask=d_in[:, None], other=0.0)
+        else:
+            kt = tl.load(kt_ptrs)
+            vt = tl.load(vt_ptrs)
+        scores = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        p = tl.math.exp2(scores * qk_scale_log2 - lse_log2[:, None])
+        if MASKED:
+            keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
+            p = tl.where(keep, p, 0.0)
+        dp = mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq = mma(ds.to(kt.dtype), tl.trans(kt), dq, INPUT_PRECISION, UPCAST)
+        kt_ptrs += BLOCK_N * stride_kn
+        vt_ptrs += BLOCK_N * stride_vn
+    return dq
+
+
+@triton.jit
+def attention_backward_dq(
+        Q, K, V, DOut, Lse, Delta, DQ,
+        stride_qb, stride_qm, stride_qh,
+        stride_kb, stride_kn, stride_kh,
+        stride_vb, stride_vn, stride_vh,
+        stride_dob, stride_dom, stride_doh,
+        stride_dqb, stride_dqm, stride_dqh,
+        num_heads, kv_group_size, seqlen_q, seqlen_k, num_m_blocks,
+        softmax_scale, qk_scale_log2, window_left, window_right,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    pid = tl.program_id(0)
+    m_block = pid % num_m_blocks
+    batch_head = pid // num_m_blocks
+    if HAS_HI:
+        m_block = num_m_blocks - 1 - m_block
+    batch = batch_head // num_heads
+    head = batch_head % num_heads
+    head_kv = head // kv_group_size
+    start_m = m_block * BLOCK_M
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_in = offs_m < seqlen_q
+    row_mask = m_in[:, None] & (offs_d < HEAD_DIM)[None, :]
+    row_tile = tl.arange(0, BLOCK_M)[:, None]
+    q = tl.load(Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
+                + start_m.to(tl.int64) * stride_qm + row_tile * stride_qm + offs_d[None, :],
+                mask=row_mask, other=0.0)
+    do = tl.load(DOut + batch.to(tl.int64) * stride_dob + head.to(tl.int64) * stride_doh
+                 + start_m.to(tl.int64) * stride_dom + row_tile * stride_dom + offs_d[None, :],
+                 mask=row_mask, other=0.0)
+    lse_log2 = tl.load(Lse + batch_head.to(tl.int64) * seqlen_q + offs_m, mask=m_in, other=0.0) * LOG2E
+    delta = tl.load(Delta + batch_head.to(tl.int64) * seqlen_q + offs_m, mask=m_in, other=0.0)
+    k_base = K + batch.to(tl.int64) * stride_kb + head_kv.to(tl.int64) * stride_kh
+    v_base = V + batch.to(tl.int64) * stride_vb + head_kv.to(tl.int64) * stride_vh
+    kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
+    vt_tile = offs_d[:, None] + offs_n[None, :] * stride_vn
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    diagonal = seqlen_k - seqlen_q
+    lo, full_lo, full_hi, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
+                                                 BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
+    dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
+                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, lo, full_lo,
+                     BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+    dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
+                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_lo, full_hi,
+                     BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+    dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
+                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_hi, hi,
+                     BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+    dq = dq * softmax_scale
+    tl.store(DQ + batch.to(tl.int64) * stride_dqb + head.to(tl.int64) * stride_dqh
+             + start_m.to(tl.int64) * stride_dqm + row_tile * stride_dqm + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=row_mask)

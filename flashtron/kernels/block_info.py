@@ -1,0 +1,65 @@
+"""Which blocks a tile visits, and the mask inside a block.
+
+Every visibility rule flashtron supports is a band around a diagonal: an
+"outer" index o (the rows of the tile a program owns) sees an "inner" index i
+(the blocks it loops over) iff
+
+    o + diagonal - lo_extent <= i <= o + diagonal + hi_extent,   0 <= i < inner_len
+
+where each extent is unbounded unless its HAS_ flag is set.  In the forward
+pass and the dQ pass the outer index is the query and the inner the key, with
+diagonal = seqlen_k - seqlen_q (causal masks align bottom-right, as in
+flash-attn 2.1+), lo_extent = window_left and hi_extent = window_right
+(causal is window_right = 0).  The dK/dV pass swaps the roles: keys are outer,
+queries inner, diagonal = seqlen_q - seqlen_k, lo_extent = window_right and
+hi_extent = window_left.
+
+The inner range splits into three segments: [lo, full_lo) and [full_hi, hi)
+need the mask, [full_lo, full_hi) holds only blocks where every (o, i) pair is
+visible and inside the sequence, so the hot loop runs there without masking.
+Blocks outside [lo, hi) are never visited.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def inner_block_range(outer_start, inner_len, diagonal, lo_extent, hi_extent,
+                      BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
+                      HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):
+    """Return (lo, full_lo, full_hi, hi), multiples of BLOCK_INNER except hi."""
+    outer_last = outer_start + BLOCK_OUTER - 1
+    lo = 0
+    hi = inner_len
+    # Unmasked blocks must end inside the sequence.
+    full_hi = (inner_len // BLOCK_INNER) * BLOCK_INNER
+    full_lo = 0
+    if HAS_LO:
+        first_visible = tl.maximum(outer_start + diagonal - lo_extent, 0)
+        lo = (first_visible // BLOCK_INNER) * BLOCK_INNER
+        # The first block that every row of the tile sees entirely.
+        all_see_from = tl.maximum(outer_last + diagonal - lo_extent, 0)
+        full_lo = tl.cdiv(all_see_from, BLOCK_INNER) * BLOCK_INNER
+    if HAS_HI:
+        hi = tl.minimum(hi, tl.maximum(outer_last + diagonal + hi_extent + 1, 0))
+        # Blocks ending at or before the first row's limit are visible to all rows.
+        all_see_until = tl.maximum(outer_start + diagonal + hi_extent + 1, 0)
+        full_hi = tl.minimum(full_hi, (all_see_until // BLOCK_INNER) * BLOCK_INNER)
+    hi = tl.maximum(hi, lo)
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def visible(offs_outer, offs_inner, inner_len, diagonal, lo_extent, hi_extent,
+            HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):
+    """Boolean (BLOCK_OUTER, BLOCK_INNER) tile: which pairs take part in the softmax."""
+    keep = offs_inner[None, :] < inner_len
+    distance = offs_inner[None, :] - offs_outer[:, None] - diagonal
+    if HAS_LO:
+        keep = keep & (distance >= -lo_extent)
+    if HAS_HI:
+        keep = keep & (distance <= hi_extent)
+    return keep

@@ -1,0 +1,95 @@
+"""Launch configurations: tile sizes, warps and pipeline depth per kernel.
+
+Chosen from a table keyed by what changes the best choice: the GPU
+architecture, the padded head dim and the element size.  The table is shipped
+with the package, so a new shape never waits for an autotuner.  Under Triton's
+interpreter small tiles are used (with BLOCK_M != BLOCK_N so that the masked
+and unmasked segments of every loop are exercised at small sequence lengths).
+
+`override` lets the tuning script and tests try other configurations without
+editing the table.
+"""
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+_INTERPRETER = {
+    "forward": KernelConfig(32, 16, 4, 1),
+    "dkdv": KernelConfig(16, 32, 4, 1),
+    "dq": KernelConfig(32, 16, 4, 1),
+}
+
+# (kernel, padded head dim upper bound, element size) -> config, for Hopper (sm90).
+_HOPPER = {
+    ("forward", 64, 2): KernelConfig(128, 64, 4, 3),
+    ("forward", 128, 2): KernelConfig(128, 64, 8, 3),
+    ("forward", 256, 2): KernelConfig(64, 64, 4, 2),
+    ("dkdv", 64, 2): KernelConfig(64, 128, 8, 2),
+    ("dkdv", 128, 2): KernelConfig(64, 128, 8, 2),
+    ("dkdv", 256, 2): KernelConfig(32, 64, 4, 1),
+    ("dq", 64, 2): KernelConfig(128, 64, 8, 2),
+    ("dq", 128, 2): KernelConfig(128, 64, 8, 2),
+    ("dq", 256, 2): KernelConfig(64, 32, 4, 1),
+}
+
+# Any other GPU, and fp32 everywhere: smaller tiles that fit ~100 KB of shared memory.
+_GENERIC = {
+    ("forward", 64, 2): KernelConfig(128, 64, 4, 2),
+    ("forward", 128, 2): KernelConfig(64, 64, 4, 2),
+    ("forward", 256, 2): KernelConfig(64, 32, 4, 1),
+    ("dkdv", 64, 2): KernelConfig(64, 64, 4, 2),
+    ("dkdv", 128, 2): KernelConfig(32, 64, 4, 2),
+    ("dkdv", 256, 2): KernelConfig(16, 32, 4, 1),
+    ("dq", 64, 2): KernelConfig(64, 64, 4, 2),
+    ("dq", 128, 2): KernelConfig(64, 32, 4, 2),
+    ("dq", 256, 2): KernelConfig(32, 16, 4, 1),
+    ("forward", 64, 4): KernelConfig(64, 32, 4, 2),
+    ("forward", 128, 4): KernelConfig(32, 32, 4, 2),
+    ("forward", 256, 4): KernelConfig(32, 16, 4, 1),
+    ("dkdv", 64, 4): KernelConfig(32, 32, 4, 2),
+    ("dkdv", 128, 4): KernelConfig(16, 32, 4, 1),
+    ("dkdv", 256, 4): KernelConfig(16, 16, 4, 1),
+    ("dq", 64, 4): KernelConfig(32, 32, 4, 2),
+    ("dq", 128, 4): KernelConfig(32, 16, 4, 1),
+    ("dq", 256, 4): KernelConfig(16, 16, 4, 1),
+}
+
+_overrides: dict = {}
+
+
+def head_dim_bucket(block_d: int) -> int:
+    return 64 if block_d <= 64 else 128 if block_d <= 128 else 256
+
+
+def select(kernel: str, tensor: torch.Tensor, block_d: int) -> KernelConfig:
+    if kernel in _overrides:
+        return _overrides[kernel]
+    if tensor.device.type != "cuda":
+        return _INTERPRETER[kernel]
+    key = (kernel, head_dim_bucket(block_d), tensor.element_size())
+    if torch.cuda.get_device_capability(tensor.device)[0] == 9 and key in _HOPPER:
+        return _HOPPER[key]
+    return _GENERIC[key]
+
+
+@contextlib.contextmanager
+def override(**configs: KernelConfig):
+    """Use the given configs (keys: forward, dkdv, dq) inside the block."""
+    saved = dict(_overrides)
+    _overrides.update(configs)
+    try:
+        yield
+    finally:
+        _overrides.clear()
+        _overrides.update(saved)

@@ -1,0 +1,136 @@
+"""Forward kernel: one program computes one (batch, head, query tile) with an online softmax.
+
+Tensors are (batch, seqlen, heads, headdim) with a unit stride on headdim.
+Scores are kept in base 2 (scaled by softmax_scale * log2(e)) so the inner
+loop uses exp2; the log-sum-exp written out is converted back to the natural
+log, as flash-attn returns it.  A query row that sees no key gets output 0 and
+lse +inf, which makes every probability the backward recomputes from it 0.
+
+Offsets that can exceed 2**31 (batch, head and sequence positions times their
+strides) are formed in int64; offsets inside a tile stay int32.
+"""
+
+import triton
+import triton.language as tl
+
+from flashtron.kernels.block_info import inner_block_range, visible
+from flashtron.kernels.matmul import mma
+
+LN2: tl.constexpr = 0.6931471805599453
+
+
+@triton.jit
+def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
+                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2,
+                     start, end,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+                     HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+                     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    offs_n_tile = tl.arange(0, BLOCK_N)
+    d_in = offs_d < HEAD_DIM
+    kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
+    v_ptrs = v_base + tl.cast(start, tl.int64) * stride_vn + v_tile
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + offs_n_tile
+        if MASKED:
+            kt = tl.load(kt_ptrs, mask=d_in[:, None] & (offs_n < seqlen_k)[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=(offs_n < seqlen_k)[:, None] & d_in[None, :], other=0.0)
+        elif BLOCK_D != HEAD_DIM:
+            kt = tl.load(kt_ptrs, mask=d_in[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=d_in[None, :], other=0.0)
+        else:
+            kt = tl.load(kt_ptrs)
+            v = tl.load(v_ptrs)
+        scores = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        scores = scores * qk_scale_log2
+        if MASKED:
+            keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
+            scores = tl.where(keep, scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, 1))
+        reference = new_max
+        if MASKED:
+            # A row with nothing visible yet keeps its max at -inf; subtract 0 instead so exp2
+            # gives 0, not NaN.  The -inf itself is kept: a later real max must replace it.
+            reference = tl.where(new_max == float("-inf"), 0.0, new_max)
+        p = tl.math.exp2(scores - reference[:, None])
+        rescale = tl.math.exp2(row_max - reference)
+        row_sum = row_sum * rescale + tl.sum(p, 1)
+        acc = mma(p.to(v.dtype), v, acc * rescale[:, None], INPUT_PRECISION, UPCAST)
+        row_max = new_max
+        kt_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+    return acc, row_max, row_sum
+
+
+@triton.jit
+def attention_forward_kernel(
+        Q, K, V, Out, Lse,
+        stride_qb, stride_qm, stride_qh,
+        stride_kb, stride_kn, stride_kh,
+        stride_vb, stride_vn, stride_vh,
+        stride_ob, stride_om, stride_oh,
+        num_heads, kv_group_size, seqlen_q, seqlen_k, num_m_blocks,
+        qk_scale_log2, window_left, window_right,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # Flat grid (no 65535 limit on batch * heads); query tiles of one head are
+    # neighbours so they share K and V in L2.  With an upper bound on the keys
+    # (causal), later tiles do more work: start them first.
+    pid = tl.program_id(0)
+    m_block = pid % num_m_blocks
+    batch_head = pid // num_m_blocks
+    if HAS_HI:
+        m_block = num_m_blocks - 1 - m_block
+    batch = batch_head // num_heads
+    head = batch_head % num_heads
+    head_kv = head // kv_group_size
+    start_m = m_block * BLOCK_M
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_in = offs_d < HEAD_DIM
+    m_in = offs_m < seqlen_q
+
+    q_ptrs = (Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
+              + start_m.to(tl.int64) * stride_qm
+              + tl.arange(0, BLOCK_M)[:, None] * stride_qm + offs_d[None, :])
+    q = tl.load(q_ptrs, mask=m_in[:, None] & d_in[None, :], other=0.0)
+    k_base = K + batch.to(tl.int64) * stride_kb + head_kv.to(tl.int64) * stride_kh
+    v_base = V + batch.to(tl.int64) * stride_vb + head_kv.to(tl.int64) * stride_vh
+    kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
+    v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    diagonal = seqlen_k - seqlen_q
+    lo, full_lo, full_hi, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
+                                                 BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
+    acc, row_max, row_sum = _forward_segment(
+        acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, lo, full_lo,
+        BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+    acc, row_max, row_sum = _forward_segment(
+        acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_lo, full_hi,
+        BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+    acc, row_max, row_sum = _forward_segment(
+        acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_hi, hi,
+        BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+
+    saw_nothing = row_sum == 0.0
+    row_sum = tl.where(saw_nothing, 1.0, row_sum)
+    out = acc / row_sum[:, None]
+    lse = tl.where(saw_nothing, float("inf"), (row_max + tl.math.log2(row_sum)) * LN2)
+
+    o_ptrs = (Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh
+              + start_m.to(tl.int64) * stride_om
+              + tl.arange(0, BLOCK_M)[:, None] * stride_om + offs_d[None, :])
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_in[:, None] & d_in[None, :])
+    # softmax_lse is contiguous (batch, heads, seqlen_q).
+    tl.store(Lse + batch_head.to(tl.int64) * seqlen_q + offs_m, lse, mask=m_in)

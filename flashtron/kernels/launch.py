@@ -1,0 +1,117 @@
+"""Launcher: turns normalised arguments into grids, configs and kernel calls.
+
+Inputs arrive already validated by `flashtron.interface` (same dtype and
+device, unit stride on the head dim, window already in (left, right) form with
+-1 for unbounded).  Each function allocates its outputs and launches; nothing
+here re-checks user input.  Grids are flat (1-D), so batch * heads may exceed
+the 65535 limit of the other grid axes.
+"""
+
+import os
+
+import torch
+import triton
+
+from flashtron.kernels import configs
+from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
+                                        attention_backward_preprocess)
+from flashtron.kernels.forward import attention_forward_kernel
+
+LOG2E = 1.4426950408889634
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_MAX_PROGRAMS = 2**31 - 1
+
+
+def _padded_head_dim(head_dim: int) -> int:
+    # tl.dot needs K >= 16 and power-of-two tiles; padding is masked on load and store.
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _input_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    return "tf32" if dtype != torch.float32 or allow_tf32 else "ieee"
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return INTERPRET and dtype == torch.bfloat16
+
+
+def _grid(num_blocks: int, batch_heads: int) -> tuple:
+    programs = num_blocks * batch_heads
+    if programs > _MAX_PROGRAMS:
+        raise ValueError(f"problem too large: {programs} programs exceed the grid limit of {_MAX_PROGRAMS}")
+    return (programs,)
+
+
+def _bhsd_strides(t: torch.Tensor) -> tuple:
+    """Batch, sequence and head strides of a (batch, seqlen, heads, headdim) tensor."""
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, allow_tf32: bool):
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, num_heads, seqlen_q), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    block_d = _padded_head_dim(head_dim)
+    cfg = configs.select("forward", q, block_d)
+    num_m_blocks = triton.cdiv(seqlen_q, cfg.block_m)
+    attention_forward_kernel[_grid(num_m_blocks, batch * num_heads)](
+        q, k, v, out, lse,
+        *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(out),
+        num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks,
+        softmax_scale * LOG2E, window_left, window_right,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
+        INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out, lse
+
+
+def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
+             allow_tf32: bool):
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    if dq.numel() == 0 and dk.numel() == 0:
+        return dq, dk, dv
+    if seqlen_q == 0:
+        return dq, dk.zero_(), dv.zero_()
+    block_d = _padded_head_dim(head_dim)
+    group = num_heads // num_heads_kv
+    precision = _input_precision(q.dtype, allow_tf32)
+    common = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
+                  INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
+
+    delta = torch.empty_like(lse)
+    pre_block_m = 64
+    num_pre_blocks = triton.cdiv(seqlen_q, pre_block_m)
+    attention_backward_preprocess[_grid(num_pre_blocks, batch * num_heads)](
+        out, dout, delta, *_bhsd_strides(out), *_bhsd_strides(dout),
+        num_heads, seqlen_q, num_pre_blocks, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block_m)
+
+    if seqlen_k > 0:
+        cfg = configs.select("dkdv", q, block_d)
+        num_n_blocks = triton.cdiv(seqlen_k, cfg.block_n)
+        attention_backward_dkdv[_grid(num_n_blocks, batch * num_heads_kv)](
+            q, k, v, dout, lse, delta, dk, dv,
+            *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(dout),
+            *_bhsd_strides(dk), *_bhsd_strides(dv),
+            num_heads, num_heads_kv, group, seqlen_q, seqlen_k, num_n_blocks,
+            softmax_scale, softmax_scale * LOG2E, window_left, window_right,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    cfg = configs.select("dq", q, block_d)
+    num_m_blocks = triton.cdiv(seqlen_q, cfg.block_m)
+    attention_backward_dq[_grid(num_m_blocks, batch * num_heads)](
+        q, k, v, dout, lse, delta, dq,
+        *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(dout), *_bhsd_strides(dq),
+        num_heads, group, seqlen_q, seqlen_k, num_m_blocks,
+        softmax_scale, softmax_scale * LOG2E, window_left, window_right,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dq, dk, dv

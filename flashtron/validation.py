@@ -1,0 +1,125 @@
+"""Checks and normalisation of user arguments, done once at the public entry.
+
+Every message names the argument, what it got and what would work; the layer
+below (custom ops, launcher, kernels) trusts what leaves this module.
+Arguments that belong to features not built yet raise NotImplementedError, so
+a caller never gets a silently different computation.
+"""
+
+import math
+import numbers
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+def _require_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _require_rank(name: str, t: torch.Tensor, rank: int, layout: str) -> None:
+    if t.dim() != rank:
+        raise ValueError(f"{name} must have {rank} dimensions {layout}, got shape {tuple(t.shape)}")
+
+
+def check_packed(name: str, t, rank: int, packed_dim: int, count: int, layout: str) -> None:
+    """For qkv (B, S, 3, H, D) and kv (B, S, 2, Hk, D)."""
+    _require_tensor(name, t)
+    _require_rank(name, t, rank, layout)
+    if t.shape[packed_dim] != count:
+        raise ValueError(f"{name} must have size {count} in dimension {packed_dim} {layout}, "
+                         f"got shape {tuple(t.shape)}")
+
+
+def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    # The kernels take any strides but need contiguous head dims; other layouts are copied.
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def check_qkv(q, k, v):
+    """Validate q (B, Sq, H, D), k and v (B, Sk, Hk, D); return them with unit head-dim stride."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _require_tensor(name, t)
+        _require_rank(name, t, 4, "(batch, seqlen, num_heads, head_dim)")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got q on {q.device}, k on {k.device}, v on {v.device}")
+    if q.device.type not in ("cuda", "cpu"):
+        raise NotImplementedError(f"q is on device {q.device}; flashtron runs on CUDA GPUs and on the CPU")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q has dtype {q.dtype}; supported dtypes are float16, bfloat16 and float32")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype}, but q has dtype {q.dtype}; they must match")
+    batch, _, num_heads, head_dim = q.shape
+    if k.shape[0] != batch or v.shape[0] != batch:
+        raise ValueError(f"batch sizes differ: q has {batch}, k has {k.shape[0]}, v has {v.shape[0]}")
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"k and v must agree in (batch, seqlen, num_heads), "
+                         f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    if k.shape[3] != head_dim or v.shape[3] != head_dim:
+        raise ValueError(f"head dims differ: q has {head_dim}, k has {k.shape[3]}, v has {v.shape[3]}; "
+                         "they must be equal")
+    if head_dim < 1:
+        raise ValueError(f"head_dim (last dimension of q) must be at least 1, got {head_dim}")
+    if head_dim > MAX_HEAD_DIM:
+        raise NotImplementedError(f"head_dim {head_dim} is over the supported maximum of {MAX_HEAD_DIM}")
+    num_heads_kv = k.shape[2]
+    if num_heads_kv < 1 or num_heads % num_heads_kv != 0:
+        raise ValueError(f"the number of query heads ({num_heads}) must be a multiple of the number of "
+                         f"key/value heads ({num_heads_kv}) (MQA/GQA)")
+    return _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
+
+
+def softmax_scale_or_default(softmax_scale, head_dim: int) -> float:
+    if softmax_scale is None:
+        return head_dim ** -0.5
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
+        raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+    if not math.isfinite(softmax_scale):
+        raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
+    return float(softmax_scale)
+
+
+def window_bounds(causal, window_size) -> tuple[int, int]:
+    """(window_left, window_right), -1 meaning unbounded; causal is window_right = 0."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
+            or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) for w in window_size)):
+        raise ValueError(f"window_size must be a pair of ints (left, right), -1 for unbounded, got {window_size!r}")
+    left, right = (int(w) for w in window_size)
+    if left < -1 or right < -1:
+        raise ValueError(f"window_size entries must be >= -1 (-1 means unbounded), got {window_size!r}")
+    if (left, right) != (-1, -1):
+        raise NotImplementedError("window_size other than (-1, -1) (sliding-window attention) is not supported yet")
+    return left, 0 if causal else right
+
+
+def check_unbuilt_options(q: torch.Tensor, dropout_p, softcap, alibi_slopes) -> None:
+    """Validate the variant arguments, then refuse the ones not built yet."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real) or not softcap >= 0.0:
+        raise ValueError(f"softcap must be a float >= 0 (0 disables it), got {softcap!r}")
+    if alibi_slopes is not None:
+        _require_tensor("alibi_slopes", alibi_slopes)
+        batch, num_heads = q.shape[0], q.shape[2]
+        if tuple(alibi_slopes.shape) not in ((num_heads,), (batch, num_heads)):
+            raise ValueError(f"alibi_slopes must have shape ({num_heads},) or ({batch}, {num_heads}), "
+                             f"got {tuple(alibi_slopes.shape)}")
+        if alibi_slopes.dtype != torch.float32:
+            raise TypeError(f"alibi_slopes must be float32, got {alibi_slopes.dtype}")
+    if dropout_p > 0.0:
+        raise NotImplementedError("dropout_p > 0 is not supported yet")
+    if softcap > 0.0:
+        raise NotImplementedError("softcap > 0 is not supported yet")
+    if alibi_slopes is not None:
+        raise NotImplementedError("alibi_slopes is not supported yet")
+
+
+def check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
