@@ -18,10 +18,10 @@ row that saw no key has lse +inf, so its probabilities are exactly 0.
 import triton
 import triton.language as tl
 
-from flashtron.kernels.block_info import inner_block_range, visible
-from flashtron.kernels.matmul import mma
+from flashtron.kernels.block_info import head_dim_mask, inner_block_range, visible
+from flashtron.kernels.precision import downcast, mma
 
-LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -30,7 +30,7 @@ def attention_backward_preprocess(
         stride_ob, stride_om, stride_oh,
         stride_dob, stride_dom, stride_doh,
         num_heads, seqlen_q, num_m_blocks,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+        head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr):
     pid = tl.program_id(0)
     m_block = pid % num_m_blocks
     batch_head = pid // num_m_blocks
@@ -38,7 +38,7 @@ def attention_backward_preprocess(
     head = batch_head % num_heads
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m < seqlen_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    mask = (offs_m < seqlen_q)[:, None] & head_dim_mask(offs_d, head_dim, EVEN_D)[None, :]
     rows = offs_m.to(tl.int64)[:, None]
     o = tl.load(Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh
                 + rows * stride_om + offs_d[None, :], mask=mask, other=0.0)
@@ -52,13 +52,13 @@ def attention_backward_preprocess(
 def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile,
                   stride_qm, stride_dom, offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
                   qk_scale_log2, start, end,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
+                  BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
                   HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
                   INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Tiles here are transposed: rows are keys (this program's), columns are queries.
     offs_m_tile = tl.arange(0, BLOCK_M)
-    d_in = offs_d < HEAD_DIM
+    d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     qt_ptrs = q_base + tl.cast(start, tl.int64) * stride_qm + qt_tile
     do_ptrs = do_base + tl.cast(start, tl.int64) * stride_dom + do_tile
     for start_m in range(start, end, BLOCK_M):
@@ -70,7 +70,7 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
             lse = tl.load(lse_base + offs_m, mask=m_in, other=0.0)
             delta = tl.load(delta_base + offs_m, mask=m_in, other=0.0)
         else:
-            if BLOCK_D != HEAD_DIM:
+            if not EVEN_D:
                 qt = tl.load(qt_ptrs, mask=d_in[:, None], other=0.0)
                 do = tl.load(do_ptrs, mask=d_in[None, :], other=0.0)
             else:
@@ -83,10 +83,10 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
         if MASKED:
             keep = visible(offs_n, offs_m, seqlen_q, diagonal, window_right, window_left, HAS_HI, HAS_LO)
             p_t = tl.where(keep, p_t, 0.0)
-        dv = mma(p_t.to(do.dtype), do, dv, INPUT_PRECISION, UPCAST)
+        dv = mma(downcast(p_t, do.dtype, UPCAST), do, dv, INPUT_PRECISION, UPCAST)
         dp_t = mma(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), INPUT_PRECISION, UPCAST)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk = mma(ds_t.to(qt.dtype), tl.trans(qt), dk, INPUT_PRECISION, UPCAST)
+        dk = mma(downcast(ds_t, qt.dtype, UPCAST), tl.trans(qt), dk, INPUT_PRECISION, UPCAST)
         qt_ptrs += BLOCK_M * stride_qm
         do_ptrs += BLOCK_M * stride_dom
     return dk, dv
@@ -103,7 +103,7 @@ def attention_backward_dkdv(
         stride_dvb, stride_dvn, stride_dvh,
         num_heads, num_heads_kv, kv_group_size, seqlen_q, seqlen_k, num_n_blocks,
         softmax_scale, qk_scale_log2, window_left, window_right,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
@@ -120,7 +120,7 @@ def attention_backward_dkdv(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    kv_mask = (offs_n < seqlen_k)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    kv_mask = (offs_n < seqlen_k)[:, None] & head_dim_mask(offs_d, head_dim, EVEN_D)[None, :]
     row_tile_k = tl.arange(0, BLOCK_N)[:, None]
     k = tl.load(K + batch.to(tl.int64) * stride_kb + head_kv.to(tl.int64) * stride_kh
                 + start_n.to(tl.int64) * stride_kn + row_tile_k * stride_kn + offs_d[None, :],
@@ -147,34 +147,34 @@ def attention_backward_dkdv(
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, offs_d, seqlen_q, diagonal, window_left, window_right, qk_scale_log2, lo, full_lo,
-            BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, offs_d, seqlen_q, diagonal, window_left, window_right, qk_scale_log2, full_lo, full_hi,
-            BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, offs_d, seqlen_q, diagonal, window_left, window_right, qk_scale_log2, full_hi, hi,
-            BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
 
     dk = dk * softmax_scale
     tl.store(DK + batch.to(tl.int64) * stride_dkb + head_kv.to(tl.int64) * stride_dkh
              + start_n.to(tl.int64) * stride_dkn + row_tile_k * stride_dkn + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=kv_mask)
+             downcast(dk, DK.dtype.element_ty, UPCAST), mask=kv_mask)
     tl.store(DV + batch.to(tl.int64) * stride_dvb + head_kv.to(tl.int64) * stride_dvh
              + start_n.to(tl.int64) * stride_dvn + row_tile_k * stride_dvn + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
+             downcast(dv, DV.dtype.element_ty, UPCAST), mask=kv_mask)
 
 
 @triton.jit
 def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                 offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, start, end,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
+                BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
                 HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
                 INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
-    d_in = offs_d < HEAD_DIM
+    d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
     vt_ptrs = v_base + tl.cast(start, tl.int64) * stride_vn + vt_tile
     for start_n in range(start, end, BLOCK_N):
@@ -183,7 +183,7 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
             tile_mask = d_in[:, None] & (offs_n < seqlen_k)[None, :]
             kt = tl.load(kt_ptrs, mask=tile_mask, other=0.0)
             vt = tl.load(vt_ptrs, mask=tile_mask, other=0.0)
-        elif BLOCK_D != HEAD_DIM:
+        elif not EVEN_D:
             kt = tl.load(kt_ptrs, mask=d_in[:, None], other=0.0)
             vt = tl.load(vt_ptrs, mask=d_in[:, None], other=0.0)
         else:
@@ -196,7 +196,7 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
             p = tl.where(keep, p, 0.0)
         dp = mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])
-        dq = mma(ds.to(kt.dtype), tl.trans(kt), dq, INPUT_PRECISION, UPCAST)
+        dq = mma(downcast(ds, kt.dtype, UPCAST), tl.trans(kt), dq, INPUT_PRECISION, UPCAST)
         kt_ptrs += BLOCK_N * stride_kn
         vt_ptrs += BLOCK_N * stride_vn
     return dq
@@ -212,7 +212,7 @@ def attention_backward_dq(
         stride_dqb, stride_dqm, stride_dqh,
         num_heads, kv_group_size, seqlen_q, seqlen_k, num_m_blocks,
         softmax_scale, qk_scale_log2, window_left, window_right,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
@@ -230,7 +230,7 @@ def attention_backward_dq(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_in = offs_m < seqlen_q
-    row_mask = m_in[:, None] & (offs_d < HEAD_DIM)[None, :]
+    row_mask = m_in[:, None] & head_dim_mask(offs_d, head_dim, EVEN_D)[None, :]
     row_tile = tl.arange(0, BLOCK_M)[:, None]
     q = tl.load(Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
                 + start_m.to(tl.int64) * stride_qm + row_tile * stride_qm + offs_d[None, :],
@@ -251,14 +251,14 @@ def attention_backward_dq(
                                                  BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, lo, full_lo,
-                     BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_lo, full_hi,
-                     BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_hi, hi,
-                     BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
     dq = dq * softmax_scale
     tl.store(DQ + batch.to(tl.int64) * stride_dqb + head.to(tl.int64) * stride_dqh
              + start_m.to(tl.int64) * stride_dqm + row_tile * stride_dqm + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=row_mask)
+             downcast(dq, DQ.dtype.element_ty, UPCAST), mask=row_mask)

@@ -63,3 +63,13 @@ def visible(offs_outer, offs_inner, inner_len, diagonal, lo_extent, hi_extent,
     if HAS_HI:
         keep = keep & (distance <= hi_extent)
     return keep
+
+
+@triton.jit
+def head_dim_mask(offs_d, head_dim, EVEN_D: tl.constexpr):
+    """Which columns of a padded head-dim tile are real: a constant all-true mask when
+    the head dim fills the tile, so the compiler drops it."""
+    if EVEN_D:
+        return tl.full(offs_d.shape, 1, tl.int1)
+    else:
+        return offs_d < head_dim

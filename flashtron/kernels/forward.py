@@ -13,22 +13,22 @@ strides) are formed in int64; offsets inside a tile stay int32.
 import triton
 import triton.language as tl
 
-from flashtron.kernels.block_info import inner_block_range, visible
-from flashtron.kernels.matmul import mma
+from flashtron.kernels.block_info import head_dim_mask, inner_block_range, visible
+from flashtron.kernels.precision import downcast, mma
 
-LN2: tl.constexpr = 0.6931471805599453
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
 def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2,
                      start, end,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                     BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
+                     BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
                      HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
                      INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
-    d_in = offs_d < HEAD_DIM
+    d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
     v_ptrs = v_base + tl.cast(start, tl.int64) * stride_vn + v_tile
     for start_n in range(start, end, BLOCK_N):
@@ -36,7 +36,7 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
         if MASKED:
             kt = tl.load(kt_ptrs, mask=d_in[:, None] & (offs_n < seqlen_k)[None, :], other=0.0)
             v = tl.load(v_ptrs, mask=(offs_n < seqlen_k)[:, None] & d_in[None, :], other=0.0)
-        elif BLOCK_D != HEAD_DIM:
+        elif not EVEN_D:
             kt = tl.load(kt_ptrs, mask=d_in[:, None], other=0.0)
             v = tl.load(v_ptrs, mask=d_in[None, :], other=0.0)
         else:
@@ -56,7 +56,7 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
         p = tl.math.exp2(scores - reference[:, None])
         rescale = tl.math.exp2(row_max - reference)
         row_sum = row_sum * rescale + tl.sum(p, 1)
-        acc = mma(p.to(v.dtype), v, acc * rescale[:, None], INPUT_PRECISION, UPCAST)
+        acc = mma(downcast(p, v.dtype, UPCAST), v, acc * rescale[:, None], INPUT_PRECISION, UPCAST)
         row_max = new_max
         kt_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
@@ -72,7 +72,7 @@ def attention_forward_kernel(
         stride_ob, stride_om, stride_oh,
         num_heads, kv_group_size, seqlen_q, seqlen_k, num_m_blocks,
         qk_scale_log2, window_left, window_right,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
@@ -92,7 +92,7 @@ def attention_forward_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_in = offs_d < HEAD_DIM
+    d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     m_in = offs_m < seqlen_q
 
     q_ptrs = (Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
@@ -113,15 +113,15 @@ def attention_forward_kernel(
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
         offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, lo, full_lo,
-        BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+        BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
         offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_lo, full_hi,
-        BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+        BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
         offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_hi, hi,
-        BLOCK_M, BLOCK_N, HEAD_DIM, BLOCK_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+        BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
 
     saw_nothing = row_sum == 0.0
     row_sum = tl.where(saw_nothing, 1.0, row_sum)
@@ -131,6 +131,6 @@ def attention_forward_kernel(
     o_ptrs = (Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh
               + start_m.to(tl.int64) * stride_om
               + tl.arange(0, BLOCK_M)[:, None] * stride_om + offs_d[None, :])
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_in[:, None] & d_in[None, :])
+    tl.store(o_ptrs, downcast(out, Out.dtype.element_ty, UPCAST), mask=m_in[:, None] & d_in[None, :])
     # softmax_lse is contiguous (batch, heads, seqlen_q).
     tl.store(Lse + batch_head.to(tl.int64) * seqlen_q + offs_m, lse, mask=m_in)

@@ -12,14 +12,26 @@ import os
 import torch
 import triton
 
-from flashtron.kernels import configs
+from flashtron.kernels import configs, interpreter
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
                                         attention_backward_preprocess)
 from flashtron.kernels.forward import attention_forward_kernel
 
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# Debugging aid used by the tests: outputs start as NaN, so an element a kernel
+# forgot to write cannot pass for a correct one.
+POISON_OUTPUTS = os.environ.get("FLASHTRON_POISON_OUTPUTS", "0") not in ("", "0")
 _MAX_PROGRAMS = 2**31 - 1
+
+
+def _new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device)
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+if INTERPRET:
+    interpreter.install()
 
 
 def _padded_head_dim(head_dim: int) -> int:
@@ -50,8 +62,8 @@ def _bhsd_strides(t: torch.Tensor) -> tuple:
 def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty((batch, num_heads, seqlen_q), dtype=torch.float32, device=q.device)
+    out = _new_output(q.shape, q.dtype, q.device)
+    lse = _new_output((batch, num_heads, seqlen_q), torch.float32, q.device)
     if out.numel() == 0:
         return out, lse
     block_d = _padded_head_dim(head_dim)
@@ -62,7 +74,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(out),
         num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks,
         softmax_scale * LOG2E, window_left, window_right,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
         INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -73,9 +85,9 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
              allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dq = _new_output(q.shape, q.dtype, q.device)
+    dk = _new_output(k.shape, k.dtype, k.device)
+    dv = _new_output(v.shape, v.dtype, v.device)
     if dq.numel() == 0 and dk.numel() == 0:
         return dq, dk, dv
     if seqlen_q == 0:
@@ -83,15 +95,17 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     block_d = _padded_head_dim(head_dim)
     group = num_heads // num_heads_kv
     precision = _input_precision(q.dtype, allow_tf32)
-    common = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
+    common = dict(head_dim=head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
+                  HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
                   INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
 
-    delta = torch.empty_like(lse)
+    delta = _new_output(lse.shape, torch.float32, lse.device)
     pre_block_m = 64
     num_pre_blocks = triton.cdiv(seqlen_q, pre_block_m)
     attention_backward_preprocess[_grid(num_pre_blocks, batch * num_heads)](
         out, dout, delta, *_bhsd_strides(out), *_bhsd_strides(dout),
-        num_heads, seqlen_q, num_pre_blocks, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block_m)
+        num_heads, seqlen_q, num_pre_blocks, head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
+        BLOCK_M=pre_block_m)
 
     if seqlen_k > 0:
         cfg = configs.select("dkdv", q, block_d)
