@@ -1,0 +1,24 @@
+"""Shared test settings: poisoned kernel outputs, the engine under test, GPU skips."""
+
+import os
+
+os.environ.setdefault("FLASHTRON_POISON_OUTPUTS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def pytest_report_header(config):
+    engine = "Triton kernels under the interpreter" if INTERPRET else "PyTorch blockwise path"
+    return f"flashtron CPU tensors run: {engine}; CUDA available: {torch.cuda.is_available()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,58 @@
+"""The oracle: naive attention with explicit masks, and flash-attn's error rule.
+
+`attention_reference` materialises the full score matrix, so it is only for
+test sizes.  With upcast=True it runs in float64 on upcast inputs (the truth);
+with upcast=False it runs in the inputs' own precision, which gives the error
+a plain PyTorch implementation makes, the yardstick of flash-attn's rule:
+flashtron's error against the truth may be at most 2x that (3x for gradients),
+plus a small absolute slack for errors that are zero in exact arithmetic.
+"""
+
+import math
+
+import torch
+
+
+def visible_mask(seqlen_q, seqlen_k, window_left, window_right, device):
+    """Bottom-right aligned band: query i sees key j iff j - i - (Sk - Sq) is in [-left, right]."""
+    rows = torch.arange(seqlen_q, device=device)[:, None]
+    keys = torch.arange(seqlen_k, device=device)[None, :]
+    distance = keys - rows - (seqlen_k - seqlen_q)
+    keep = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if window_left >= 0:
+        keep &= distance >= -window_left
+    if window_right >= 0:
+        keep &= distance <= window_right
+    return keep
+
+
+def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, window=(-1, -1)):
+    """Returns (out, lse) with out like q's layout; lse (B, H, Sq), +inf where a row sees nothing."""
+    dtype = q.dtype
+    if upcast:
+        q, k, v = q.double(), k.double(), v.double()
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+    scale = head_dim ** -0.5 if softmax_scale is None else softmax_scale
+    k = k.repeat_interleave(num_heads // num_heads_kv, dim=2)
+    v = v.repeat_interleave(num_heads // num_heads_kv, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q * scale, k)
+    window_left, window_right = window[0], 0 if causal else window[1]
+    keep = visible_mask(seqlen_q, seqlen_k, window_left, window_right, q.device)
+    scores = scores.masked_fill(~keep, -math.inf)
+    lse = torch.logsumexp(scores.float() if not upcast else scores, dim=-1)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0).to(v.dtype)
+    out = torch.einsum("bhqk,bkhd->bqhd", probs, v)
+    lse = lse.masked_fill(~keep.any(-1), math.inf)
+    return (out if upcast else out.to(dtype)), lse
+
+
+def max_error(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_within_rule(name, ours, truth, plain, factor, slack=1e-5):
+    """ours vs truth no worse than `factor` times plain-PyTorch-in-input-precision vs truth."""
+    assert torch.isfinite(ours).all(), f"{name}: non-finite values"
+    err, bar = max_error(ours, truth), factor * max_error(plain, truth) + slack
+    assert err <= bar, f"{name}: max error {err:.3e} exceeds {factor}x PyTorch's {bar:.3e}"

@@ -1,0 +1,177 @@
+"""flash_attn_func and its packed forms against the float64 oracle, on the CPU.
+
+Run plainly, CPU tensors take the PyTorch blockwise path; with
+TRITON_INTERPRET=1 they run the Triton kernels under the interpreter (small
+tiles, so every loop has masked and unmasked segments at these sizes).  The
+same checks run at GPU sizes in test_gpu.py.
+"""
+
+import math
+
+import pytest
+import torch
+
+from flashtron import flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func
+from reference import assert_within_rule, attention_reference, max_error, visible_mask
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+# (batch, seqlen_q, seqlen_k, num_heads, num_heads_kv, head_dim): every odd size of the issue
+# appears, with MHA, GQA and MQA, Sq < Sk and Sq > Sk (rows that see nothing under causal).
+SHAPES = [
+    (2, 1, 1, 4, 4, 8),
+    (2, 17, 17, 6, 2, 40),
+    (1, 113, 203, 3, 1, 59),
+    (2, 203, 113, 4, 4, 64),
+    (1, 257, 257, 2, 1, 96),
+    (2, 1, 257, 4, 2, 111),
+    (1, 113, 17, 2, 2, 128),
+    (1, 17, 113, 2, 1, 256),
+]
+
+
+def random_inputs(shape, dtype, device="cpu"):
+    batch, seqlen_q, seqlen_k, num_heads, num_heads_kv, head_dim = shape
+    make = lambda s, h: torch.randn(batch, s, h, head_dim, dtype=dtype, device=device, requires_grad=True)
+    return make(seqlen_q, num_heads), make(seqlen_k, num_heads_kv), make(seqlen_k, num_heads_kv)
+
+
+def reference_and_grads(q, k, v, dout, causal, upcast, softmax_scale=None):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out, lse = attention_reference(*leaves, causal=causal, upcast=upcast, softmax_scale=softmax_scale)
+    grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
+    return out, lse, grads
+
+
+def check_against_oracle(q, k, v, causal, softmax_scale=None):
+    """The whole contract of one call: out, lse and gradients within flash-attn's rule."""
+    out, lse, none = flash_attn_func(q, k, v, causal=causal, softmax_scale=softmax_scale, return_attn_probs=True)
+    assert none is None
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1]) and lse.dtype == torch.float32
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+
+    truth_out, truth_lse, truth_grads = reference_and_grads(q, k, v, dout, causal, True, softmax_scale)
+    plain_out, _, plain_grads = reference_and_grads(q, k, v, dout, causal, False, softmax_scale)
+    assert_within_rule("out", out, truth_out, plain_out, 2)
+    for name, ours, truth, plain in zip(("dq", "dk", "dv"), grads, truth_grads, plain_grads):
+        assert ours.shape == truth.shape and ours.dtype == q.dtype
+        assert_within_rule(name, ours, truth, plain, 3)
+
+    sees_nothing = torch.isinf(truth_lse)
+    assert torch.equal(torch.isinf(lse), sees_nothing), "lse must be +inf exactly where a row sees no key"
+    assert (lse[sees_nothing] > 0).all()
+    assert max_error(lse[~sees_nothing], truth_lse[~sees_nothing]) < 1e-4
+    rows_empty = sees_nothing[0, 0]
+    assert (out[:, rows_empty] == 0).all(), "rows that see no key must give output 0"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_matches_oracle(shape, causal, dtype):
+    check_against_oracle(*random_inputs(shape, dtype), causal)
+
+
+def test_causal_rows_that_see_nothing_are_finite():
+    # Sq > Sk, causal: the first Sq - Sk rows see no key.
+    q, k, v = random_inputs((1, 40, 9, 2, 1, 16), torch.float16)
+    out, lse, _ = flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    assert (out[:, :31] == 0).all() and torch.isinf(lse[..., :31]).all()
+    assert torch.isfinite(out).all() and torch.isfinite(lse[..., 31:]).all()
+    out.backward(torch.randn_like(out))
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    assert (q.grad[:, :31] == 0).all()
+
+
+def test_mask_alignment_is_bottom_right():
+    # One visible key per row at the diagonal offset: out equals the value of the key j = i + Sk - Sq.
+    q = torch.randn(1, 5, 1, 16)
+    k = torch.randn(1, 9, 1, 16)
+    v = torch.randn(1, 9, 1, 16)
+    out = flash_attn_func(q, k, v, causal=True, softmax_scale=0.0)
+    # With scale 0 every visible key weighs the same: row i averages keys 0 .. i + 4.
+    expected = torch.stack([v[0, :i + 5, 0].mean(0) for i in range(5)])
+    torch.testing.assert_close(out[0, :, 0], expected, atol=1e-6, rtol=1e-5)
+    assert visible_mask(5, 9, -1, 0, "cpu").sum(-1).tolist() == [5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.7])
+def test_custom_softmax_scale(scale):
+    check_against_oracle(*random_inputs((1, 33, 47, 2, 2, 24), torch.float32), True, softmax_scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_qkvpacked_matches_unpacked(dtype):
+    qkv = torch.randn(2, 37, 3, 4, 32, dtype=dtype, requires_grad=True)
+    out = flash_attn_qkvpacked_func(qkv, causal=True)
+    dout = torch.randn_like(out)
+    (grad_packed,) = torch.autograd.grad(out, qkv, dout)
+    q, k, v = (qkv[:, :, i].detach().clone().requires_grad_() for i in range(3))
+    out_ref = flash_attn_func(q, k, v, causal=True)
+    grads = torch.autograd.grad(out_ref, (q, k, v), dout)
+    assert torch.equal(out, out_ref)
+    assert torch.equal(grad_packed, torch.stack(grads, dim=2))
+
+
+def test_kvpacked_matches_unpacked_with_gqa():
+    q = torch.randn(2, 21, 6, 40, dtype=torch.float16, requires_grad=True)
+    kv = torch.randn(2, 30, 2, 2, 40, dtype=torch.float16, requires_grad=True)
+    out, lse, _ = flash_attn_kvpacked_func(q, kv, return_attn_probs=True)
+    dout = torch.randn_like(out)
+    dq, dkv = torch.autograd.grad(out, (q, kv), dout)
+    k, v = (kv[:, :, i].detach().clone().requires_grad_() for i in range(2))
+    q2 = q.detach().clone().requires_grad_()
+    out_ref = flash_attn_func(q2, k, v)
+    grads = torch.autograd.grad(out_ref, (q2, k, v), dout)
+    assert torch.equal(out, out_ref)
+    assert torch.equal(dq, grads[0]) and torch.equal(dkv, torch.stack(grads[1:], dim=2))
+
+
+def test_gqa_gradients_sum_over_the_group():
+    # MQA with identical query heads: dk and dv equal the per-head gradients summed.
+    q1 = torch.randn(1, 19, 1, 16, dtype=torch.float64).float()
+    q = q1.expand(1, 19, 3, 16).contiguous().requires_grad_()
+    k = torch.randn(1, 23, 1, 16, requires_grad=True)
+    v = torch.randn(1, 23, 1, 16, requires_grad=True)
+    out = flash_attn_func(q, k, v, causal=True)
+    out.backward(torch.ones_like(out))
+    k1, v1 = (t.detach().clone().requires_grad_() for t in (k, v))
+    out1 = flash_attn_func(q1.detach().clone(), k1, v1, causal=True)
+    out1.backward(torch.ones_like(out1) * 3)
+    torch.testing.assert_close(k.grad, k1.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v.grad, v1.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_inputs_are_copied_not_rejected():
+    q = torch.randn(2, 29, 32, 3).transpose(-1, -2)  # head dim has stride 3
+    k = torch.randn(2, 3, 31, 32).transpose(1, 2)  # seq/head swapped: unit head-dim stride, odd strides
+    v = torch.randn(2, 31, 3, 64)[..., ::2]       # every other element: stride 2 on the head dim
+    assert q.stride(-1) != 1 and v.stride(-1) != 1
+    out = flash_attn_func(q, k, v, causal=True)
+    expected = flash_attn_func(q.contiguous(), k.contiguous(), v.contiguous(), causal=True)
+    assert torch.equal(out, expected)
+    truth, _ = attention_reference(q, k, v, causal=True)
+    assert max_error(out, truth) < 1e-5
+
+
+def test_large_score_magnitudes_do_not_overflow():
+    # Scores around +-1e4: the online softmax must subtract the running max.
+    q = torch.randn(1, 50, 2, 32) * 30
+    k = torch.randn(1, 70, 2, 32) * 30
+    v = torch.randn(1, 70, 2, 32)
+    out, lse, _ = flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    truth, truth_lse = attention_reference(q, k, v, causal=True)
+    plain, _ = attention_reference(q, k, v, causal=True, upcast=False)
+    assert torch.isfinite(lse).all()
+    assert_within_rule("out", out, truth, plain, 2)
+    assert max_error(lse, truth_lse) <= 1e-5 * truth_lse.abs().max().item()
+
+
+def test_fresh_inputs_each_call_give_different_outputs():
+    # Guards against an engine that ignores its inputs (e.g. returns a cached tensor).
+    a = flash_attn_func(*random_inputs((1, 16, 16, 2, 2, 16), torch.float32)[:3])
+    b = flash_attn_func(*random_inputs((1, 16, 16, 2, 2, 16), torch.float32)[:3])
+    assert not torch.equal(a, b) and not math.isnan(a.sum().item())

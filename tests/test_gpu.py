@@ -1,0 +1,147 @@
+"""The GPU suite: the oracle checks at GPU sizes, plus what only a GPU can show.
+
+Marked `gpu`: skipped where CUDA is absent (CI).  Run on the GPU machine with
+`python -m pytest -m gpu tests/test_gpu.py`; the `sanitizer` subset is small
+enough to run under compute-sanitizer (memcheck and racecheck).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flashtron import flash_attn_func
+from reference import attention_reference, max_error
+from test_flash_attn import DTYPES, check_against_oracle, random_inputs
+
+pytestmark = pytest.mark.gpu
+
+GPU_SHAPES = [
+    (1, 8192, 8192, 2, 1, 128),
+    (2, 1000, 3000, 4, 2, 64),
+    (1, 4097, 1023, 2, 2, 256),
+    (3, 511, 511, 6, 3, 96),
+    (2, 2048, 2049, 4, 1, 59),
+    (4, 113, 257, 8, 8, 111),
+    (1, 3000, 17, 2, 2, 40),
+]
+
+
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_matches_oracle_gpu(shape, causal, dtype):
+    check_against_oracle(*random_inputs(shape, dtype, "cuda"), causal)
+    torch.cuda.empty_cache()
+
+
+SANITIZER_SHAPES = [(1, 37, 53, 4, 2, 40), (2, 130, 65, 2, 1, 128), (1, 64, 64, 2, 2, 256), (1, 17, 17, 1, 1, 1)]
+
+
+@pytest.mark.sanitizer
+@pytest.mark.parametrize("shape", SANITIZER_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_small_shapes_for_sanitizer(shape, causal, dtype):
+    check_against_oracle(*random_inputs(shape, dtype, "cuda"), causal)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_repeat_is_bit_identical(causal):
+    q, k, v = random_inputs((2, 1531, 1531, 8, 2, 128), torch.bfloat16, "cuda")
+    dout = torch.randn_like(q)
+    first = flash_attn_func(q, k, v, causal=causal)
+    first_grads = torch.autograd.grad(first, (q, k, v), dout)
+    for _ in range(100):
+        assert torch.equal(flash_attn_func(q, k, v, causal=causal), first)
+    for _ in range(50):
+        out = flash_attn_func(q, k, v, causal=causal, deterministic=True)
+        for a, b in zip(torch.autograd.grad(out, (q, k, v), dout), first_grads):
+            assert torch.equal(a, b)
+
+
+def test_batch_times_heads_beyond_grid_limit():
+    # 1100 * 64 = 70400 > 65535 programs along one axis.
+    check_against_oracle(*random_inputs((1100, 8, 8, 64, 16, 16), torch.float16, "cuda"), True)
+
+
+def _sdpa_float32(q, k, v):
+    """Non-causal SDPA in float32 on (B, S, H, D) tensors, for slices of a huge problem."""
+    out = F.scaled_dot_product_attention(*(t.float().transpose(1, 2) for t in (q, k, v)))
+    return out.transpose(1, 2)
+
+
+def test_tensors_beyond_2_to_31_elements_batch_offsets():
+    # batch * stride_b crosses 2**31: offsets must be 64-bit.
+    batch = 2**31 // (128 * 128) + 1
+    q, k, v = (torch.randn(batch, 128, 1, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    assert q.numel() > 2**31
+    out = flash_attn_func(q, k, v)
+    for b in (0, batch // 2, batch - 1):
+        expected = _sdpa_float32(q[b:b + 1], k[b:b + 1], v[b:b + 1])
+        assert max_error(out[b:b + 1], expected) < 2e-2
+    del q, k, v, out
+    torch.cuda.empty_cache()
+
+
+def test_tensors_beyond_2_to_31_elements_sequence_offsets():
+    # position * stride_s crosses 2**31 inside one batch entry; causal keeps it affordable.
+    seqlen, heads, head_dim = 2**31 // (32 * 256) + 64, 32, 256
+    q, k, v = (torch.randn(1, seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    assert q.numel() > 2**31
+    out = flash_attn_func(q, k, v, causal=True)
+    # The last rows see every key: compare them (bottom-right alignment keeps them the same rows).
+    tail = slice(seqlen - 64, seqlen)
+    expected = F.scaled_dot_product_attention(
+        q[:, tail].float().transpose(1, 2), k.float().transpose(1, 2), v.float().transpose(1, 2),
+        attn_mask=torch.ones(64, seqlen, dtype=torch.bool, device="cuda").tril(seqlen - 64))
+    assert max_error(out[:, tail], expected.transpose(1, 2)) < 2e-2
+    out.backward(torch.randn_like(out))
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad[:, -256:]).all() and t.grad[:, -256:].abs().sum() > 0
+    del q, k, v, out
+    torch.cuda.empty_cache()
+
+
+def test_compile_inductor_fullgraph():
+    q, k, v = random_inputs((2, 300, 300, 4, 2, 64), torch.bfloat16, "cuda")
+    fn = lambda q, k, v: flash_attn_func(q, k, v, causal=True).float().square().sum()
+    compiled = torch.compile(fn, fullgraph=True)
+    eager_loss = fn(q, k, v)
+    eager_grads = torch.autograd.grad(eager_loss, (q, k, v))
+    loss = compiled(q, k, v)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    assert torch.equal(loss, eager_loss)
+    for a, b in zip(grads, eager_grads):
+        assert torch.equal(a, b)
+
+
+def test_float32_is_full_precision_unless_tf32_allowed():
+    q, k, v = random_inputs((1, 512, 512, 4, 4, 64), torch.float32, "cuda")
+    truth, _ = attention_reference(q, k, v)
+    ieee = flash_attn_func(q, k, v)
+    assert max_error(ieee, truth) < 1e-5
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        tf32 = flash_attn_func(q, k, v)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert 1e-5 < max_error(tf32, truth) < 1e-2
+
+
+def test_peak_memory_is_linear_in_seqlen():
+    seqlen, heads, head_dim = 16384, 16, 128
+    q, k, v = random_inputs((1, seqlen, seqlen, heads, heads, head_dim), torch.bfloat16, "cuda")
+    dout = torch.randn_like(q)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    out = flash_attn_func(q, k, v, causal=True)
+    torch.autograd.grad(out, (q, k, v), dout)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - baseline
+    tensor_bytes = q.numel() * q.element_size()
+    # out, dq, dk, dv plus lse and delta: a handful of input-sized tensors, nowhere near
+    # the 8 GiB a (heads, seqlen, seqlen) bf16 score matrix would take.
+    assert extra < 6 * tensor_bytes, f"extra memory {extra / 2**20:.0f} MiB"
