@@ -1,0 +1,86 @@
+"""Command-line front of flashtron: ``flashtron COMMAND [options]`` (also
+``python -m flashtron``). Each subcommand gets its own argparse sub-parser and a
+handler; today there is ``bench``, which narrows the benchmark's default sweep
+(flash-attn's settings on a GPU, a tiny CPU sweep without one) from its options
+and hands the result to :func:`flashtron.bench.run`. Options left out keep the
+device's defaults, so the same command line works on a GPU and a CPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+
+
+def _int_list(text):
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _choice_list(choices):
+    def parse(text):
+        values = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+        unknown = [x for x in values if x not in choices]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(choices)}; got {text!r}")
+        return values
+    return parse
+
+
+def _add_bench(commands) -> None:
+    from flashtron import bench
+
+    p = commands.add_parser(
+        "bench", help="forward / forward+backward TFLOP/s and memory against SDPA and Flex",
+        description="Benchmark flashtron against torch SDPA backends and FlexAttention. "
+                    "Defaults follow flash-attn's benchmark on a GPU (B*S=16384, H*D=2048, D in "
+                    "64,128, S from 512 to 16384, causal and not, bf16); without a GPU a tiny "
+                    "fp32 CPU run checks that everything works.")
+    p.add_argument("--headdims", type=_int_list, metavar="D,...", help="head dimensions (default 64,128)")
+    p.add_argument("--seqlens", type=_int_list, metavar="S,...",
+                   help="sequence lengths (default 512,1024,2048,4096,8192,16384)")
+    p.add_argument("--causal", choices=("both", "true", "false"), help="causal masking (default both)")
+    p.add_argument("--impls", type=_choice_list(bench.IMPLS), metavar="IMPL,...",
+                   help=f"implementations, from {','.join(bench.IMPLS)} (default all)")
+    p.add_argument("--modes", type=_choice_list(bench.MODES), metavar="MODE,...",
+                   help="fwd and/or fwd+bwd (default both)")
+    p.add_argument("--dtype", choices=tuple(bench.DTYPES), help="element type (default bf16; fp32 on CPU)")
+    p.add_argument("--tokens", type=int, help="total tokens B*S; B = tokens // S (default 16384)")
+    p.add_argument("--hidden", type=int, help="H*D; H = hidden // D (default 2048)")
+    p.add_argument("--out", metavar="DIR", help="where bench.json and bench.png go (default ./bench-out)")
+    p.add_argument("--warmup", type=float, metavar="MS", help="warm-up time per measurement in ms (default 25)")
+    p.add_argument("--rep", type=float, metavar="MS", help="timed repetitions per measurement in ms (default 100)")
+    p.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args, argv) -> int:
+    import torch
+    from flashtron import bench
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(bench.BenchConfig)
+             if getattr(args, f.name, None) is not None}
+    if "causal" in given:
+        given["causal"] = {"both": (False, True), "true": (True,), "false": (False,)}[given["causal"]]
+    config = dataclasses.replace(bench.default_config(torch.cuda.is_available()), **given)
+    report = bench.run(config, command=shlex.join(["flashtron", *argv]))
+    return 0 if report is not None else 2
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="flashtron", description="flashtron: FlashAttention in Triton.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_bench(commands)
+    args = parser.parse_args(argv)
+    return args.handler(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
