@@ -48,7 +48,9 @@ def _grouped(t: torch.Tensor, num_heads_kv: int) -> torch.Tensor:
 
 def _ungrouped(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     batch, num_heads_kv, group, seqlen, head_dim = t.shape
-    return t.permute(0, 3, 1, 2, 4).reshape(batch, seqlen, num_heads_kv * group, head_dim).to(dtype)
+    out = t.permute(0, 3, 1, 2, 4).reshape(batch, seqlen, num_heads_kv * group, head_dim).to(dtype)
+    # The custom op's fake implementation promises a fresh contiguous tensor.
+    return out.contiguous()
 
 
 def _scores(q_rows, k, softmax_scale, rows, keys, seqlen_q, seqlen_k, window_left, window_right):
@@ -74,11 +76,16 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
             continue
         scores = _scores(qg[..., rows[0]:rows[1], :], kg, softmax_scale, rows, keys,
                          seqlen_q, seqlen_k, window_left, window_right)
-        block_lse = torch.logsumexp(scores, dim=-1)
-        saw_nothing = block_lse == -math.inf
-        p = torch.exp(scores - block_lse.masked_fill(saw_nothing, 0.0)[..., None])
-        out[..., rows[0]:rows[1], :] = torch.matmul(p, vg[:, :, None, keys[0]:keys[1]])
-        lse[..., rows[0]:rows[1]] = block_lse.masked_fill(saw_nothing, math.inf)
+        # As the kernels do: subtract the row max, normalise by the row sum at the end.
+        # (exp(s - lse) would carry lse's rounding into every probability when |s| is large.)
+        row_max = scores.amax(dim=-1)
+        saw_nothing = row_max == -math.inf
+        row_max = row_max.masked_fill(saw_nothing, 0.0)
+        p = torch.exp(scores - row_max[..., None])
+        row_sum = p.sum(dim=-1)
+        out[..., rows[0]:rows[1], :] = (torch.matmul(p, vg[:, :, None, keys[0]:keys[1]])
+                                        / row_sum.masked_fill(saw_nothing, 1.0)[..., None])
+        lse[..., rows[0]:rows[1]] = (row_max + torch.log(row_sum)).masked_fill(saw_nothing, math.inf)
     return _ungrouped(out, q.dtype), lse.reshape(batch, num_heads, seqlen_q)
 
 

@@ -26,13 +26,21 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     where softmax_lse is float32 (batch, num_heads, seqlen_q) in natural log (+inf where a query
     sees no key).
     """
-    q, k, v = validation.check_qkv(q, k, v)
+    return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                      deterministic, return_attn_probs, names=("q", "k", "v"))
+
+
+def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+               deterministic, return_attn_probs, names):
+    q, k, v = validation.check_qkv(q, k, v, names)
     softmax_scale = validation.softmax_scale_or_default(softmax_scale, q.shape[-1])
     window_left, window_right = validation.window_bounds(causal, window_size)
     validation.check_unbuilt_options(q, dropout_p, softcap, alibi_slopes)
     validation.check_flag("deterministic", deterministic)
     validation.check_flag("return_attn_probs", return_attn_probs)
-    allow_tf32 = torch.get_float32_matmul_precision() != "highest"
+    # torch.set_float32_matmul_precision("high") sets this flag; reading it (unlike the
+    # precision string) traces under torch.compile without a graph break.
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, allow_tf32)
     if return_attn_probs:
         return out, softmax_lse, None
@@ -43,13 +51,15 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
                               softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """flash_attn_func with q, k, v packed as qkv (batch, seqlen, 3, num_heads, head_dim)."""
     validation.check_packed("qkv", qkv, 5, 2, 3, "(batch, seqlen, 3, num_heads, head_dim)")
-    return flash_attn_func(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal,
-                           window_size, softcap, alibi_slopes, deterministic, return_attn_probs)
+    return _attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal,
+                      window_size, softcap, alibi_slopes, deterministic, return_attn_probs,
+                      names=("qkv", "qkv", "qkv"))
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """flash_attn_func with k, v packed as kv (batch, seqlen_k, 2, num_heads_k, head_dim)."""
     validation.check_packed("kv", kv, 5, 2, 2, "(batch, seqlen_k, 2, num_heads_k, head_dim)")
-    return flash_attn_func(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal,
-                           window_size, softcap, alibi_slopes, deterministic, return_attn_probs)
+    return _attention(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal,
+                      window_size, softcap, alibi_slopes, deterministic, return_attn_probs,
+                      names=("q", "kv", "kv"))

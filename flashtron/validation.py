@@ -39,20 +39,25 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
 
-def check_qkv(q, k, v):
-    """Validate q (B, Sq, H, D), k and v (B, Sk, Hk, D); return them with unit head-dim stride."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
+def check_qkv(q, k, v, names=("q", "k", "v")):
+    """Validate q (B, Sq, H, D), k and v (B, Sk, Hk, D); return them with unit head-dim stride.
+
+    `names` are what the caller passed (qkv or kv for the packed forms), for the messages.
+    """
+    q_name, k_name, v_name = names
+    for name, t in zip(names, (q, k, v)):
         _require_tensor(name, t)
+    for name, t in ((q_name, q), (k_name, k), (v_name, v)):
         _require_rank(name, t, 4, "(batch, seqlen, num_heads, head_dim)")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got q on {q.device}, k on {k.device}, v on {v.device}")
     if q.device.type not in ("cuda", "cpu"):
-        raise NotImplementedError(f"q is on device {q.device}; flashtron runs on CUDA GPUs and on the CPU")
+        raise NotImplementedError(f"{q_name} is on device {q.device}; flashtron runs on CUDA GPUs and on the CPU")
     if q.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"q has dtype {q.dtype}; supported dtypes are float16, bfloat16 and float32")
-    for name, t in (("k", k), ("v", v)):
+        raise TypeError(f"{q_name} has dtype {q.dtype}; supported dtypes are float16, bfloat16 and float32")
+    for name, t in ((k_name, k), (v_name, v)):
         if t.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype}, but q has dtype {q.dtype}; they must match")
+            raise TypeError(f"{name} has dtype {t.dtype}, but {q_name} has dtype {q.dtype}; they must match")
     batch, _, num_heads, head_dim = q.shape
     if k.shape[0] != batch or v.shape[0] != batch:
         raise ValueError(f"batch sizes differ: q has {batch}, k has {k.shape[0]}, v has {v.shape[0]}")
@@ -100,10 +105,13 @@ def window_bounds(causal, window_size) -> tuple[int, int]:
 
 def check_unbuilt_options(q: torch.Tensor, dropout_p, softcap, alibi_slopes) -> None:
     """Validate the variant arguments, then refuse the ones not built yet."""
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
-    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real) or not softcap >= 0.0:
-        raise ValueError(f"softcap must be a float >= 0 (0 disables it), got {softcap!r}")
+    for name, value in (("dropout_p", dropout_p), ("softcap", softcap)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    if not softcap >= 0.0:
+        raise ValueError(f"softcap must be >= 0 (0 disables it), got {softcap!r}")
     if alibi_slopes is not None:
         _require_tensor("alibi_slopes", alibi_slopes)
         batch, num_heads = q.shape[0], q.shape[2]

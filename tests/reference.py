@@ -52,7 +52,13 @@ def max_error(a, b):
 
 
 def assert_within_rule(name, ours, truth, plain, factor, slack=1e-5):
-    """ours vs truth no worse than `factor` times plain-PyTorch-in-input-precision vs truth."""
+    """ours vs truth no worse than `factor` times plain-PyTorch-in-input-precision vs truth.
+
+    The slack (for errors that are ~0 in PyTorch, e.g. fp32) scales with the values' magnitude:
+    recomputing P = exp(s - lse) from an fp32 lse of size ~30 moves gradients of size ~10 by
+    ~1e-5 relative, which no unit-scale absolute slack can express.
+    """
     assert torch.isfinite(ours).all(), f"{name}: non-finite values"
-    err, bar = max_error(ours, truth), factor * max_error(plain, truth) + slack
-    assert err <= bar, f"{name}: max error {err:.3e} exceeds {factor}x PyTorch's {bar:.3e}"
+    magnitude = max(1.0, truth.abs().max().item()) if truth.numel() else 1.0
+    err, bar = max_error(ours, truth), factor * max_error(plain, truth) + slack * magnitude
+    assert err <= bar, f"{name}: max error {err:.3e} exceeds {factor}x PyTorch's error + slack = {bar:.3e}"

@@ -98,7 +98,7 @@ def test_mask_alignment_is_bottom_right():
     assert visible_mask(5, 9, -1, 0, "cpu").sum(-1).tolist() == [5, 6, 7, 8, 9]
 
 
-@pytest.mark.parametrize("scale", [0.3, 1.7])
+@pytest.mark.parametrize("scale", [0.3, 1.7, 0.0, -0.5])
 def test_custom_softmax_scale(scale):
     check_against_oracle(*random_inputs((1, 33, 47, 2, 2, 24), torch.float32), True, softmax_scale=scale)
 

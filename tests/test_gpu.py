@@ -90,12 +90,16 @@ def test_tensors_beyond_2_to_31_elements_sequence_offsets():
                for _ in range(3))
     assert q.numel() > 2**31
     out = flash_attn_func(q, k, v, causal=True)
-    # The last rows see every key: compare them (bottom-right alignment keeps them the same rows).
-    tail = slice(seqlen - 64, seqlen)
-    expected = F.scaled_dot_product_attention(
-        q[:, tail].float().transpose(1, 2), k.float().transpose(1, 2), v.float().transpose(1, 2),
-        attn_mask=torch.ones(64, seqlen, dtype=torch.bool, device="cuda").tril(seqlen - 64))
-    assert max_error(out[:, tail], expected.transpose(1, 2)) < 2e-2
+    torch.cuda.synchronize()  # a fault in our kernel surfaces here, not in the reference below
+    # The last 64 rows see every key but the last few: compare them one head at a time in
+    # float32 matmuls (torch's own kernels are not what is under test at this size).
+    rows, keys = torch.arange(seqlen - 64, seqlen, device="cuda"), torch.arange(seqlen, device="cuda")
+    keep = keys[None, :] <= rows[:, None]
+    for head in (0, heads - 1):
+        scores = (q[0, -64:, head].float() @ k[0, :, head].float().T) * head_dim ** -0.5
+        probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
+        expected = probs @ v[0, :, head].float()
+        assert max_error(out[0, -64:, head], expected) < 2e-2
     out.backward(torch.randn_like(out))
     for t in (q, k, v):
         assert torch.isfinite(t.grad[:, -256:]).all() and t.grad[:, -256:].abs().sum() > 0
@@ -105,13 +109,15 @@ def test_tensors_beyond_2_to_31_elements_sequence_offsets():
 
 def test_compile_inductor_fullgraph():
     q, k, v = random_inputs((2, 300, 300, 4, 2, 64), torch.bfloat16, "cuda")
-    fn = lambda q, k, v: flash_attn_func(q, k, v, causal=True).float().square().sum()
+    fn = lambda q, k, v: flash_attn_func(q, k, v, causal=True)
     compiled = torch.compile(fn, fullgraph=True)
-    eager_loss = fn(q, k, v)
-    eager_grads = torch.autograd.grad(eager_loss, (q, k, v))
-    loss = compiled(q, k, v)
-    grads = torch.autograd.grad(loss, (q, k, v))
-    assert torch.equal(loss, eager_loss)
+    dout = torch.randn_like(q)
+    eager_out = fn(q, k, v)
+    eager_grads = torch.autograd.grad(eager_out, (q, k, v), dout)
+    out = compiled(q, k, v)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    # The same kernels on the same inputs: bit-identical through the compiled graph.
+    assert torch.equal(out, eager_out)
     for a, b in zip(grads, eager_grads):
         assert torch.equal(a, b)
 

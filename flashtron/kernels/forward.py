@@ -21,11 +21,11 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 @triton.jit
 def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2,
+                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, score_scale,
                      start, end,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
-                     HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+                     HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
                      INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
@@ -43,17 +43,19 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
             kt = tl.load(kt_ptrs)
             v = tl.load(v_ptrs)
         scores = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
-        scores = scores * qk_scale_log2
+        if not SCALE_POSITIVE:
+            scores = scores * qk_scale_log2
         if MASKED:
             keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
             scores = tl.where(keep, scores, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(scores, 1))
+        new_max = tl.maximum(row_max, tl.max(scores, 1) * score_scale)
         reference = new_max
         if MASKED:
             # A row with nothing visible yet keeps its max at -inf; subtract 0 instead so exp2
             # gives 0, not NaN.  The -inf itself is kept: a later real max must replace it.
             reference = tl.where(new_max == float("-inf"), 0.0, new_max)
-        p = tl.math.exp2(scores - reference[:, None])
+        # One FMA per score: the scale is applied here, not to the whole tile beforehand.
+        p = tl.math.exp2(scores * score_scale - reference[:, None])
         rescale = tl.math.exp2(row_max - reference)
         row_sum = row_sum * rescale + tl.sum(p, 1)
         acc = mma(downcast(p, v.dtype, UPCAST), v, acc * rescale[:, None], INPUT_PRECISION, UPCAST)
@@ -74,7 +76,7 @@ def attention_forward_kernel(
         qk_scale_log2, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Flat grid (no 65535 limit on batch * heads); query tiles of one head are
     # neighbours so they share K and V in L2.  With an upper bound on the keys
@@ -104,6 +106,12 @@ def attention_forward_kernel(
     kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
     v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
 
+    # With a positive scale the row max is taken on raw scores and scaled once per row;
+    # a zero or negative scale (legal, if odd) scales the tile first instead.
+    if SCALE_POSITIVE:
+        score_scale = qk_scale_log2
+    else:
+        score_scale = 1.0
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -112,16 +120,19 @@ def attention_forward_kernel(
                                                  BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, lo, full_lo,
-        BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, score_scale,
+        lo, full_lo, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SCALE_POSITIVE,
+        INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_lo, full_hi,
-        BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, score_scale,
+        full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SCALE_POSITIVE,
+        INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_hi, hi,
-        BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, score_scale,
+        full_hi, hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SCALE_POSITIVE,
+        INPUT_PRECISION, UPCAST)
 
     saw_nothing = row_sum == 0.0
     row_sum = tl.where(saw_nothing, 1.0, row_sum)

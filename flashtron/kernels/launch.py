@@ -75,7 +75,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks,
         softmax_scale * LOG2E, window_left, window_right,
         head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
+        HAS_LO=window_left >= 0, HAS_HI=window_right >= 0, SCALE_POSITIVE=softmax_scale > 0,
         INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse

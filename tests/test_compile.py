@@ -1,0 +1,196 @@
+"""torch.compile and the custom ops.
+
+flash_attn_func / flash_attn_qkvpacked_func must compile with fullgraph=True
+(no graph break anywhere in the validation or the call), forward and backward,
+and give what eager gives.  The backend is aot_eager: it still traces the custom
+ops through their fake implementations and autograd formula (what inductor
+would see), without inductor's slow CPU code generation.  torch.library.opcheck
+checks the ops' schemas, fake implementations and autograd registration.
+
+Runs on the CPU, in plain mode and under TRITON_INTERPRET=1; sizes are tiny.
+"""
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from flashtron import flash_attn_func, flash_attn_qkvpacked_func
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def _leaves(*tensors):
+    return [t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+def _fwd_bwd(fn, inputs, douts):
+    """Run fn on fresh leaf copies of inputs; return (outputs, input gradients)."""
+    leaves = _leaves(*inputs)
+    outs = fn(*leaves)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    torch.autograd.backward([o for o in outs if o.requires_grad], list(douts))
+    return [o.detach() for o in outs], [t.grad for t in leaves]
+
+
+def _assert_same(eager, compiled):
+    (out_e, grads_e), (out_c, grads_c) = eager, compiled
+    assert len(out_e) == len(out_c)
+    for a, b in zip(out_e, out_c):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
+    for a, b in zip(grads_e, grads_c):
+        assert b is not None
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
+
+
+def _attention_block(q, k, v):
+    # A bit of work on either side of the call, so the graph is not just the op.
+    out, lse, _ = flash_attn_func(q * 1.5, k, v, causal=True, softmax_scale=0.3, return_attn_probs=True)
+    return out.relu() + 1.0, lse
+
+
+def _qkvpacked_block(qkv):
+    return flash_attn_qkvpacked_func(qkv.tanh(), softmax_scale=None, causal=False) * 2.0
+
+
+def _gqa_inputs():
+    torch.manual_seed(0)
+    q = torch.randn(2, 7, 4, 16)
+    k = torch.randn(2, 11, 2, 16)
+    v = torch.randn(2, 11, 2, 16)
+    return q, k, v
+
+
+def test_compile_flash_attn_func_fullgraph():
+    q, k, v = _gqa_inputs()
+    dout = torch.randn(q.shape)
+    eager = _fwd_bwd(_attention_block, (q, k, v), (dout,))
+    compiled_fn = torch.compile(_attention_block, backend="aot_eager", fullgraph=True)
+    compiled = _fwd_bwd(compiled_fn, (q, k, v), (dout,))
+    _assert_same(eager, compiled)
+    out, lse = compiled[0]
+    assert out.shape == q.shape and lse.shape == (2, 4, 7) and lse.dtype == torch.float32
+    # Sanity: the gradients are not trivially zero.
+    assert all(g.abs().sum() > 0 for g in compiled[1])
+
+
+def test_compile_qkvpacked_fullgraph():
+    torch.manual_seed(1)
+    qkv = torch.randn(2, 9, 3, 2, 8)
+    dout = torch.randn(2, 9, 2, 8)
+    eager = _fwd_bwd(_qkvpacked_block, (qkv,), (dout,))
+    compiled_fn = torch.compile(_qkvpacked_block, backend="aot_eager", fullgraph=True)
+    compiled = _fwd_bwd(compiled_fn, (qkv,), (dout,))
+    _assert_same(eager, compiled)
+    assert compiled[1][0].shape == qkv.shape and compiled[1][0].abs().sum() > 0
+
+
+def test_compile_recompiles_nothing_on_second_call():
+    """A second call with new values of the same shapes reuses the compiled graph."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled_fn = torch.compile(_attention_block, backend=counting_backend, fullgraph=True)
+    q, k, v = _gqa_inputs()
+    compiled_fn(q, k, v)
+    out, lse = compiled_fn(q + 1, k, v)
+    assert len(graphs) == 1
+    torch.testing.assert_close(out, _attention_block(q + 1, k, v)[0])
+
+
+@pytest.mark.parametrize("fn,make_inputs", [
+    (_attention_block, _gqa_inputs),
+    (_qkvpacked_block, lambda: (torch.randn(2, 9, 3, 2, 8),)),
+], ids=["func", "qkvpacked"])
+def test_exactly_one_graph_no_breaks(fn, make_inputs):
+    inputs = make_inputs()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    # Not fullgraph: a break would split the function instead of raising, and is counted.
+    torch.compile(fn, backend=counting_backend)(*inputs)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert len(graphs) == 1
+    targets = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
+    assert torch.ops.flashtron.attention_forward.default in targets
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(fn)(*inputs)
+    assert explanation.graph_count == 1
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_forward_output_is_contiguous():
+    """The fake implementation promises a contiguous out (q.new_empty(q.shape)); the real one must match,
+    or code traced against the fake (e.g. out.view(b, s, h * d)) breaks at run time."""
+    q, k, v = _gqa_inputs()
+    out, lse = torch.ops.flashtron.attention_forward(q, k, v, 0.25, -1, -1, False)
+    assert out.shape == q.shape and out.is_contiguous(), out.stride()
+    assert lse.shape == (2, 4, 7) and lse.is_contiguous(), lse.stride()
+    out = flash_attn_func(q, k, v)
+    assert out.view(2, 7, 4 * 16).shape == (2, 7, 64)
+
+
+def _opcheck(op, args):
+    result = torch.library.opcheck(op, args)
+    assert result and all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_opcheck_attention_forward(requires_grad, causal):
+    q, k, v = _gqa_inputs()
+    args = [t.requires_grad_(requires_grad) for t in (q, k, v)]
+    _opcheck(torch.ops.flashtron.attention_forward.default, (*args, 0.25, -1, 0 if causal else -1, False))
+
+
+def test_opcheck_attention_forward_strided_inputs():
+    """q, k, v as the qkv-packed entry point passes them: views with non-contiguous batch/seq strides."""
+    torch.manual_seed(2)
+    qkv = torch.randn(2, 6, 3, 2, 8, requires_grad=True)
+    q, k, v = qkv.detach().unbind(2)
+    _opcheck(torch.ops.flashtron.attention_forward.default, (q, k, v, 0.35, -1, -1, False))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_opcheck_attention_backward(causal):
+    q, k, v = _gqa_inputs()
+    window_right = 0 if causal else -1
+    out, lse = torch.ops.flashtron.attention_forward(q, k, v, 0.25, -1, window_right, False)
+    dout = torch.randn(q.shape)
+    # The backward is not itself differentiable (no double backward), so inputs do not require grad.
+    _opcheck(torch.ops.flashtron.attention_backward.default,
+             (dout, q, k, v, out, lse, 0.25, -1, window_right, False))
+
+
+def test_custom_op_gradients_match_eager_formula():
+    """The autograd formula registered on attention_forward calls attention_backward with the saved tensors."""
+    q, k, v = _gqa_inputs()
+    dout = torch.randn(q.shape)
+    leaves = _leaves(q, k, v)
+    out, lse = torch.ops.flashtron.attention_forward(*leaves, 0.25, -1, -1, False)
+    assert not lse.requires_grad
+    out.backward(dout)
+    dq, dk, dv = torch.ops.flashtron.attention_backward(dout, q, k, v, out.detach(), lse, 0.25, -1, -1, False)
+    for g, expected in zip((t.grad for t in leaves), (dq, dk, dv)):
+        torch.testing.assert_close(g, expected, atol=0, rtol=0)
+    # And against a float64 reference of softmax(q k^T * scale) v, GQA by repeating k and v.
+    q64, k64, v64 = (t.double().requires_grad_(True) for t in (q, k, v))
+    scores = torch.einsum("bqhd,bkhd->bhqk", q64, k64.repeat_interleave(2, 2)) * 0.25
+    ref = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v64.repeat_interleave(2, 2))
+    ref.backward(dout.double())
+    torch.testing.assert_close(out.detach().double(), ref.detach(), atol=1e-5, rtol=1e-5)
+    for g, r in zip((t.grad for t in leaves), (q64.grad, k64.grad, v64.grad)):
+        torch.testing.assert_close(g.double(), r, atol=1e-5, rtol=1e-5)
