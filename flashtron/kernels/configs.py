@@ -31,18 +31,18 @@ _INTERPRETER = {
 }
 
 # (kernel, padded head dim upper bound, element size) -> config, for Hopper (sm90).
-# D = 64 and 128: winners of benchmarks/tune.py on an H200, 2026-11-21 (BENCHMARKS.md).
-# D = 256: not swept yet; chosen to fit shared memory.
+# Winners of benchmarks/tune.py on an H200, 2026-11-21 (BENCHMARKS.md): D = 64 and 128 at
+# S = 4k and 8k; D = 256 at S = 4k, where most larger tiles exceed shared memory.
 _HOPPER = {
     ("forward", 64, 2): KernelConfig(64, 64, 4, 3),
     ("forward", 128, 2): KernelConfig(128, 128, 8, 3),
-    ("forward", 256, 2): KernelConfig(64, 64, 4, 2),
+    ("forward", 256, 2): KernelConfig(64, 64, 4, 3),
     ("dkdv", 64, 2): KernelConfig(64, 64, 4, 3),
     ("dkdv", 128, 2): KernelConfig(64, 128, 8, 3),
-    ("dkdv", 256, 2): KernelConfig(32, 64, 4, 1),
+    ("dkdv", 256, 2): KernelConfig(32, 128, 8, 3),
     ("dq", 64, 2): KernelConfig(64, 64, 4, 3),
     ("dq", 128, 2): KernelConfig(128, 64, 8, 3),
-    ("dq", 256, 2): KernelConfig(64, 32, 4, 1),
+    ("dq", 256, 2): KernelConfig(128, 32, 4, 3),
 }
 
 # Any other GPU, and fp32 everywhere: smaller tiles that fit ~100 KB of shared memory.
