@@ -53,6 +53,17 @@ def _ungrouped(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.contiguous()
 
 
+def _row_blocks(q_shape, seqlen_k, window_left, window_right):
+    """(rows, keys) ranges of each block of query rows that sees at least one key."""
+    batch, seqlen_q, num_heads, _ = q_shape
+    step = _rows_per_block(batch * num_heads, seqlen_k)
+    for row_start in range(0, seqlen_q, step):
+        rows = (row_start, min(seqlen_q, row_start + step))
+        keys = _key_range(*rows, seqlen_q, seqlen_k, window_left, window_right)
+        if keys[0] < keys[1]:
+            yield rows, keys
+
+
 def _scores(q_rows, k, softmax_scale, rows, keys, seqlen_q, seqlen_k, window_left, window_right):
     """Masked scaled scores (B, Hk, G, rows, keys) in float32."""
     scores = torch.matmul(q_rows, k[:, :, None, keys[0]:keys[1]].transpose(-1, -2)) * softmax_scale
@@ -68,12 +79,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     vg = _grouped(v, num_heads_kv)[:, :, 0]
     out = qg.new_zeros(qg.shape)
     lse = qg.new_full(qg.shape[:-1], math.inf)
-    step = _rows_per_block(batch * num_heads, seqlen_k)
-    for row_start in range(0, seqlen_q, step):
-        rows = (row_start, min(seqlen_q, row_start + step))
-        keys = _key_range(*rows, seqlen_q, seqlen_k, window_left, window_right)
-        if keys[0] == keys[1]:
-            continue
+    for rows, keys in _row_blocks(q.shape, seqlen_k, window_left, window_right):
         scores = _scores(qg[..., rows[0]:rows[1], :], kg, softmax_scale, rows, keys,
                          seqlen_q, seqlen_k, window_left, window_right)
         # As the kernels do: subtract the row max, normalise by the row sum at the end.
@@ -102,12 +108,7 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     dq = torch.zeros_like(qg)
     dk = torch.zeros_like(kg)
     dv = torch.zeros_like(vg)
-    step = _rows_per_block(batch * num_heads, seqlen_k)
-    for row_start in range(0, seqlen_q, step):
-        rows = (row_start, min(seqlen_q, row_start + step))
-        keys = _key_range(*rows, seqlen_q, seqlen_k, window_left, window_right)
-        if keys[0] == keys[1]:
-            continue
+    for rows, keys in _row_blocks(q.shape, seqlen_k, window_left, window_right):
         q_rows = qg[..., rows[0]:rows[1], :]
         do_rows = dog[..., rows[0]:rows[1], :]
         scores = _scores(q_rows, kg, softmax_scale, rows, keys, seqlen_q, seqlen_k, window_left, window_right)

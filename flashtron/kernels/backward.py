@@ -20,6 +20,7 @@ import triton.language as tl
 
 from flashtron.kernels.block_info import head_dim_mask, inner_block_range, visible
 from flashtron.kernels.precision import downcast, mma
+from flashtron.kernels.tile_scheduler import tile_of_program
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -31,11 +32,7 @@ def attention_backward_preprocess(
         stride_dob, stride_dom, stride_doh,
         num_heads, seqlen_q, num_m_blocks,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    pid = tl.program_id(0)
-    m_block = pid % num_m_blocks
-    batch_head = pid // num_m_blocks
-    batch = batch_head // num_heads
-    head = batch_head % num_heads
+    m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, False)
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < seqlen_q)[:, None] & head_dim_mask(offs_d, head_dim, EVEN_D)[None, :]
@@ -107,14 +104,9 @@ def attention_backward_dkdv(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    pid = tl.program_id(0)
-    n_block = pid % num_n_blocks
-    batch_head_kv = pid // num_n_blocks
-    if HAS_LO:
-        # With a lower bound on the keys (causal), early key tiles see the most queries.
-        n_block = num_n_blocks - 1 - n_block
-    batch = batch_head_kv // num_heads_kv
-    head_kv = batch_head_kv % num_heads_kv
+    # Under causal (HAS_HI) early key tiles see the most queries and already come first;
+    # a left window bound (HAS_LO) alone makes the late ones heavy.
+    n_block, _, batch, head_kv = tile_of_program(tl.program_id(0), num_n_blocks, num_heads_kv, HAS_LO)
     start_n = n_block * BLOCK_N
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -216,13 +208,7 @@ def attention_backward_dq(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    pid = tl.program_id(0)
-    m_block = pid % num_m_blocks
-    batch_head = pid // num_m_blocks
-    if HAS_HI:
-        m_block = num_m_blocks - 1 - m_block
-    batch = batch_head // num_heads
-    head = batch_head % num_heads
+    m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
     head_kv = head // kv_group_size
     start_m = m_block * BLOCK_M
 

@@ -15,6 +15,7 @@ import triton.language as tl
 
 from flashtron.kernels.block_info import head_dim_mask, inner_block_range, visible
 from flashtron.kernels.precision import downcast, mma
+from flashtron.kernels.tile_scheduler import tile_of_program
 
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -78,16 +79,8 @@ def attention_forward_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # Flat grid (no 65535 limit on batch * heads); query tiles of one head are
-    # neighbours so they share K and V in L2.  With an upper bound on the keys
-    # (causal), later tiles do more work: start them first.
-    pid = tl.program_id(0)
-    m_block = pid % num_m_blocks
-    batch_head = pid // num_m_blocks
-    if HAS_HI:
-        m_block = num_m_blocks - 1 - m_block
-    batch = batch_head // num_heads
-    head = batch_head % num_heads
+    # With an upper bound on the keys (causal), later query tiles do more work.
+    m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
     head_kv = head // kv_group_size
     start_m = m_block * BLOCK_M
 
