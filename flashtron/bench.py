@@ -32,6 +32,13 @@ import zlib
 import torch
 
 IMPLS = ("flashtron", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "flex")
+# Opt-in rows (--impls): flashtron on the same shape with one variant switched on.  FLOPs are
+# counted for the plain shape, so a row's TFLOP/s over flashtron's is its speed-up.
+VARIANTS = {
+    "flashtron-window": {"window_size": (1024, 0)},
+    "flashtron-softcap": {"softcap": 30.0},
+    "flashtron-alibi": {"alibi_slopes": "geometric"},
+}
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION",
@@ -122,9 +129,13 @@ def _attention(impl: str, shape: Shape, device: torch.device):
     """Return (attend, wants_bhsd, context): attend(q, k, v) -> out in that layout,
     context() a context manager that must be active while attend runs."""
     causal = shape.causal
-    if impl == "flashtron":
+    if impl == "flashtron" or impl in VARIANTS:
         from flashtron import flash_attn_func  # lazy: kernels may be absent at import
-        return (lambda q, k, v: flash_attn_func(q, k, v, causal=causal)), False, contextlib.nullcontext
+        variant = dict(VARIANTS.get(impl, {}))
+        if variant.get("alibi_slopes") == "geometric":  # the ALiBi paper's slopes 2^(-8h/H)
+            heads = torch.arange(1, shape.heads + 1, device=device, dtype=torch.float32)
+            variant["alibi_slopes"] = torch.exp2(-8.0 * heads / shape.heads)
+        return (lambda q, k, v: flash_attn_func(q, k, v, causal=causal, **variant)), False, contextlib.nullcontext
     if impl == "flex":
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         mask = None

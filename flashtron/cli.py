@@ -47,8 +47,9 @@ def _add_bench(commands) -> None:
     p.add_argument("--seqlens", type=_int_list, metavar="S,...",
                    help="sequence lengths (default 512,1024,2048,4096,8192,16384)")
     p.add_argument("--causal", choices=("both", "true", "false"), help="causal masking (default both)")
-    p.add_argument("--impls", type=_choice_list(bench.IMPLS), metavar="IMPL,...",
-                   help=f"implementations, from {','.join(bench.IMPLS)} (default all)")
+    p.add_argument("--impls", type=_choice_list(bench.IMPLS + tuple(bench.VARIANTS)), metavar="IMPL,...",
+                   help=f"implementations, from {','.join(bench.IMPLS)} (default all), and the opt-in "
+                        f"variant rows {','.join(bench.VARIANTS)}")
     p.add_argument("--modes", type=_choice_list(bench.MODES), metavar="MODE,...",
                    help="fwd and/or fwd+bwd (default both)")
     p.add_argument("--dtype", choices=tuple(bench.DTYPES), help="element type (default bf16; fp32 on CPU)")

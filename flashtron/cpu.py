@@ -64,24 +64,43 @@ def _row_blocks(q_shape, seqlen_k, window_left, window_right):
             yield rows, keys
 
 
-def _scores(q_rows, k, softmax_scale, rows, keys, seqlen_q, seqlen_k, window_left, window_right):
-    """Masked scaled scores (B, Hk, G, rows, keys) in float32."""
+def _grouped_slopes(alibi_slopes, num_heads_kv):
+    """ALiBi slopes (H,) or (B, H) -> broadcastable against (B, Hk, G, rows, keys)."""
+    if alibi_slopes is None:
+        return None
+    slopes = alibi_slopes.float().reshape(-1, alibi_slopes.shape[-1])
+    return slopes.reshape(slopes.shape[0], num_heads_kv, -1, 1, 1)
+
+
+def _logits(q_rows, k, softmax_scale, softcap, slopes, rows, keys, seqlen_q, seqlen_k, window_left, window_right):
+    """Masked logits (B, Hk, G, rows, keys) in float32, and d(logit)/d(scaled score) under softcap."""
     scores = torch.matmul(q_rows, k[:, :, None, keys[0]:keys[1]].transpose(-1, -2)) * softmax_scale
+    cap_slope = None
+    if softcap > 0:
+        capped = torch.tanh(scores / softcap)
+        scores = softcap * capped
+        cap_slope = 1.0 - capped * capped
+    if slopes is not None:
+        query_idx = torch.arange(rows[0], rows[1], device=scores.device)[:, None]
+        key_idx = torch.arange(keys[0], keys[1], device=scores.device)[None, :]
+        scores = scores - slopes * (query_idx + seqlen_k - seqlen_q - key_idx).abs()
     keep = _visible(rows[0], rows[1], keys[0], keys[1], seqlen_q, seqlen_k, window_left, window_right, q_rows.device)
-    return scores.masked_fill_(~keep, -math.inf)
+    return scores.masked_fill_(~keep, -math.inf), cap_slope
 
 
-def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, allow_tf32: bool):
+def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float, alibi_slopes,
+            allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg = _grouped(q, num_heads_kv)
     kg = _grouped(k, num_heads_kv)[:, :, 0]
     vg = _grouped(v, num_heads_kv)[:, :, 0]
+    slopes = _grouped_slopes(alibi_slopes, num_heads_kv)
     out = qg.new_zeros(qg.shape)
     lse = qg.new_full(qg.shape[:-1], math.inf)
     for rows, keys in _row_blocks(q.shape, seqlen_k, window_left, window_right):
-        scores = _scores(qg[..., rows[0]:rows[1], :], kg, softmax_scale, rows, keys,
-                         seqlen_q, seqlen_k, window_left, window_right)
+        scores, _ = _logits(qg[..., rows[0]:rows[1], :], kg, softmax_scale, softcap, slopes, rows, keys,
+                            seqlen_q, seqlen_k, window_left, window_right)
         # As the kernels do: subtract the row max, normalise by the row sum at the end.
         # (exp(s - lse) would carry lse's rounding into every probability when |s| is large.)
         row_max = scores.amax(dim=-1)
@@ -96,13 +115,14 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
 
 
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
-             allow_tf32: bool):
+             softcap: float, alibi_slopes, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg = _grouped(q, num_heads_kv)
     kg = _grouped(k, num_heads_kv)[:, :, 0]
     vg = _grouped(v, num_heads_kv)[:, :, 0]
     dog = _grouped(dout, num_heads_kv)
+    slopes = _grouped_slopes(alibi_slopes, num_heads_kv)
     delta = (dog * _grouped(out, num_heads_kv)).sum(-1)
     lse_g = lse.reshape(qg.shape[:-1])
     dq = torch.zeros_like(qg)
@@ -111,12 +131,15 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     for rows, keys in _row_blocks(q.shape, seqlen_k, window_left, window_right):
         q_rows = qg[..., rows[0]:rows[1], :]
         do_rows = dog[..., rows[0]:rows[1], :]
-        scores = _scores(q_rows, kg, softmax_scale, rows, keys, seqlen_q, seqlen_k, window_left, window_right)
+        scores, cap_slope = _logits(q_rows, kg, softmax_scale, softcap, slopes, rows, keys,
+                                    seqlen_q, seqlen_k, window_left, window_right)
         # lse is +inf for rows that see nothing: their probabilities come out exactly 0.
         p = torch.exp(scores - lse_g[..., rows[0]:rows[1], None])
         dv[:, :, keys[0]:keys[1]] += torch.matmul(p.transpose(-1, -2), do_rows).sum(2)
         dp = torch.matmul(do_rows, vg[:, :, None, keys[0]:keys[1]].transpose(-1, -2))
         ds = p * (dp - delta[..., rows[0]:rows[1], None])
+        if cap_slope is not None:
+            ds = ds * cap_slope
         dq[..., rows[0]:rows[1], :] = torch.matmul(ds, kg[:, :, None, keys[0]:keys[1]]) * softmax_scale
         dk[:, :, keys[0]:keys[1]] += torch.matmul(ds.transpose(-1, -2), q_rows).sum(2) * softmax_scale
     dk_out = dk.permute(0, 2, 1, 3).to(k.dtype)

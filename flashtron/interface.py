@@ -35,13 +35,16 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     q, k, v = validation.check_qkv(q, k, v, names)
     softmax_scale = validation.softmax_scale_or_default(softmax_scale, q.shape[-1])
     window_left, window_right = validation.window_bounds(causal, window_size)
-    validation.check_unbuilt_options(q, dropout_p, softcap, alibi_slopes)
+    validation.check_dropout(dropout_p)
+    softcap = validation.check_softcap(softcap)
+    alibi_slopes = validation.check_alibi_slopes(alibi_slopes, q)
     validation.check_flag("deterministic", deterministic)
     validation.check_flag("return_attn_probs", return_attn_probs)
     # torch.set_float32_matmul_precision("high") sets this flag; reading it (unlike the
     # precision string) traces under torch.compile without a graph break.
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, allow_tf32)
+    out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, softcap,
+                                             alibi_slopes, allow_tf32)
     if return_attn_probs:
         return out, softmax_lse, None
     return out

@@ -2,8 +2,8 @@
 
 Every message names the argument, what it got and what would work; the layer
 below (custom ops, launcher, kernels) trusts what leaves this module.
-Arguments that belong to features not built yet raise NotImplementedError, so
-a caller never gets a silently different computation.
+Arguments that belong to features not built yet (dropout) raise
+NotImplementedError, so a caller never gets a silently different computation.
 """
 
 import math
@@ -89,7 +89,10 @@ def softmax_scale_or_default(softmax_scale, head_dim: int) -> float:
 
 
 def window_bounds(causal, window_size) -> tuple[int, int]:
-    """(window_left, window_right), -1 meaning unbounded; causal is window_right = 0."""
+    """(window_left, window_right), -1 meaning unbounded; causal sets window_right to 0.
+
+    Query i sees key j iff i + Sk - Sq - left <= j <= i + Sk - Sq + right (flash-attn 2.3+).
+    """
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
@@ -98,34 +101,45 @@ def window_bounds(causal, window_size) -> tuple[int, int]:
     left, right = (int(w) for w in window_size)
     if left < -1 or right < -1:
         raise ValueError(f"window_size entries must be >= -1 (-1 means unbounded), got {window_size!r}")
-    if (left, right) != (-1, -1):
-        raise NotImplementedError("window_size other than (-1, -1) (sliding-window attention) is not supported yet")
     return left, 0 if causal else right
 
 
-def check_unbuilt_options(q: torch.Tensor, dropout_p, softcap, alibi_slopes) -> None:
-    """Validate the variant arguments, then refuse the ones not built yet."""
-    for name, value in (("dropout_p", dropout_p), ("softcap", softcap)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+def _require_real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    return float(value)
+
+
+def check_dropout(dropout_p) -> float:
+    dropout_p = _require_real("dropout_p", dropout_p)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
-    if not softcap >= 0.0:
-        raise ValueError(f"softcap must be >= 0 (0 disables it), got {softcap!r}")
-    if alibi_slopes is not None:
-        _require_tensor("alibi_slopes", alibi_slopes)
-        batch, num_heads = q.shape[0], q.shape[2]
-        if tuple(alibi_slopes.shape) not in ((num_heads,), (batch, num_heads)):
-            raise ValueError(f"alibi_slopes must have shape ({num_heads},) or ({batch}, {num_heads}), "
-                             f"got {tuple(alibi_slopes.shape)}")
-        if alibi_slopes.dtype != torch.float32:
-            raise TypeError(f"alibi_slopes must be float32, got {alibi_slopes.dtype}")
     if dropout_p > 0.0:
         raise NotImplementedError("dropout_p > 0 is not supported yet")
-    if softcap > 0.0:
-        raise NotImplementedError("softcap > 0 is not supported yet")
-    if alibi_slopes is not None:
-        raise NotImplementedError("alibi_slopes is not supported yet")
+    return dropout_p
+
+
+def check_softcap(softcap) -> float:
+    softcap = _require_real("softcap", softcap)
+    if not (softcap >= 0.0 and math.isfinite(softcap)):
+        raise ValueError(f"softcap must be a finite float >= 0 (0 disables it), got {softcap!r}")
+    return softcap
+
+
+def check_alibi_slopes(alibi_slopes, q: torch.Tensor):
+    """None, or float32 slopes of shape (H,) or (B, H) on q's device, made contiguous."""
+    if alibi_slopes is None:
+        return None
+    _require_tensor("alibi_slopes", alibi_slopes)
+    batch, num_heads = q.shape[0], q.shape[2]
+    if tuple(alibi_slopes.shape) not in ((num_heads,), (batch, num_heads)):
+        raise ValueError(f"alibi_slopes must have shape ({num_heads},) or ({batch}, {num_heads}), "
+                         f"got {tuple(alibi_slopes.shape)}")
+    if alibi_slopes.dtype != torch.float32:
+        raise TypeError(f"alibi_slopes must be float32, got {alibi_slopes.dtype}")
+    if alibi_slopes.device != q.device:
+        raise ValueError(f"alibi_slopes must be on q's device {q.device}, got {alibi_slopes.device}")
+    return alibi_slopes.contiguous()
 
 
 def check_flag(name: str, value) -> None:

@@ -26,8 +26,13 @@ def visible_mask(seqlen_q, seqlen_k, window_left, window_right, device):
     return keep
 
 
-def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, window=(-1, -1)):
-    """Returns (out, lse) with out like q's layout; lse (B, H, Sq), +inf where a row sees nothing."""
+def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, window=(-1, -1),
+                        softcap=0.0, alibi_slopes=None):
+    """Returns (out, lse) with out like q's layout; lse (B, H, Sq), +inf where a row sees nothing.
+
+    softcap > 0: scores = softcap * tanh(scores / softcap), before masking and ALiBi.
+    alibi_slopes (H,) or (B, H): scores -= slope * |i + Sk - Sq - j|.
+    """
     dtype = q.dtype
     if upcast:
         q, k, v = q.double(), k.double(), v.double()
@@ -37,6 +42,13 @@ def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, 
     k = k.repeat_interleave(num_heads // num_heads_kv, dim=2)
     v = v.repeat_interleave(num_heads // num_heads_kv, dim=2)
     scores = torch.einsum("bqhd,bkhd->bhqk", q * scale, k)
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        rows = torch.arange(seqlen_q, device=q.device)[:, None]
+        keys = torch.arange(seqlen_k, device=q.device)[None, :]
+        slopes = alibi_slopes.to(scores.dtype).reshape(-1, num_heads, 1, 1)
+        scores = scores - slopes * (rows + seqlen_k - seqlen_q - keys).abs().to(scores.dtype)
     window_left, window_right = window[0], 0 if causal else window[1]
     keep = visible_mask(seqlen_q, seqlen_k, window_left, window_right, q.device)
     scores = scores.masked_fill(~keep, -math.inf)

@@ -36,24 +36,30 @@ def random_inputs(shape, dtype, device="cpu"):
     return make(seqlen_q, num_heads), make(seqlen_k, num_heads_kv), make(seqlen_k, num_heads_kv)
 
 
-def reference_and_grads(q, k, v, dout, causal, upcast, softmax_scale=None):
+def reference_and_grads(q, k, v, dout, causal, upcast, softmax_scale=None, **variants):
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out, lse = attention_reference(*leaves, causal=causal, upcast=upcast, softmax_scale=softmax_scale)
+    out, lse = attention_reference(*leaves, causal=causal, upcast=upcast, softmax_scale=softmax_scale,
+                                   window=variants.get("window_size", (-1, -1)),
+                                   softcap=variants.get("softcap", 0.0),
+                                   alibi_slopes=variants.get("alibi_slopes"))
     grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
     return out, lse, grads
 
 
-def check_against_oracle(q, k, v, causal, softmax_scale=None):
-    """The whole contract of one call: out, lse and gradients within flash-attn's rule."""
-    out, lse, none = flash_attn_func(q, k, v, causal=causal, softmax_scale=softmax_scale, return_attn_probs=True)
+def check_against_oracle(q, k, v, causal, softmax_scale=None, **variants):
+    """The whole contract of one call: out, lse and gradients within flash-attn's rule.
+
+    `variants` are flash_attn_func keywords (window_size, softcap, alibi_slopes)."""
+    out, lse, none = flash_attn_func(q, k, v, causal=causal, softmax_scale=softmax_scale, return_attn_probs=True,
+                                     **variants)
     assert none is None
     assert out.shape == q.shape and out.dtype == q.dtype
     assert lse.shape == (q.shape[0], q.shape[2], q.shape[1]) and lse.dtype == torch.float32
     dout = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), dout)
 
-    truth_out, truth_lse, truth_grads = reference_and_grads(q, k, v, dout, causal, True, softmax_scale)
-    plain_out, _, plain_grads = reference_and_grads(q, k, v, dout, causal, False, softmax_scale)
+    truth_out, truth_lse, truth_grads = reference_and_grads(q, k, v, dout, causal, True, softmax_scale, **variants)
+    plain_out, _, plain_grads = reference_and_grads(q, k, v, dout, causal, False, softmax_scale, **variants)
     assert_within_rule("out", out, truth_out, plain_out, 2)
     for name, ours, truth, plain in zip(("dq", "dk", "dv"), grads, truth_grads, plain_grads):
         assert ours.shape == truth.shape and ours.dtype == q.dtype

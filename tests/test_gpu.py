@@ -34,6 +34,28 @@ def test_matches_oracle_gpu(shape, causal, dtype):
     torch.cuda.empty_cache()
 
 
+GPU_VARIANT_CASES = [
+    ((2, 2048, 2048, 8, 2, 128), True, dict(window_size=(256, -1))),
+    ((1, 3000, 1500, 4, 4, 64), False, dict(window_size=(100, 50))),
+    ((1, 1024, 1024, 4, 1, 96), True, dict(softcap=20.0, alibi_slopes="per_batch")),
+    ((2, 777, 1333, 6, 3, 256), False, dict(window_size=(64, 64), softcap=10.0)),
+]
+
+
+def _materialise(variants, shape, device="cuda"):
+    if variants.get("alibi_slopes") == "per_batch":
+        variants = dict(variants, alibi_slopes=torch.rand(shape[0], shape[3], device=device))
+    return variants
+
+
+@pytest.mark.parametrize("case", GPU_VARIANT_CASES, ids=lambda c: "x".join(map(str, c[0])) + str(sorted(c[2])))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_variants_match_oracle_gpu(case, dtype):
+    shape, causal, variants = case
+    check_against_oracle(*random_inputs(shape, dtype, "cuda"), causal, **_materialise(variants, shape))
+    torch.cuda.empty_cache()
+
+
 SANITIZER_SHAPES = [(1, 37, 53, 4, 2, 40), (2, 130, 65, 2, 1, 128), (1, 64, 64, 2, 2, 256), (1, 17, 17, 1, 1, 1)]
 
 
@@ -43,6 +65,14 @@ SANITIZER_SHAPES = [(1, 37, 53, 4, 2, 40), (2, 130, 65, 2, 1, 128), (1, 64, 64, 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
 def test_small_shapes_for_sanitizer(shape, causal, dtype):
     check_against_oracle(*random_inputs(shape, dtype, "cuda"), causal)
+
+
+@pytest.mark.sanitizer
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_small_variants_for_sanitizer(dtype):
+    shape = (2, 70, 45, 4, 2, 40)
+    check_against_oracle(*random_inputs(shape, dtype, "cuda"), True, window_size=(9, -1), softcap=3.0,
+                         **_materialise(dict(alibi_slopes="per_batch"), shape))
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

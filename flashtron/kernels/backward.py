@@ -20,6 +20,7 @@ import triton.language as tl
 
 from flashtron.kernels.block_info import head_dim_mask, inner_block_range, visible
 from flashtron.kernels.precision import downcast, mma
+from flashtron.kernels.score_mod import logits_log2
 from flashtron.kernels.tile_scheduler import tile_of_program
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -48,10 +49,10 @@ def attention_backward_preprocess(
 @triton.jit
 def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile,
                   stride_qm, stride_dom, offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
-                  qk_scale_log2, start, end,
+                  softmax_scale, qk_scale_log2, softcap, slope, start, end,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
-                  HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+                  HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                   INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Tiles here are transposed: rows are keys (this program's), columns are queries.
     offs_m_tile = tl.arange(0, BLOCK_M)
@@ -75,14 +76,19 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
                 do = tl.load(do_ptrs)
             lse = tl.load(lse_base + offs_m)
             delta = tl.load(delta_base + offs_m)
-        scores_t = mma(k, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), INPUT_PRECISION, UPCAST)
-        p_t = tl.math.exp2(scores_t * qk_scale_log2 - (lse * LOG2E)[None, :])
+        raw_t = mma(k, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        # key_offset = seqlen_k - seqlen_q = -diagonal: ALiBi's distance is in the forward's terms.
+        logits_t, cap_slope_t = logits_log2(raw_t, offs_m[None, :], offs_n[:, None], -diagonal, softmax_scale,
+                                            qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
+        p_t = tl.math.exp2(logits_t - (lse * LOG2E)[None, :])
         if MASKED:
             keep = visible(offs_n, offs_m, seqlen_q, diagonal, window_right, window_left, HAS_HI, HAS_LO)
             p_t = tl.where(keep, p_t, 0.0)
         dv = mma(downcast(p_t, do.dtype, UPCAST), do, dv, INPUT_PRECISION, UPCAST)
         dp_t = mma(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), INPUT_PRECISION, UPCAST)
         ds_t = p_t * (dp_t - delta[None, :])
+        if SOFTCAP:
+            ds_t = ds_t * cap_slope_t
         dk = mma(downcast(ds_t, qt.dtype, UPCAST), tl.trans(qt), dk, INPUT_PRECISION, UPCAST)
         qt_ptrs += BLOCK_M * stride_qm
         do_ptrs += BLOCK_M * stride_dom
@@ -98,11 +104,12 @@ def attention_backward_dkdv(
         stride_dob, stride_dom, stride_doh,
         stride_dkb, stride_dkn, stride_dkh,
         stride_dvb, stride_dvn, stride_dvh,
+        Alibi, stride_alibi_b,
         num_heads, num_heads_kv, kv_group_size, seqlen_q, seqlen_k, num_n_blocks,
-        softmax_scale, qk_scale_log2, window_left, window_right,
+        softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Under causal (HAS_HI) early key tiles see the most queries and already come first;
     # a left window bound (HAS_LO) alone makes the late ones heavy.
@@ -132,22 +139,28 @@ def attention_backward_dkdv(
     for group_member in range(kv_group_size):
         head = head_kv * kv_group_size + group_member
         batch_head = batch * num_heads + head
+        slope = 0.0
+        if ALIBI:
+            slope = tl.load(Alibi + batch.to(tl.int64) * stride_alibi_b + head)
         q_base = Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
         do_base = DOut + batch.to(tl.int64) * stride_dob + head.to(tl.int64) * stride_doh
         lse_base = Lse + batch_head.to(tl.int64) * seqlen_q
         delta_base = Delta + batch_head.to(tl.int64) * seqlen_q
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
-            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right, qk_scale_log2, lo, full_lo,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
+            softmax_scale, qk_scale_log2, softcap, slope, lo, full_lo,
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
-            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right, qk_scale_log2, full_lo, full_hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
+            softmax_scale, qk_scale_log2, softcap, slope, full_lo, full_hi,
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
-            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right, qk_scale_log2, full_hi, hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
+            softmax_scale, qk_scale_log2, softcap, slope, full_hi, hi,
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
 
     dk = dk * softmax_scale
     tl.store(DK + batch.to(tl.int64) * stride_dkb + head_kv.to(tl.int64) * stride_dkh
@@ -160,10 +173,11 @@ def attention_backward_dkdv(
 
 @triton.jit
 def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
-                offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, start, end,
+                offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+                softmax_scale, qk_scale_log2, softcap, slope, start, end,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                 BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
-                HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+                HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                 INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
@@ -181,13 +195,17 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
         else:
             kt = tl.load(kt_ptrs)
             vt = tl.load(vt_ptrs)
-        scores = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
-        p = tl.math.exp2(scores * qk_scale_log2 - lse_log2[:, None])
+        raw = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        logits, cap_slope = logits_log2(raw, offs_m[:, None], offs_n[None, :], diagonal, softmax_scale,
+                                        qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
+        p = tl.math.exp2(logits - lse_log2[:, None])
         if MASKED:
             keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
             p = tl.where(keep, p, 0.0)
         dp = mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * cap_slope
         dq = mma(downcast(ds, kt.dtype, UPCAST), tl.trans(kt), dq, INPUT_PRECISION, UPCAST)
         kt_ptrs += BLOCK_N * stride_kn
         vt_ptrs += BLOCK_N * stride_vn
@@ -202,11 +220,12 @@ def attention_backward_dq(
         stride_vb, stride_vn, stride_vh,
         stride_dob, stride_dom, stride_doh,
         stride_dqb, stride_dqm, stride_dqh,
+        Alibi, stride_alibi_b,
         num_heads, kv_group_size, seqlen_q, seqlen_k, num_m_blocks,
-        softmax_scale, qk_scale_log2, window_left, window_right,
+        softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
     head_kv = head // kv_group_size
@@ -231,19 +250,25 @@ def attention_backward_dq(
     kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
     vt_tile = offs_d[:, None] + offs_n[None, :] * stride_vn
 
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(Alibi + batch.to(tl.int64) * stride_alibi_b + head)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     diagonal = seqlen_k - seqlen_q
     lo, full_lo, full_hi, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
                                                  BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
-                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, lo, full_lo,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+            softmax_scale, qk_scale_log2, softcap, slope, lo, full_lo,
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
-                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_lo, full_hi,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+            softmax_scale, qk_scale_log2, softcap, slope, full_lo, full_hi,
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
-                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, full_hi, hi,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, INPUT_PRECISION, UPCAST)
+                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+            softmax_scale, qk_scale_log2, softcap, slope, full_hi, hi,
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
     dq = dq * softmax_scale
     tl.store(DQ + batch.to(tl.int64) * stride_dqb + head.to(tl.int64) * stride_dqh
              + start_m.to(tl.int64) * stride_dqm + row_tile * stride_dqm + offs_d[None, :],

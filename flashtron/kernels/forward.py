@@ -15,6 +15,7 @@ import triton.language as tl
 
 from flashtron.kernels.block_info import head_dim_mask, inner_block_range, visible
 from flashtron.kernels.precision import downcast, mma
+from flashtron.kernels.score_mod import logits_log2
 from flashtron.kernels.tile_scheduler import tile_of_program
 
 LN2 = tl.constexpr(0.6931471805599453)
@@ -22,11 +23,12 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 @triton.jit
 def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, score_scale,
-                     start, end,
+                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+                     softmax_scale, qk_scale_log2, score_scale, softcap, slope, start, end,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
-                     HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+                     HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
+                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                      INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
@@ -44,8 +46,9 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
             kt = tl.load(kt_ptrs)
             v = tl.load(v_ptrs)
         scores = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
-        if not SCALE_POSITIVE:
-            scores = scores * qk_scale_log2
+        if not FOLD_SCALE:
+            scores, _ = logits_log2(scores, offs_m[:, None], offs_n[None, :], diagonal, softmax_scale,
+                                    qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
         if MASKED:
             keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
             scores = tl.where(keep, scores, float("-inf"))
@@ -73,11 +76,13 @@ def attention_forward_kernel(
         stride_kb, stride_kn, stride_kh,
         stride_vb, stride_vn, stride_vh,
         stride_ob, stride_om, stride_oh,
+        Alibi, stride_alibi_b,
         num_heads, kv_group_size, seqlen_q, seqlen_k, num_m_blocks,
-        qk_scale_log2, window_left, window_right,
+        softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+        HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
+        SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # With an upper bound on the keys (causal), later query tiles do more work.
     m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
@@ -99,12 +104,15 @@ def attention_forward_kernel(
     kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
     v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
 
-    # With a positive scale the row max is taken on raw scores and scaled once per row;
-    # a zero or negative scale (legal, if odd) scales the tile first instead.
-    if SCALE_POSITIVE:
+    # FOLD_SCALE (a positive scale, no soft-capping, no ALiBi): the row max is taken on raw
+    # scores and scaled once per row.  Otherwise the logits are formed tile-wise first.
+    if FOLD_SCALE:
         score_scale = qk_scale_log2
     else:
         score_scale = 1.0
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(Alibi + batch.to(tl.int64) * stride_alibi_b + head)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -113,19 +121,22 @@ def attention_forward_kernel(
                                                  BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, score_scale,
-        lo, full_lo, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SCALE_POSITIVE,
-        INPUT_PRECISION, UPCAST)
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+        softmax_scale, qk_scale_log2, score_scale, softcap, slope,
+        lo, full_lo, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, FOLD_SCALE,
+        SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, score_scale,
-        full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SCALE_POSITIVE,
-        INPUT_PRECISION, UPCAST)
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+        softmax_scale, qk_scale_log2, score_scale, softcap, slope,
+        full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, FOLD_SCALE,
+        SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right, qk_scale_log2, score_scale,
-        full_hi, hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SCALE_POSITIVE,
-        INPUT_PRECISION, UPCAST)
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+        softmax_scale, qk_scale_log2, score_scale, softcap, slope,
+        full_hi, hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, FOLD_SCALE,
+        SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
 
     saw_nothing = row_sum == 0.0
     row_sum = tl.where(saw_nothing, 1.0, row_sum)

@@ -59,7 +59,20 @@ def _bhsd_strides(t: torch.Tensor) -> tuple:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, allow_tf32: bool):
+def _alibi_args(alibi_slopes, q):
+    """(pointer, batch stride) of the slopes; any pointer when absent (never read)."""
+    if alibi_slopes is None:
+        return q, 0
+    return alibi_slopes, alibi_slopes.stride(0) if alibi_slopes.dim() == 2 else 0
+
+
+def _variant_switches(softmax_scale, window_left, window_right, softcap, alibi_slopes):
+    return dict(HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
+                SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None)
+
+
+def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float,
+            alibi_slopes, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     out = _new_output(q.shape, q.dtype, q.device)
@@ -72,17 +85,19 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     attention_forward_kernel[_grid(num_m_blocks, batch * num_heads)](
         q, k, v, out, lse,
         *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(out),
+        *_alibi_args(alibi_slopes, q),
         num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks,
-        softmax_scale * LOG2E, window_left, window_right,
+        softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        HAS_LO=window_left >= 0, HAS_HI=window_right >= 0, SCALE_POSITIVE=softmax_scale > 0,
+        **_variant_switches(softmax_scale, window_left, window_right, softcap, alibi_slopes),
+        FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None,
         INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse
 
 
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
-             allow_tf32: bool):
+             softcap: float, alibi_slopes, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     dq = _new_output(q.shape, q.dtype, q.device)
@@ -96,8 +111,9 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     group = num_heads // num_heads_kv
     precision = _input_precision(q.dtype, allow_tf32)
     common = dict(head_dim=head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
-                  HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
+                  **_variant_switches(softmax_scale, window_left, window_right, softcap, alibi_slopes),
                   INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
+    alibi = _alibi_args(alibi_slopes, q)
 
     delta = _new_output(lse.shape, torch.float32, lse.device)
     pre_block_m = 64
@@ -113,9 +129,9 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         attention_backward_dkdv[_grid(num_n_blocks, batch * num_heads_kv)](
             q, k, v, dout, lse, delta, dk, dv,
             *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(dout),
-            *_bhsd_strides(dk), *_bhsd_strides(dv),
+            *_bhsd_strides(dk), *_bhsd_strides(dv), *alibi,
             num_heads, num_heads_kv, group, seqlen_q, seqlen_k, num_n_blocks,
-            softmax_scale, softmax_scale * LOG2E, window_left, window_right,
+            softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -124,8 +140,8 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     attention_backward_dq[_grid(num_m_blocks, batch * num_heads)](
         q, k, v, dout, lse, delta, dq,
         *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(dout), *_bhsd_strides(dq),
-        num_heads, group, seqlen_q, seqlen_k, num_m_blocks,
-        softmax_scale, softmax_scale * LOG2E, window_left, window_right,
+        *alibi, num_heads, group, seqlen_q, seqlen_k, num_m_blocks,
+        softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dq, dk, dv

@@ -1,0 +1,52 @@
+"""From raw q.k products to the logits the softmax sees: scale, soft-capping, ALiBi.
+
+    s = (q . k) * softmax_scale
+    s = softcap * tanh(s / softcap)              if SOFTCAP
+    s = s - slope * |i + seqlen_k - seqlen_q - j|   if ALIBI   (query i, key j)
+
+`logits_log2` returns s in base 2 (times log2(e)), for exp2, and the factor
+d(s)/d(scaled score) the backward needs (1 - tanh^2 under soft-capping).  With
+neither variant the logits are one multiply of the raw scores; the forward
+folds even that into its exp2 (see FOLD_SCALE in kernels.forward).
+
+Index tensors come pre-shaped by the caller ((BLOCK, 1) and (1, BLOCK), in
+either orientation), so the same helper serves the transposed dK/dV tiles.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def tanh(x):
+    """tanh in fp32 from exp2 (libdevice's does not run under Triton's interpreter).
+    Near 0, where 1 - exp(-2|x|) would cancel, an odd polynomial takes over."""
+    magnitude = tl.abs(x)
+    e = tl.math.exp2(-2.0 * LOG2E * magnitude)
+    far = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    near = magnitude * (1.0 + x2 * (-0.3333333333333333 + x2 * (0.13333333333333333 - x2 * 0.05396825396825397)))
+    t = tl.where(magnitude < 0.0625, near, far)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def logits_log2(raw, query_idx, key_idx, key_offset, softmax_scale, qk_scale_log2, softcap, slope,
+                SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
+    """Return (base-2 logits, d logits / d scaled scores) for a tile of raw scores."""
+    if SOFTCAP or ALIBI:
+        scores = raw * softmax_scale
+        slope_of_cap = 1.0
+        if SOFTCAP:
+            capped = tanh(scores / softcap)
+            scores = softcap * capped
+            slope_of_cap = 1.0 - capped * capped
+        if ALIBI:
+            scores = scores - slope * tl.abs(query_idx + key_offset - key_idx).to(tl.float32)
+        logits = scores * LOG2E
+    else:
+        logits = raw * qk_scale_log2
+        slope_of_cap = 1.0
+    return logits, slope_of_cap
