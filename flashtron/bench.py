@@ -38,6 +38,7 @@ VARIANTS = {
     "flashtron-window": {"window_size": (1024, 0)},
     "flashtron-softcap": {"softcap": 30.0},
     "flashtron-alibi": {"alibi_slopes": "geometric"},
+    "flashtron-sinks": {"sinks": "random"},
 }
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -135,6 +136,8 @@ def _attention(impl: str, shape: Shape, device: torch.device):
         if variant.get("alibi_slopes") == "geometric":  # the ALiBi paper's slopes 2^(-8h/H)
             heads = torch.arange(1, shape.heads + 1, device=device, dtype=torch.float32)
             variant["alibi_slopes"] = torch.exp2(-8.0 * heads / shape.heads)
+        if variant.get("sinks") == "random":
+            variant["sinks"] = torch.randn(shape.heads, device=device, requires_grad=True)
         return (lambda q, k, v: flash_attn_func(q, k, v, causal=causal, **variant)), False, contextlib.nullcontext
     if impl == "flex":
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from flashtron.sinks import sink_gradient
+
 # Scores held at once, across batch and heads: bounds the temporary memory.
 _SCORE_ELEMENTS_PER_BLOCK = 1 << 22
 
@@ -89,13 +91,14 @@ def _logits(q_rows, k, softmax_scale, softcap, slopes, rows, keys, seqlen_q, seq
 
 
 def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float, alibi_slopes,
-            allow_tf32: bool):
+            sinks, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg = _grouped(q, num_heads_kv)
     kg = _grouped(k, num_heads_kv)[:, :, 0]
     vg = _grouped(v, num_heads_kv)[:, :, 0]
     slopes = _grouped_slopes(alibi_slopes, num_heads_kv)
+    sink_logits = None if sinks is None else sinks.float().reshape(1, num_heads_kv, -1, 1)
     out = qg.new_zeros(qg.shape)
     lse = qg.new_full(qg.shape[:-1], math.inf)
     for rows, keys in _row_blocks(q.shape, seqlen_k, window_left, window_right):
@@ -105,9 +108,14 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         # (exp(s - lse) would carry lse's rounding into every probability when |s| is large.)
         row_max = scores.amax(dim=-1)
         saw_nothing = row_max == -math.inf
+        if sink_logits is not None:
+            row_max = torch.maximum(row_max, sink_logits)
         row_max = row_max.masked_fill(saw_nothing, 0.0)
         p = torch.exp(scores - row_max[..., None])
         row_sum = p.sum(dim=-1)
+        if sink_logits is not None:
+            # The sink joins the denominator only; rows that see no key stay at out 0, lse +inf.
+            row_sum = row_sum + torch.exp(sink_logits - row_max).masked_fill(saw_nothing, 0.0)
         out[..., rows[0]:rows[1], :] = (torch.matmul(p, vg[:, :, None, keys[0]:keys[1]])
                                         / row_sum.masked_fill(saw_nothing, 1.0)[..., None])
         lse[..., rows[0]:rows[1]] = (row_max + torch.log(row_sum)).masked_fill(saw_nothing, math.inf)
@@ -115,7 +123,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
 
 
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
-             softcap: float, alibi_slopes, allow_tf32: bool):
+             softcap: float, alibi_slopes, sinks, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg = _grouped(q, num_heads_kv)
@@ -144,4 +152,5 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         dk[:, :, keys[0]:keys[1]] += torch.matmul(ds.transpose(-1, -2), q_rows).sum(2) * softmax_scale
     dk_out = dk.permute(0, 2, 1, 3).to(k.dtype)
     dv_out = dv.permute(0, 2, 1, 3).to(v.dtype)
-    return _ungrouped(dq, q.dtype), dk_out.contiguous(), dv_out.contiguous()
+    dsinks = sink_gradient(sinks, lse, delta.reshape(lse.shape))
+    return _ungrouped(dq, q.dtype), dk_out.contiguous(), dv_out.contiguous(), dsinks

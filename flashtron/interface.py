@@ -12,7 +12,7 @@ from flashtron import ops, validation
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+                    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *, sinks=None):
     """Exact attention softmax(q k^T * softmax_scale) v, computed blockwise.
 
     q: (batch, seqlen_q, num_heads, head_dim); k, v: (batch, seqlen_k, num_heads_k, head_dim),
@@ -27,42 +27,45 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     sees no key).
     """
     return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                      deterministic, return_attn_probs, names=("q", "k", "v"))
+                      deterministic, return_attn_probs, sinks, names=("q", "k", "v"))
 
 
 def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-               deterministic, return_attn_probs, names):
+               deterministic, return_attn_probs, sinks, names):
     q, k, v = validation.check_qkv(q, k, v, names)
     softmax_scale = validation.softmax_scale_or_default(softmax_scale, q.shape[-1])
     window_left, window_right = validation.window_bounds(causal, window_size)
     validation.check_dropout(dropout_p)
     softcap = validation.check_softcap(softcap)
     alibi_slopes = validation.check_alibi_slopes(alibi_slopes, q)
+    sinks = validation.check_sinks(sinks, q)
     validation.check_flag("deterministic", deterministic)
     validation.check_flag("return_attn_probs", return_attn_probs)
     # torch.set_float32_matmul_precision("high") sets this flag; reading it (unlike the
     # precision string) traces under torch.compile without a graph break.
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, softcap,
-                                             alibi_slopes, allow_tf32)
+                                             alibi_slopes, sinks, allow_tf32)
     if return_attn_probs:
         return out, softmax_lse, None
     return out
 
 
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                              sinks=None):
     """flash_attn_func with q, k, v packed as qkv (batch, seqlen, 3, num_heads, head_dim)."""
     validation.check_packed("qkv", qkv, 5, 2, 3, "(batch, seqlen, 3, num_heads, head_dim)")
     return _attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal,
-                      window_size, softcap, alibi_slopes, deterministic, return_attn_probs,
+                      window_size, softcap, alibi_slopes, deterministic, return_attn_probs, sinks,
                       names=("qkv", "qkv", "qkv"))
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                             sinks=None):
     """flash_attn_func with k, v packed as kv (batch, seqlen_k, 2, num_heads_k, head_dim)."""
     validation.check_packed("kv", kv, 5, 2, 2, "(batch, seqlen_k, 2, num_heads_k, head_dim)")
     return _attention(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal,
-                      window_size, softcap, alibi_slopes, deterministic, return_attn_probs,
+                      window_size, softcap, alibi_slopes, deterministic, return_attn_probs, sinks,
                       names=("q", "kv", "kv"))

@@ -24,13 +24,13 @@ def _engine(t: torch.Tensor):
 @torch.library.custom_op("flashtron::attention_forward", mutates_args=())
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float,
                       window_left: int, window_right: int, softcap: float, alibi_slopes: Optional[torch.Tensor],
-                      allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _engine(q).forward(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes,
+                      sinks: Optional[torch.Tensor], allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _engine(q).forward(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
                               allow_tf32)
 
 
 @attention_forward.register_fake
-def _(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, allow_tf32):
+def _(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, allow_tf32):
     batch, seqlen_q, num_heads, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((batch, num_heads, seqlen_q), dtype=torch.float32)
 
@@ -39,34 +39,37 @@ def _(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, 
 def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        out: torch.Tensor, softmax_lse: torch.Tensor, softmax_scale: float,
                        window_left: int, window_right: int, softcap: float,
-                       alibi_slopes: Optional[torch.Tensor],
-                       allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       alibi_slopes: Optional[torch.Tensor], sinks: Optional[torch.Tensor],
+                       allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dq, dk, dv, dsinks); dsinks is empty when there are no sinks."""
     return _engine(q).backward(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right,
-                               softcap, alibi_slopes, allow_tf32)
+                               softcap, alibi_slopes, sinks, allow_tf32)
 
 
 @attention_backward.register_fake
-def _(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right, softcap, alibi_slopes,
+def _(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
       allow_tf32):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    dsinks = softmax_lse.new_empty(0) if sinks is None else sinks.new_empty(sinks.shape)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsinks
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, allow_tf32 = inputs
+    q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, allow_tf32 = inputs
     out, softmax_lse = output
-    ctx.save_for_backward(q, k, v, out, softmax_lse, alibi_slopes)
+    ctx.save_for_backward(q, k, v, out, softmax_lse, alibi_slopes, sinks)
     ctx.params = (softmax_scale, window_left, window_right, softcap)
     ctx.allow_tf32 = allow_tf32
     ctx.mark_non_differentiable(softmax_lse)
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, out, softmax_lse, alibi_slopes = ctx.saved_tensors
+    q, k, v, out, softmax_lse, alibi_slopes, sinks = ctx.saved_tensors
     if dout.stride(-1) != 1:
         # e.g. the expanded gradient of out.sum(): stride 0 everywhere.
         dout = dout.contiguous()
-    dq, dk, dv = attention_backward(dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, ctx.allow_tf32)
-    return dq, dk, dv, None, None, None, None, None, None
+    dq, dk, dv, dsinks = attention_backward(dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, sinks,
+                                            ctx.allow_tf32)
+    return dq, dk, dv, None, None, None, None, None, None if sinks is None else dsinks, None
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)

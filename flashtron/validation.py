@@ -142,6 +142,21 @@ def check_alibi_slopes(alibi_slopes, q: torch.Tensor):
     return alibi_slopes.contiguous()
 
 
+def check_sinks(sinks, q: torch.Tensor):
+    """None, or float32 logits of shape (H,) on q's device, made contiguous."""
+    if sinks is None:
+        return None
+    _require_tensor("sinks", sinks)
+    num_heads = q.shape[2]
+    if tuple(sinks.shape) != (num_heads,):
+        raise ValueError(f"sinks must have shape ({num_heads},) (one logit per query head), got {tuple(sinks.shape)}")
+    if sinks.dtype != torch.float32:
+        raise TypeError(f"sinks must be float32, got {sinks.dtype}")
+    if sinks.device != q.device:
+        raise ValueError(f"sinks must be on q's device {q.device}, got {sinks.device}")
+    return sinks.contiguous()
+
+
 def check_flag(name: str, value) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")

@@ -27,11 +27,12 @@ def visible_mask(seqlen_q, seqlen_k, window_left, window_right, device):
 
 
 def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, window=(-1, -1),
-                        softcap=0.0, alibi_slopes=None):
+                        softcap=0.0, alibi_slopes=None, sinks=None):
     """Returns (out, lse) with out like q's layout; lse (B, H, Sq), +inf where a row sees nothing.
 
     softcap > 0: scores = softcap * tanh(scores / softcap), before masking and ALiBi.
     alibi_slopes (H,) or (B, H): scores -= slope * |i + Sk - Sq - j|.
+    sinks (H,): one more logit per row in the softmax, with no value (dropped from the output).
     """
     dtype = q.dtype
     if upcast:
@@ -52,8 +53,11 @@ def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, 
     window_left, window_right = window[0], 0 if causal else window[1]
     keep = visible_mask(seqlen_q, seqlen_k, window_left, window_right, q.device)
     scores = scores.masked_fill(~keep, -math.inf)
+    if sinks is not None:
+        sink_column = sinks.to(scores.dtype).reshape(1, num_heads, 1, 1).expand(batch, num_heads, seqlen_q, 1)
+        scores = torch.cat([scores, sink_column], dim=-1)
     lse = torch.logsumexp(scores.float() if not upcast else scores, dim=-1)
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0).to(v.dtype)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0).to(v.dtype)[..., :seqlen_k]
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v)
     lse = lse.masked_fill(~keep.any(-1), math.inf)
     return (out if upcast else out.to(dtype)), lse

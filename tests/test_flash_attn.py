@@ -36,12 +36,21 @@ def random_inputs(shape, dtype, device="cpu"):
     return make(seqlen_q, num_heads), make(seqlen_k, num_heads_kv), make(seqlen_k, num_heads_kv)
 
 
+def _differentiable(q, k, v, variants):
+    sinks = variants.get("sinks")
+    return (q, k, v) + ((sinks,) if sinks is not None and sinks.requires_grad else ())
+
+
 def reference_and_grads(q, k, v, dout, causal, upcast, softmax_scale=None, **variants):
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out, lse = attention_reference(*leaves, causal=causal, upcast=upcast, softmax_scale=softmax_scale,
+    leaves = [t.detach().clone().requires_grad_() for t in _differentiable(q, k, v, variants)]
+    sinks = variants.get("sinks")
+    if sinks is not None:
+        sinks = leaves[3] if len(leaves) > 3 else sinks
+        sinks = sinks if upcast else sinks.to(q.dtype)
+    out, lse = attention_reference(*leaves[:3], causal=causal, upcast=upcast, softmax_scale=softmax_scale,
                                    window=variants.get("window_size", (-1, -1)),
                                    softcap=variants.get("softcap", 0.0),
-                                   alibi_slopes=variants.get("alibi_slopes"))
+                                   alibi_slopes=variants.get("alibi_slopes"), sinks=sinks)
     grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
     return out, lse, grads
 
@@ -56,13 +65,13 @@ def check_against_oracle(q, k, v, causal, softmax_scale=None, **variants):
     assert out.shape == q.shape and out.dtype == q.dtype
     assert lse.shape == (q.shape[0], q.shape[2], q.shape[1]) and lse.dtype == torch.float32
     dout = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
+    grads = torch.autograd.grad(out, _differentiable(q, k, v, variants), dout)
 
     truth_out, truth_lse, truth_grads = reference_and_grads(q, k, v, dout, causal, True, softmax_scale, **variants)
     plain_out, _, plain_grads = reference_and_grads(q, k, v, dout, causal, False, softmax_scale, **variants)
     assert_within_rule("out", out, truth_out, plain_out, 2)
-    for name, ours, truth, plain in zip(("dq", "dk", "dv"), grads, truth_grads, plain_grads):
-        assert ours.shape == truth.shape and ours.dtype == q.dtype
+    for name, ours, truth, plain in zip(("dq", "dk", "dv", "dsinks"), grads, truth_grads, plain_grads):
+        assert ours.shape == truth.shape and ours.dtype == (q.dtype if name != "dsinks" else torch.float32)
         assert_within_rule(name, ours, truth, plain, 3)
 
     sees_nothing = torch.isinf(truth_lse)

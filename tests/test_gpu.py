@@ -39,12 +39,15 @@ GPU_VARIANT_CASES = [
     ((1, 3000, 1500, 4, 4, 64), False, dict(window_size=(100, 50))),
     ((1, 1024, 1024, 4, 1, 96), True, dict(softcap=20.0, alibi_slopes="per_batch")),
     ((2, 777, 1333, 6, 3, 256), False, dict(window_size=(64, 64), softcap=10.0)),
+    ((2, 1500, 1000, 8, 2, 128), True, dict(sinks="random")),
 ]
 
 
 def _materialise(variants, shape, device="cuda"):
     if variants.get("alibi_slopes") == "per_batch":
         variants = dict(variants, alibi_slopes=torch.rand(shape[0], shape[3], device=device))
+    if variants.get("sinks") == "random":
+        variants = dict(variants, sinks=torch.randn(shape[3], device=device, requires_grad=True))
     return variants
 
 
@@ -72,7 +75,7 @@ def test_small_shapes_for_sanitizer(shape, causal, dtype):
 def test_small_variants_for_sanitizer(dtype):
     shape = (2, 70, 45, 4, 2, 40)
     check_against_oracle(*random_inputs(shape, dtype, "cuda"), True, window_size=(9, -1), softcap=3.0,
-                         **_materialise(dict(alibi_slopes="per_batch"), shape))
+                         **_materialise(dict(alibi_slopes="per_batch", sinks="random"), shape))
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

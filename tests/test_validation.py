@@ -341,6 +341,19 @@ def test_alibi_slopes_wrong_device(call):
 
 
 @ENTRY_POINTS
+@pytest.mark.parametrize("bad,error,message", [
+    (torch.zeros(H + 1), ValueError, r"^sinks must have shape"),
+    (torch.zeros(B, H), ValueError, r"^sinks must have shape"),
+    (torch.zeros(H, dtype=torch.float16), TypeError, r"^sinks must be float32"),
+    (torch.zeros(H, device="meta"), ValueError, r"^sinks must be on q's device"),
+    ([0.0] * H, TypeError, r"^sinks must be a torch\.Tensor"),
+], ids=["long", "2d", "fp16", "device", "list"])
+def test_sinks_invalid(call, bad, error, message):
+    with pytest.raises(error, match=message):
+        call(*_qkv(), sinks=bad)
+
+
+@ENTRY_POINTS
 @pytest.mark.parametrize("name", ["deterministic", "return_attn_probs"])
 @pytest.mark.parametrize("value", [1, 0, "True", None])
 def test_flags_not_bool(call, name, value):

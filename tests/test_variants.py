@@ -95,3 +95,27 @@ def test_deterministic_backward_is_bitwise_reproducible():
             first = grads
         for a, b in zip(grads, first):
             assert torch.equal(a, b)
+
+
+SINK_CASES = [
+    ((2, 61, 83, 4, 2, 40), False, {}),
+    ((1, 90, 40, 3, 1, 64), True, {}),                                  # rows that see no key
+    ((2, 77, 77, 4, 4, 32), True, dict(window_size=(16, -1), softcap=5.0)),
+]
+
+
+@pytest.mark.parametrize("shape,causal,extra", SINK_CASES, ids=lambda c: str(c))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_sinks(shape, causal, extra, dtype):
+    sinks = (torch.randn(shape[3]) * 2).requires_grad_()
+    check_against_oracle(*random_inputs(shape, dtype), causal, sinks=sinks, **extra)
+
+
+def test_sinks_lower_every_probability():
+    # A huge sink takes almost all the mass: the output shrinks towards 0 and lse tends to the sink.
+    q, k, v = (torch.randn(1, 20, 2, 16) for _ in range(3))
+    out, lse, _ = flash_attn_func(q, k, v, sinks=torch.tensor([30.0, -30.0]), return_attn_probs=True)
+    plain = flash_attn_func(q, k, v)
+    assert out[:, :, 0].abs().max() < 1e-6
+    torch.testing.assert_close(out[:, :, 1], plain[:, :, 1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse[:, 0], torch.full_like(lse[:, 0], 30.0), atol=1e-4, rtol=0)

@@ -73,3 +73,17 @@ def head_dim_mask(offs_d, head_dim, EVEN_D: tl.constexpr):
         return tl.full(offs_d.shape, 1, tl.int1)
     else:
         return offs_d < head_dim
+
+
+@triton.jit
+def sees_no_inner(offs_outer, inner_len, diagonal, lo_extent, hi_extent,
+                  HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):
+    """Rows whose band holds no inner index at all (from the geometry, so it stays exact
+    when something other than keys, such as an attention sink, joins the softmax)."""
+    first = tl.zeros_like(offs_outer)
+    last = tl.zeros_like(offs_outer) + inner_len - 1
+    if HAS_LO:
+        first = tl.maximum(first, offs_outer + diagonal - lo_extent)
+    if HAS_HI:
+        last = tl.minimum(last, offs_outer + diagonal + hi_extent)
+    return last < first

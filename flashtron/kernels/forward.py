@@ -13,12 +13,13 @@ strides) are formed in int64; offsets inside a tile stay int32.
 import triton
 import triton.language as tl
 
-from flashtron.kernels.block_info import head_dim_mask, inner_block_range, visible
+from flashtron.kernels.block_info import head_dim_mask, inner_block_range, sees_no_inner, visible
 from flashtron.kernels.precision import downcast, mma
 from flashtron.kernels.score_mod import logits_log2
 from flashtron.kernels.tile_scheduler import tile_of_program
 
 LN2 = tl.constexpr(0.6931471805599453)
+LN2_INV = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -76,13 +77,13 @@ def attention_forward_kernel(
         stride_kb, stride_kn, stride_kh,
         stride_vb, stride_vn, stride_vh,
         stride_ob, stride_om, stride_oh,
-        Alibi, stride_alibi_b,
+        Alibi, stride_alibi_b, Sinks,
         num_heads, kv_group_size, seqlen_q, seqlen_k, num_m_blocks,
         softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
-        SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+        SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # With an upper bound on the keys (causal), later query tiles do more work.
     m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
@@ -116,6 +117,11 @@ def attention_forward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if SINKS:
+        # The sink is one more logit in every row's denominator, with no value vector:
+        # the online softmax starts from it (max = sink, sum = exp(sink - max) = 1).
+        row_max = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + head) * LN2_INV
+        row_sum = row_sum + 1.0
     diagonal = seqlen_k - seqlen_q
     lo, full_lo, full_hi, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
                                                  BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
@@ -138,8 +144,8 @@ def attention_forward_kernel(
         full_hi, hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, FOLD_SCALE,
         SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
 
-    saw_nothing = row_sum == 0.0
-    row_sum = tl.where(saw_nothing, 1.0, row_sum)
+    saw_nothing = sees_no_inner(offs_m, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
+    row_sum = tl.where(row_sum == 0.0, 1.0, row_sum)
     out = acc / row_sum[:, None]
     lse = tl.where(saw_nothing, float("inf"), (row_max + tl.math.log2(row_sum)) * LN2)
 

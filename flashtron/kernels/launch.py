@@ -13,6 +13,7 @@ import torch
 import triton
 
 from flashtron.kernels import configs, interpreter
+from flashtron.sinks import sink_gradient
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
                                         attention_backward_preprocess)
 from flashtron.kernels.forward import attention_forward_kernel
@@ -72,7 +73,7 @@ def _variant_switches(softmax_scale, window_left, window_right, softcap, alibi_s
 
 
 def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float,
-            alibi_slopes, allow_tf32: bool):
+            alibi_slopes, sinks, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     out = _new_output(q.shape, q.dtype, q.device)
@@ -85,28 +86,28 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     attention_forward_kernel[_grid(num_m_blocks, batch * num_heads)](
         q, k, v, out, lse,
         *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(out),
-        *_alibi_args(alibi_slopes, q),
+        *_alibi_args(alibi_slopes, q), q if sinks is None else sinks,
         num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks,
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **_variant_switches(softmax_scale, window_left, window_right, softcap, alibi_slopes),
-        FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None,
+        FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None, SINKS=sinks is not None,
         INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse
 
 
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
-             softcap: float, alibi_slopes, allow_tf32: bool):
+             softcap: float, alibi_slopes, sinks, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     dq = _new_output(q.shape, q.dtype, q.device)
     dk = _new_output(k.shape, k.dtype, k.device)
     dv = _new_output(v.shape, v.dtype, v.device)
-    if dq.numel() == 0 and dk.numel() == 0:
-        return dq, dk, dv
-    if seqlen_q == 0:
-        return dq, dk.zero_(), dv.zero_()
+    if dq.numel() == 0 and dk.numel() == 0 or seqlen_q == 0:
+        # No query rows (or nothing at all): every gradient is zero or empty.
+        dsinks = lse.new_empty(0) if sinks is None else torch.zeros_like(sinks)
+        return dq, dk.zero_(), dv.zero_(), dsinks
     block_d = _padded_head_dim(head_dim)
     group = num_heads // num_heads_kv
     precision = _input_precision(q.dtype, allow_tf32)
@@ -144,4 +145,4 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return dq, dk, dv
+    return dq, dk, dv, sink_gradient(sinks, lse, delta)
