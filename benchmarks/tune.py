@@ -39,9 +39,14 @@ def _flops(batch, seqlen, heads, head_dim, causal):
     return 4 * batch * seqlen * seqlen * heads * head_dim / (2 if causal else 1)
 
 
-def _reference(q, k, v, do, causal):
+def _reference(q, k, v, do, causal, window):
     qt, kt, vt = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
-    out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+    if window is None:
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+    else:
+        distance = torch.arange(k.shape[1], device="cuda")[None, :] - torch.arange(q.shape[1], device="cuda")[:, None]
+        band = (distance >= -window[0]) & (distance <= window[1])
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=band)
     out.backward(do.transpose(1, 2))
     return out.transpose(1, 2), qt.grad.transpose(1, 2), kt.grad.transpose(1, 2), vt.grad.transpose(1, 2)
 
@@ -59,22 +64,27 @@ def main():
     parser.add_argument("--headdims", default="64,128,256")
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--kernels", default="forward,dkdv,dq")
+    parser.add_argument("--window", default=None,
+                        help="L,R: sweep a sliding window instead of full/causal (FLOPs counted as causal)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     dtype = torch.bfloat16
+    window_arg = None if args.window is None else tuple(int(w) for w in args.window.split(","))
     results = []
     for head_dim in [int(d) for d in args.headdims.split(",")]:
         heads, batch = 2048 // head_dim, 16384 // args.seqlen
-        for causal in (False, True):
+        for causal in (False, True) if window_arg is None else (True,):
             q, k, v, do = _inputs(batch, args.seqlen, heads, head_dim, dtype)
-            ref_out, ref_dq, ref_dk, ref_dv = _reference(q, k, v, do, causal)
-            scale, window = head_dim ** -0.5, (-1, 0 if causal else -1)
+            ref_out, ref_dq, ref_dk, ref_dv = _reference(q, k, v, do, causal, window_arg)
+            scale = head_dim ** -0.5
+            window = window_arg or (-1, 0 if causal else -1)
+            variants = (0.0, None, None)  # softcap, alibi_slopes, sinks
             flops = _flops(batch, args.seqlen, heads, head_dim, causal)
             sdpa_ms = do_bench(lambda: F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal), return_mode="median")
             results.append(dict(kernel="sdpa-default-fwd", head_dim=head_dim, causal=causal, config=None,
                                 ms=sdpa_ms, tflops=flops / sdpa_ms * 1e-9))
-            out, lse = launch.forward(q, k, v, scale, *window, False)
+            out, lse = launch.forward(q, k, v, scale, *window, *variants, False)
             for kernel in args.kernels.split(","):
                 candidates = {"forward": FORWARD_CANDIDATES, "dkdv": DKDV_CANDIDATES, "dq": DQ_CANDIDATES}[kernel]
                 for cand in candidates:
@@ -83,11 +93,11 @@ def main():
                     cfg = KernelConfig(*cand)
                     with configs.override(**{kernel: cfg}):
                         if kernel == "forward":
-                            run = lambda: launch.forward(q, k, v, scale, *window, False)
+                            run = lambda: launch.forward(q, k, v, scale, *window, *variants, False)
                             check = lambda: (run()[0] - ref_out).abs().max().item()
                             work = flops
                         else:
-                            run = lambda: launch.backward(do, q, k, v, out, lse, scale, *window, False)
+                            run = lambda: launch.backward(do, q, k, v, out, lse, scale, *window, *variants, False)[:3]
                             check = lambda: max((a - b).abs().max().item()
                                                 for a, b in zip(run(), (ref_dq, ref_dk, ref_dv)))
                             work = 2.5 * flops

@@ -19,6 +19,10 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     with num_heads a multiple of num_heads_k (MQA/GQA); float16, bfloat16 or float32; head_dim
     from 1 to 256.  causal masks align to the bottom-right corner when seqlen_q != seqlen_k:
     query i sees key j iff j <= i + seqlen_k - seqlen_q.  A query that sees no key gets output 0.
+    window_size=(left, right) restricts query i to keys [i + Sk - Sq - left, i + Sk - Sq + right]
+    (-1: unbounded); softcap > 0 maps scores to softcap * tanh(score / softcap); alibi_slopes (H,) or
+    (B, H) float32 subtracts slope * |i + Sk - Sq - j|; sinks (H,) float32 adds one logit per head to
+    every row's softmax denominator.  dropout_p > 0 is not supported yet.
     float32 inputs are computed in full float32 unless torch.set_float32_matmul_precision allows
     tf32 ("high" or "medium").  The backward is always deterministic.
 
