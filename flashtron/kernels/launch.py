@@ -67,7 +67,7 @@ def _alibi_args(alibi_slopes, q):
     return alibi_slopes, alibi_slopes.stride(0) if alibi_slopes.dim() == 2 else 0
 
 
-def _variant_switches(softmax_scale, window_left, window_right, softcap, alibi_slopes):
+def _variant_switches(window_left, window_right, softcap, alibi_slopes):
     return dict(HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
                 SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None)
 
@@ -90,7 +90,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks,
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        **_variant_switches(softmax_scale, window_left, window_right, softcap, alibi_slopes),
+        **_variant_switches(window_left, window_right, softcap, alibi_slopes),
         FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None, SINKS=sinks is not None,
         INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -104,7 +104,7 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     dq = _new_output(q.shape, q.dtype, q.device)
     dk = _new_output(k.shape, k.dtype, k.device)
     dv = _new_output(v.shape, v.dtype, v.device)
-    if dq.numel() == 0 and dk.numel() == 0 or seqlen_q == 0:
+    if (dq.numel() == 0 and dk.numel() == 0) or seqlen_q == 0:
         # No query rows (or nothing at all): every gradient is zero or empty.
         dsinks = lse.new_empty(0) if sinks is None else torch.zeros_like(sinks)
         return dq, dk.zero_(), dv.zero_(), dsinks
@@ -112,7 +112,7 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     group = num_heads // num_heads_kv
     precision = _input_precision(q.dtype, allow_tf32)
     common = dict(head_dim=head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
-                  **_variant_switches(softmax_scale, window_left, window_right, softcap, alibi_slopes),
+                  **_variant_switches(window_left, window_right, softcap, alibi_slopes),
                   INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
     alibi = _alibi_args(alibi_slopes, q)
 
