@@ -39,6 +39,7 @@ VARIANTS = {
     "flashtron-softcap": {"softcap": 30.0},
     "flashtron-alibi": {"alibi_slopes": "geometric"},
     "flashtron-sinks": {"sinks": "random"},
+    "flashtron-dropout": {"dropout_p": 0.1},
 }
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

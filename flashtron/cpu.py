@@ -90,8 +90,15 @@ def _logits(q_rows, k, softmax_scale, softcap, slopes, rows, keys, seqlen_q, seq
     return scores.masked_fill_(~keep, -math.inf), cap_slope
 
 
+def _dropout_keep(dropout_seed, rows, shape, dropout_p):
+    """This engine's own dropout RNG: one generator per block of rows, seeded from the call's seed
+    and the block, so the backward (and dropout_keep_mask) regenerate the forward's mask."""
+    seed = (int(dropout_seed.item()) + rows[0] * 0x9E3779B97F4A7C15) % 2**63
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) >= dropout_p
+
+
 def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float, alibi_slopes,
-            sinks, allow_tf32: bool):
+            sinks, dropout_p: float, dropout_seed, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg = _grouped(q, num_heads_kv)
@@ -116,6 +123,9 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         if sink_logits is not None:
             # The sink joins the denominator only; rows that see no key stay at out 0, lse +inf.
             row_sum = row_sum + torch.exp(sink_logits - row_max).masked_fill(saw_nothing, 0.0)
+        if dropout_p > 0:
+            # The denominator keeps every probability; only the weights applied to V are dropped.
+            p = p * _dropout_keep(dropout_seed, rows, p.shape, dropout_p) / (1.0 - dropout_p)
         out[..., rows[0]:rows[1], :] = (torch.matmul(p, vg[:, :, None, keys[0]:keys[1]])
                                         / row_sum.masked_fill(saw_nothing, 1.0)[..., None])
         lse[..., rows[0]:rows[1]] = (row_max + torch.log(row_sum)).masked_fill(saw_nothing, math.inf)
@@ -123,7 +133,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
 
 
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
-             softcap: float, alibi_slopes, sinks, allow_tf32: bool):
+             softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg = _grouped(q, num_heads_kv)
@@ -143,8 +153,14 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
                                     seqlen_q, seqlen_k, window_left, window_right)
         # lse is +inf for rows that see nothing: their probabilities come out exactly 0.
         p = torch.exp(scores - lse_g[..., rows[0]:rows[1], None])
-        dv[:, :, keys[0]:keys[1]] += torch.matmul(p.transpose(-1, -2), do_rows).sum(2)
+        dropped_p = p
+        if dropout_p > 0:
+            kept = _dropout_keep(dropout_seed, rows, p.shape, dropout_p) / (1.0 - dropout_p)
+            dropped_p = p * kept
+        dv[:, :, keys[0]:keys[1]] += torch.matmul(dropped_p.transpose(-1, -2), do_rows).sum(2)
         dp = torch.matmul(do_rows, vg[:, :, None, keys[0]:keys[1]].transpose(-1, -2))
+        if dropout_p > 0:
+            dp = dp * kept
         ds = p * (dp - delta[..., rows[0]:rows[1], None])
         if cap_slope is not None:
             ds = ds * cap_slope
@@ -154,3 +170,26 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     dv_out = dv.permute(0, 2, 1, 3).to(v.dtype)
     dsinks = sink_gradient(sinks, lse, delta.reshape(lse.shape))
     return _ungrouped(dq, q.dtype), dk_out.contiguous(), dv_out.contiguous(), dsinks
+
+
+def dropout_keep_mask(dropout_seed, q, seqlen_k, window_left, window_right, dropout_p):
+    """This engine's keep mask as bool (B, H, Sq, Sk), for return_attn_probs; True where no key is seen."""
+    batch, seqlen_q, num_heads, _ = q.shape
+    keep = torch.ones((batch, num_heads, seqlen_q, seqlen_k), dtype=torch.bool)
+    for rows, keys in _row_blocks(q.shape, seqlen_k, window_left, window_right):
+        # (B, H, rows, keys) has the flat order of the engine's (B, Hk, G, rows, keys): same draws.
+        block = _dropout_keep(dropout_seed, rows, (batch, num_heads, rows[1] - rows[0], keys[1] - keys[0]),
+                              dropout_p)
+        keep[:, :, rows[0]:rows[1], keys[0]:keys[1]] = block
+    return keep
+
+
+def attention_probabilities(q, k, softmax_scale, window_left, window_right, softcap, alibi_slopes, softmax_lse):
+    """P = exp(logits - lse) as float32 (B, H, Sq, Sk): materialised, for return_attn_probs only."""
+    batch, seqlen_q, num_heads, _ = q.shape
+    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+    qg, kg = _grouped(q, num_heads_kv), _grouped(k, num_heads_kv)[:, :, 0]
+    logits, _ = _logits(qg, kg, softmax_scale, softcap, _grouped_slopes(alibi_slopes, num_heads_kv),
+                        (0, seqlen_q), (0, seqlen_k), seqlen_q, seqlen_k, window_left, window_right)
+    probs = torch.exp(logits - softmax_lse.reshape(qg.shape[:-1])[..., None])
+    return probs.reshape(batch, num_heads, seqlen_q, seqlen_k)

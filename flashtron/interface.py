@@ -39,7 +39,7 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     q, k, v = validation.check_qkv(q, k, v, names)
     softmax_scale = validation.softmax_scale_or_default(softmax_scale, q.shape[-1])
     window_left, window_right = validation.window_bounds(causal, window_size)
-    validation.check_dropout(dropout_p)
+    dropout_p = validation.check_dropout(dropout_p)
     softcap = validation.check_softcap(softcap)
     alibi_slopes = validation.check_alibi_slopes(alibi_slopes, q)
     sinks = validation.check_sinks(sinks, q)
@@ -48,10 +48,20 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     # torch.set_float32_matmul_precision("high") sets this flag; reading it (unlike the
     # precision string) traces under torch.compile without a graph break.
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    # One seed per call from torch's generator for q's device (torch.manual_seed reproduces it); it
+    # stays on the device, so no host synchronisation.  The kernels derive every draw from it.
+    dropout_seed = (torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64) if dropout_p > 0
+                    else None)
     out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, softcap,
-                                             alibi_slopes, sinks, allow_tf32)
+                                             alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32)
     if return_attn_probs:
-        return out, softmax_lse, None
+        s_dmask = None
+        if dropout_p > 0:
+            # A diagnostic, not differentiable (as in flash-attn).
+            s_dmask = ops.dropout_probabilities(q.detach(), k.detach(), softmax_lse.detach(), softmax_scale,
+                                                window_left, window_right, softcap, alibi_slopes, dropout_p,
+                                                dropout_seed)
+        return out, softmax_lse, s_dmask
     return out
 
 

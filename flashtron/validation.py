@@ -114,8 +114,6 @@ def check_dropout(dropout_p) -> float:
     dropout_p = _require_real("dropout_p", dropout_p)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
-    if dropout_p > 0.0:
-        raise NotImplementedError("dropout_p > 0 is not supported yet")
     return dropout_p
 
 

@@ -27,12 +27,14 @@ def visible_mask(seqlen_q, seqlen_k, window_left, window_right, device):
 
 
 def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, window=(-1, -1),
-                        softcap=0.0, alibi_slopes=None, sinks=None):
+                        softcap=0.0, alibi_slopes=None, sinks=None, dropout_keep=None, dropout_p=0.0):
     """Returns (out, lse) with out like q's layout; lse (B, H, Sq), +inf where a row sees nothing.
 
     softcap > 0: scores = softcap * tanh(scores / softcap), before masking and ALiBi.
     alibi_slopes (H,) or (B, H): scores -= slope * |i + Sk - Sq - j|.
     sinks (H,): one more logit per row in the softmax, with no value (dropped from the output).
+    dropout_keep (B, H, Sq, Sk) bool: probabilities outside it are zeroed, the rest scaled by
+    1 / (1 - dropout_p); lse is unchanged.
     """
     dtype = q.dtype
     if upcast:
@@ -58,6 +60,8 @@ def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, 
         scores = torch.cat([scores, sink_column], dim=-1)
     lse = torch.logsumexp(scores.float() if not upcast else scores, dim=-1)
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0).to(v.dtype)[..., :seqlen_k]
+    if dropout_keep is not None:
+        probs = probs * dropout_keep.to(probs.dtype) / (1.0 - dropout_p)
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v)
     lse = lse.masked_fill(~keep.any(-1), math.inf)
     return (out if upcast else out.to(dtype)), lse

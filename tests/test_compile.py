@@ -136,7 +136,7 @@ def test_forward_output_is_contiguous():
     """The fake implementation promises a contiguous out (q.new_empty(q.shape)); the real one must match,
     or code traced against the fake (e.g. out.view(b, s, h * d)) breaks at run time."""
     q, k, v = _gqa_inputs()
-    out, lse = torch.ops.flashtron.attention_forward(q, k, v, 0.25, -1, -1, 0.0, None, None, False)
+    out, lse = torch.ops.flashtron.attention_forward(q, k, v, 0.25, -1, -1, 0.0, None, None, 0.0, None, False)
     assert out.shape == q.shape and out.is_contiguous(), out.stride()
     assert lse.shape == (2, 4, 7) and lse.is_contiguous(), lse.stride()
     out = flash_attn_func(q, k, v)
@@ -153,14 +153,14 @@ def _opcheck(op, args):
 def test_opcheck_attention_forward(requires_grad, causal):
     q, k, v = _gqa_inputs()
     args = [t.requires_grad_(requires_grad) for t in (q, k, v)]
-    _opcheck(torch.ops.flashtron.attention_forward.default, (*args, 0.25, -1, 0 if causal else -1, 0.0, None, None, False))
+    _opcheck(torch.ops.flashtron.attention_forward.default, (*args, 0.25, -1, 0 if causal else -1, 0.0, None, None, 0.0, None, False))
 
 
 def test_opcheck_attention_with_variants():
     """Window, softcap and an ALiBi tensor through the schema, fake impl and autograd."""
     q, k, v = (torch.randn(1, 9, 4, 16, requires_grad=True) for _ in range(3))
     slopes = torch.rand(4)
-    _opcheck(torch.ops.flashtron.attention_forward.default, (q, k, v, 0.3, 3, 0, 2.5, slopes, torch.randn(4, requires_grad=True), False))
+    _opcheck(torch.ops.flashtron.attention_forward.default, (q, k, v, 0.3, 3, 0, 2.5, slopes, torch.randn(4, requires_grad=True), 0.0, None, False))
 
 
 def test_opcheck_attention_forward_strided_inputs():
@@ -168,18 +168,18 @@ def test_opcheck_attention_forward_strided_inputs():
     torch.manual_seed(2)
     qkv = torch.randn(2, 6, 3, 2, 8, requires_grad=True)
     q, k, v = qkv.detach().unbind(2)
-    _opcheck(torch.ops.flashtron.attention_forward.default, (q, k, v, 0.35, -1, -1, 0.0, None, None, False))
+    _opcheck(torch.ops.flashtron.attention_forward.default, (q, k, v, 0.35, -1, -1, 0.0, None, None, 0.0, None, False))
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_opcheck_attention_backward(causal):
     q, k, v = _gqa_inputs()
     window_right = 0 if causal else -1
-    out, lse = torch.ops.flashtron.attention_forward(q, k, v, 0.25, -1, window_right, 0.0, None, None, False)
+    out, lse = torch.ops.flashtron.attention_forward(q, k, v, 0.25, -1, window_right, 0.0, None, None, 0.0, None, False)
     dout = torch.randn(q.shape)
     # The backward is not itself differentiable (no double backward), so inputs do not require grad.
     _opcheck(torch.ops.flashtron.attention_backward.default,
-             (dout, q, k, v, out, lse, 0.25, -1, window_right, 0.0, None, None, False))
+             (dout, q, k, v, out, lse, 0.25, -1, window_right, 0.0, None, None, 0.0, None, False))
 
 
 def test_custom_op_gradients_match_eager_formula():
@@ -187,11 +187,11 @@ def test_custom_op_gradients_match_eager_formula():
     q, k, v = _gqa_inputs()
     dout = torch.randn(q.shape)
     leaves = _leaves(q, k, v)
-    out, lse = torch.ops.flashtron.attention_forward(*leaves, 0.25, -1, -1, 0.0, None, None, False)
+    out, lse = torch.ops.flashtron.attention_forward(*leaves, 0.25, -1, -1, 0.0, None, None, 0.0, None, False)
     assert not lse.requires_grad
     out.backward(dout)
     dq, dk, dv, _ = torch.ops.flashtron.attention_backward(dout, q, k, v, out.detach(), lse, 0.25, -1, -1, 0.0, None,
-                                                     None, False)
+                                                     None, 0.0, None, False)
     for g, expected in zip((t.grad for t in leaves), (dq, dk, dv)):
         torch.testing.assert_close(g, expected, atol=0, rtol=0)
     # And against a float64 reference of softmax(q k^T * scale) v, GQA by repeating k and v.
@@ -202,3 +202,20 @@ def test_custom_op_gradients_match_eager_formula():
     torch.testing.assert_close(out.detach().double(), ref.detach(), atol=1e-5, rtol=1e-5)
     for g, r in zip((t.grad for t in leaves), (q64.grad, k64.grad, v64.grad)):
         torch.testing.assert_close(g.double(), r, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_with_dropout_fullgraph():
+    """The dropout seed is drawn with torch.randint inside the traced function: still one graph."""
+    q, k, v = (torch.randn(1, 64, 2, 16, requires_grad=True) for _ in range(3))
+
+    def fn(q, k, v):
+        return flash_attn_func(q, k, v, dropout_p=0.3, causal=True, return_attn_probs=True)
+
+    out, lse, s_dmask = torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v)
+    assert sum(counters["graph_break"].values()) == 0
+    # The compiled call is exact given its own mask.
+    keep = (s_dmask >= 0).float()
+    expected = torch.einsum("bhqk,bkhd->bqhd", s_dmask.abs() * keep / 0.7, v)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))

@@ -50,7 +50,8 @@ def reference_and_grads(q, k, v, dout, causal, upcast, softmax_scale=None, **var
     out, lse = attention_reference(*leaves[:3], causal=causal, upcast=upcast, softmax_scale=softmax_scale,
                                    window=variants.get("window_size", (-1, -1)),
                                    softcap=variants.get("softcap", 0.0),
-                                   alibi_slopes=variants.get("alibi_slopes"), sinks=sinks)
+                                   alibi_slopes=variants.get("alibi_slopes"), sinks=sinks,
+                                   dropout_keep=variants.get("dropout_keep"), dropout_p=variants.get("dropout_p", 0.0))
     grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
     return out, lse, grads
 
@@ -59,9 +60,14 @@ def check_against_oracle(q, k, v, causal, softmax_scale=None, **variants):
     """The whole contract of one call: out, lse and gradients within flash-attn's rule.
 
     `variants` are flash_attn_func keywords (window_size, softcap, alibi_slopes)."""
-    out, lse, none = flash_attn_func(q, k, v, causal=causal, softmax_scale=softmax_scale, return_attn_probs=True,
-                                     **variants)
-    assert none is None
+    out, lse, s_dmask = flash_attn_func(q, k, v, causal=causal, softmax_scale=softmax_scale,
+                                        return_attn_probs=True, **variants)
+    if variants.get("dropout_p", 0.0) > 0:
+        # The reference applies the very mask the call used, read off S_dmask's signs.
+        assert s_dmask.shape == (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        variants = dict(variants, dropout_keep=s_dmask.detach().double() >= 0)
+    else:
+        assert s_dmask is None
     assert out.shape == q.shape and out.dtype == q.dtype
     assert lse.shape == (q.shape[0], q.shape[2], q.shape[1]) and lse.dtype == torch.float32
     dout = torch.randn_like(out)

@@ -40,6 +40,8 @@ GPU_VARIANT_CASES = [
     ((1, 1024, 1024, 4, 1, 96), True, dict(softcap=20.0, alibi_slopes="per_batch")),
     ((2, 777, 1333, 6, 3, 256), False, dict(window_size=(64, 64), softcap=10.0)),
     ((2, 1500, 1000, 8, 2, 128), True, dict(sinks="random")),
+    ((2, 1024, 1536, 8, 4, 64), True, dict(dropout_p=0.15)),
+    ((1, 700, 700, 4, 4, 128), False, dict(dropout_p=0.4, window_size=(128, 128))),
 ]
 
 
@@ -76,6 +78,17 @@ def test_small_variants_for_sanitizer(dtype):
     shape = (2, 70, 45, 4, 2, 40)
     check_against_oracle(*random_inputs(shape, dtype, "cuda"), True, window_size=(9, -1), softcap=3.0,
                          **_materialise(dict(alibi_slopes="per_batch", sinks="random"), shape))
+
+
+@pytest.mark.sanitizer
+def test_small_dropout_for_sanitizer():
+    check_against_oracle(*random_inputs((2, 70, 45, 4, 2, 40), torch.bfloat16, "cuda"), True, dropout_p=0.2)
+
+
+def test_dropped_fraction_gpu():
+    q, k, v = (torch.randn(4, 1024, 8, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    _, _, s_dmask = flash_attn_func(q, k, v, dropout_p=0.23, return_attn_probs=True)
+    assert abs((s_dmask < 0).float().mean().item() - 0.23) < 0.01
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

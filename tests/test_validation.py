@@ -245,9 +245,10 @@ def test_dropout_not_a_number(call, p):
 
 @ENTRY_POINTS
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_not_built(call, p):
-    with pytest.raises(NotImplementedError, match=r"^dropout_p"):
-        call(*_qkv(), dropout_p=p)
+def test_dropout_accepted(call, p):
+    out, _, s_dmask = call(*_qkv(), dropout_p=p, return_attn_probs=True)
+    assert out.shape == (B, S, H, D) and torch.isfinite(out).all()
+    assert s_dmask.shape == (B, H, S, S)
 
 
 @ENTRY_POINTS

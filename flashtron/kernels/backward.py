@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from flashtron.kernels.block_info import head_dim_mask, inner_block_range, visible
+from flashtron.kernels.dropout import dropout_keep
 from flashtron.kernels.precision import downcast, mma
 from flashtron.kernels.score_mod import logits_log2
 from flashtron.kernels.tile_scheduler import tile_of_program
@@ -49,11 +50,11 @@ def attention_backward_preprocess(
 @triton.jit
 def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile,
                   stride_qm, stride_dom, offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
-                  softmax_scale, qk_scale_log2, softcap, slope, start, end,
+                  softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, start, end,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
                   HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                  INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                  DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Tiles here are transposed: rows are keys (this program's), columns are queries.
     offs_m_tile = tl.arange(0, BLOCK_M)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
@@ -84,8 +85,15 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
         if MASKED:
             keep = visible(offs_n, offs_m, seqlen_q, diagonal, window_right, window_left, HAS_HI, HAS_LO)
             p_t = tl.where(keep, p_t, 0.0)
-        dv = mma(downcast(p_t, do.dtype, UPCAST), do, dv, INPUT_PRECISION, UPCAST)
+        dropped_p_t = p_t
+        if DROPOUT:
+            # The forward's mask, regenerated: same draw for (query, key) in either orientation.
+            keep_t = dropout_keep(seed, batch_head, offs_m[None, :], offs_n[:, None], dropout_p)
+            dropped_p_t = tl.where(keep_t, p_t * (1.0 / (1.0 - dropout_p)), 0.0)
+        dv = mma(downcast(dropped_p_t, do.dtype, UPCAST), do, dv, INPUT_PRECISION, UPCAST)
         dp_t = mma(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        if DROPOUT:
+            dp_t = tl.where(keep_t, dp_t * (1.0 / (1.0 - dropout_p)), 0.0)
         ds_t = p_t * (dp_t - delta[None, :])
         if SOFTCAP:
             ds_t = ds_t * cap_slope_t
@@ -104,13 +112,13 @@ def attention_backward_dkdv(
         stride_dob, stride_dom, stride_doh,
         stride_dkb, stride_dkn, stride_dkh,
         stride_dvb, stride_dvn, stride_dvh,
-        Alibi, stride_alibi_b,
+        Alibi, stride_alibi_b, DropoutSeed, dropout_p,
         num_heads, num_heads_kv, kv_group_size, seqlen_q, seqlen_k, num_n_blocks,
         softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Under causal (HAS_HI) early key tiles see the most queries and already come first;
     # a left window bound (HAS_LO) alone makes the late ones heavy.
     n_block, _, batch, head_kv = tile_of_program(tl.program_id(0), num_n_blocks, num_heads_kv, HAS_LO)
@@ -129,6 +137,9 @@ def attention_backward_dkdv(
                 mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(DropoutSeed)
     qt_tile = offs_d[:, None] + offs_m[None, :] * stride_qm
     do_tile = offs_m[:, None] * stride_dom + offs_d[None, :]
 
@@ -149,18 +160,18 @@ def attention_backward_dkdv(
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, lo, full_lo,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
+            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, full_lo,
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, full_lo, full_hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
+            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_lo, full_hi,
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, full_hi, hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
+            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_hi, hi,
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
 
     dk = dk * softmax_scale
     tl.store(DK + batch.to(tl.int64) * stride_dkb + head_kv.to(tl.int64) * stride_dkh
@@ -174,11 +185,11 @@ def attention_backward_dkdv(
 @triton.jit
 def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                 offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-                softmax_scale, qk_scale_log2, softcap, slope, start, end,
+                softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, start, end,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                 BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
                 HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
@@ -203,6 +214,9 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
             keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
             p = tl.where(keep, p, 0.0)
         dp = mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        if DROPOUT:
+            keep = dropout_keep(seed, batch_head, offs_m[:, None], offs_n[None, :], dropout_p)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
         if SOFTCAP:
             ds = ds * cap_slope
@@ -220,13 +234,13 @@ def attention_backward_dq(
         stride_vb, stride_vn, stride_vh,
         stride_dob, stride_dom, stride_doh,
         stride_dqb, stride_dqm, stride_dqh,
-        Alibi, stride_alibi_b,
+        Alibi, stride_alibi_b, DropoutSeed, dropout_p,
         num_heads, kv_group_size, seqlen_q, seqlen_k, num_m_blocks,
         softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
     head_kv = head // kv_group_size
     start_m = m_block * BLOCK_M
@@ -253,22 +267,25 @@ def attention_backward_dq(
     slope = 0.0
     if ALIBI:
         slope = tl.load(Alibi + batch.to(tl.int64) * stride_alibi_b + head)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(DropoutSeed)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     diagonal = seqlen_k - seqlen_q
     lo, full_lo, full_hi, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
                                                  BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, lo, full_lo,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
+            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, full_lo,
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, full_lo, full_hi,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
+            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_lo, full_hi,
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, full_hi, hi,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
+            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_hi, hi,
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
     dq = dq * softmax_scale
     tl.store(DQ + batch.to(tl.int64) * stride_dqb + head.to(tl.int64) * stride_dqh
              + start_m.to(tl.int64) * stride_dqm + row_tile * stride_dqm + offs_d[None, :],

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from flashtron.kernels.block_info import head_dim_mask, inner_block_range, sees_no_inner, visible
+from flashtron.kernels.dropout import dropout_keep
 from flashtron.kernels.precision import downcast, mma
 from flashtron.kernels.score_mod import logits_log2
 from flashtron.kernels.tile_scheduler import tile_of_program
@@ -25,11 +26,12 @@ LN2_INV = tl.constexpr(1.4426950408889634)
 @triton.jit
 def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-                     softmax_scale, qk_scale_log2, score_scale, softcap, slope, start, end,
+                     softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
+                     start, end,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
                      HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
-                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
                      INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
@@ -63,6 +65,10 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
         p = tl.math.exp2(scores * score_scale - reference[:, None])
         rescale = tl.math.exp2(row_max - reference)
         row_sum = row_sum * rescale + tl.sum(p, 1)
+        if DROPOUT:
+            # The denominator keeps every probability; only the weights applied to V are dropped
+            # (their 1 / (1 - dropout_p) scale is applied once, at the end).
+            p = tl.where(dropout_keep(seed, batch_head, offs_m[:, None], offs_n[None, :], dropout_p), p, 0.0)
         acc = mma(downcast(p, v.dtype, UPCAST), v, acc * rescale[:, None], INPUT_PRECISION, UPCAST)
         row_max = new_max
         kt_ptrs += BLOCK_N * stride_kn
@@ -77,13 +83,13 @@ def attention_forward_kernel(
         stride_kb, stride_kn, stride_kh,
         stride_vb, stride_vn, stride_vh,
         stride_ob, stride_om, stride_oh,
-        Alibi, stride_alibi_b, Sinks,
+        Alibi, stride_alibi_b, Sinks, DropoutSeed, dropout_p,
         num_heads, kv_group_size, seqlen_q, seqlen_k, num_m_blocks,
         softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
-        SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr,
+        SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # With an upper bound on the keys (causal), later query tiles do more work.
     m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
@@ -114,6 +120,9 @@ def attention_forward_kernel(
     slope = 0.0
     if ALIBI:
         slope = tl.load(Alibi + batch.to(tl.int64) * stride_alibi_b + head)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(DropoutSeed)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -128,25 +137,27 @@ def attention_forward_kernel(
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
         offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-        softmax_scale, qk_scale_log2, score_scale, softcap, slope,
+        softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         lo, full_lo, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, FOLD_SCALE,
-        SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
+        SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
         offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-        softmax_scale, qk_scale_log2, score_scale, softcap, slope,
+        softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, FOLD_SCALE,
-        SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
+        SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
         offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-        softmax_scale, qk_scale_log2, score_scale, softcap, slope,
+        softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         full_hi, hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, FOLD_SCALE,
-        SOFTCAP, ALIBI, INPUT_PRECISION, UPCAST)
+        SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
 
     saw_nothing = sees_no_inner(offs_m, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
     row_sum = tl.where(row_sum == 0.0, 1.0, row_sum)
     out = acc / row_sum[:, None]
+    if DROPOUT:
+        out = out * (1.0 / (1.0 - dropout_p))
     lse = tl.where(saw_nothing, float("inf"), (row_max + tl.math.log2(row_sum)) * LN2)
 
     o_ptrs = (Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh

@@ -14,6 +14,7 @@ import triton
 
 from flashtron.kernels import configs, interpreter
 from flashtron.sinks import sink_gradient
+from flashtron.kernels.dropout import dropout_mask_kernel
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
                                         attention_backward_preprocess)
 from flashtron.kernels.forward import attention_forward_kernel
@@ -67,13 +68,13 @@ def _alibi_args(alibi_slopes, q):
     return alibi_slopes, alibi_slopes.stride(0) if alibi_slopes.dim() == 2 else 0
 
 
-def _variant_switches(window_left, window_right, softcap, alibi_slopes):
+def _variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p):
     return dict(HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
-                SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None)
+                SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, DROPOUT=dropout_p > 0)
 
 
 def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float,
-            alibi_slopes, sinks, allow_tf32: bool):
+            alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     out = _new_output(q.shape, q.dtype, q.device)
@@ -87,10 +88,11 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         q, k, v, out, lse,
         *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(out),
         *_alibi_args(alibi_slopes, q), q if sinks is None else sinks,
+        q if dropout_seed is None else dropout_seed, dropout_p,
         num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks,
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        **_variant_switches(window_left, window_right, softcap, alibi_slopes),
+        **_variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p),
         FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None, SINKS=sinks is not None,
         INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -98,7 +100,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
 
 
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
-             softcap: float, alibi_slopes, sinks, allow_tf32: bool):
+             softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     dq = _new_output(q.shape, q.dtype, q.device)
@@ -112,9 +114,9 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     group = num_heads // num_heads_kv
     precision = _input_precision(q.dtype, allow_tf32)
     common = dict(head_dim=head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
-                  **_variant_switches(window_left, window_right, softcap, alibi_slopes),
+                  **_variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p),
                   INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
-    alibi = _alibi_args(alibi_slopes, q)
+    extras = (*_alibi_args(alibi_slopes, q), q if dropout_seed is None else dropout_seed, dropout_p)
 
     delta = _new_output(lse.shape, torch.float32, lse.device)
     pre_block_m = 64
@@ -130,7 +132,7 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         attention_backward_dkdv[_grid(num_n_blocks, batch * num_heads_kv)](
             q, k, v, dout, lse, delta, dk, dv,
             *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(dout),
-            *_bhsd_strides(dk), *_bhsd_strides(dv), *alibi,
+            *_bhsd_strides(dk), *_bhsd_strides(dv), *extras,
             num_heads, num_heads_kv, group, seqlen_q, seqlen_k, num_n_blocks,
             softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
@@ -141,8 +143,21 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     attention_backward_dq[_grid(num_m_blocks, batch * num_heads)](
         q, k, v, dout, lse, delta, dq,
         *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(dout), *_bhsd_strides(dq),
-        *alibi, num_heads, group, seqlen_q, seqlen_k, num_m_blocks,
+        *extras, num_heads, group, seqlen_q, seqlen_k, num_m_blocks,
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dq, dk, dv, sink_gradient(sinks, lse, delta)
+
+
+def dropout_keep_mask(dropout_seed, batch, num_heads, seqlen_q, seqlen_k, dropout_p):
+    """The keep mask the kernels draw, materialised as bool (B, H, Sq, Sk): for return_attn_probs."""
+    keep = torch.empty((batch, num_heads, seqlen_q, seqlen_k), dtype=torch.int8, device=dropout_seed.device)
+    if keep.numel() == 0:
+        return keep.bool()
+    block_m, block_n = 32, 32
+    num_m_blocks, num_n_blocks = triton.cdiv(seqlen_q, block_m), triton.cdiv(seqlen_k, block_n)
+    dropout_mask_kernel[_grid(num_m_blocks * num_n_blocks, batch * num_heads)](
+        dropout_seed, keep, seqlen_q, seqlen_k, num_m_blocks, num_n_blocks, dropout_p,
+        BLOCK_M=block_m, BLOCK_N=block_n)
+    return keep.bool()
