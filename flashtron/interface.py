@@ -22,13 +22,14 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     window_size=(left, right) restricts query i to keys [i + Sk - Sq - left, i + Sk - Sq + right]
     (-1: unbounded); softcap > 0 maps scores to softcap * tanh(score / softcap); alibi_slopes (H,) or
     (B, H) float32 subtracts slope * |i + Sk - Sq - j|; sinks (H,) float32 adds one logit per head to
-    every row's softmax denominator.  dropout_p > 0 is not supported yet.
+    every row's softmax denominator; dropout_p drops probabilities (seeded from torch's generator).
     float32 inputs are computed in full float32 unless torch.set_float32_matmul_precision allows
     tf32 ("high" or "medium").  The backward is always deterministic.
 
-    Returns out (the shape and dtype of q); with return_attn_probs=True, (out, softmax_lse, None)
+    Returns out (the shape and dtype of q); with return_attn_probs=True, (out, softmax_lse, S_dmask)
     where softmax_lse is float32 (batch, num_heads, seqlen_q) in natural log (+inf where a query
-    sees no key).
+    sees no key) and S_dmask is None, or with dropout the (B, H, Sq, Sk) probabilities with dropped
+    entries negated.
     """
     return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
                       deterministic, return_attn_probs, sinks, names=("q", "k", "v"))

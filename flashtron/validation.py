@@ -2,8 +2,8 @@
 
 Every message names the argument, what it got and what would work; the layer
 below (custom ops, launcher, kernels) trusts what leaves this module.
-Arguments that belong to features not built yet (dropout) raise
-NotImplementedError, so a caller never gets a silently different computation.
+Valid requests that cannot be served (a head dim over 256, a device other than
+CUDA or CPU) raise NotImplementedError.
 """
 
 import math
