@@ -3,9 +3,10 @@
 It takes the same normalised arguments as `flashtron.kernels.launch` and has
 the same contract: forward returns (out, softmax_lse) with lse in natural log,
 +inf for rows that see no key; backward recomputes the probabilities from that
-lse.  Variants (window, softcap, ALiBi, sinks) follow the kernels' definitions.  Work is done in float32 over blocks of query rows, each against the keys
-its rows can see, so memory is O(rows_per_block * seqlen_k) per head, never
-O(seqlen_q * seqlen_k).
+lse.  Variants (window, softcap, ALiBi, sinks, dropout) follow the kernels'
+definitions; dropout draws its own mask here.  Work is done in float32 over
+blocks of query rows, each against the keys its rows can see, so memory is
+O(rows_per_block * seqlen_k) per head, never O(seqlen_q * seqlen_k).
 """
 
 import math

@@ -43,7 +43,8 @@ def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                        out: torch.Tensor, softmax_lse: torch.Tensor, softmax_scale: float,
                        window_left: int, window_right: int, softcap: float,
                        alibi_slopes: Optional[torch.Tensor], sinks: Optional[torch.Tensor], dropout_p: float,
-                       dropout_seed: Optional[torch.Tensor], allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                       dropout_seed: Optional[torch.Tensor], allow_tf32: bool,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dq, dk, dv, dsinks); dsinks is empty when there are no sinks."""
     return _engine(q).backward(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right,
                                softcap, alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32)

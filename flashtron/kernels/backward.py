@@ -161,17 +161,20 @@ def attention_backward_dkdv(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, full_lo,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
+            INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_lo, full_hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
+            INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_hi, hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
+            INPUT_PRECISION, UPCAST)
 
     dk = dk * softmax_scale
     tl.store(DK + batch.to(tl.int64) * stride_dkb + head_kv.to(tl.int64) * stride_dkh
@@ -277,15 +280,18 @@ def attention_backward_dq(
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, full_lo,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
+            INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_lo, full_hi,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
+            INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_hi, hi,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
+            INPUT_PRECISION, UPCAST)
     dq = dq * softmax_scale
     tl.store(DQ + batch.to(tl.int64) * stride_dqb + head.to(tl.int64) * stride_dqh
              + start_m.to(tl.int64) * stride_dqm + row_tile * stride_dqm + offs_d[None, :],
