@@ -19,12 +19,11 @@ import triton
 import triton.language as tl
 
 from flashtron.kernels.block_info import head_dim_mask, inner_block_range, visible
-from flashtron.kernels.dropout import dropout_keep
+from flashtron.kernels.dropout import dropout_keep, dropout_seed
 from flashtron.kernels.precision import downcast, mma
-from flashtron.kernels.score_mod import logits_log2
+from flashtron.kernels.score_mod import LOG2E, alibi_slope, logits_log2
 from flashtron.kernels.tile_scheduler import tile_of_program
 
-LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -137,9 +136,7 @@ def attention_backward_dkdv(
                 mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(DropoutSeed)
+    seed = dropout_seed(DropoutSeed, DROPOUT)
     qt_tile = offs_d[:, None] + offs_m[None, :] * stride_qm
     do_tile = offs_m[:, None] * stride_dom + offs_d[None, :]
 
@@ -150,9 +147,7 @@ def attention_backward_dkdv(
     for group_member in range(kv_group_size):
         head = head_kv * kv_group_size + group_member
         batch_head = batch * num_heads + head
-        slope = 0.0
-        if ALIBI:
-            slope = tl.load(Alibi + batch.to(tl.int64) * stride_alibi_b + head)
+        slope = alibi_slope(Alibi, stride_alibi_b, batch, head, ALIBI)
         q_base = Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
         do_base = DOut + batch.to(tl.int64) * stride_dob + head.to(tl.int64) * stride_doh
         lse_base = Lse + batch_head.to(tl.int64) * seqlen_q
@@ -267,12 +262,8 @@ def attention_backward_dq(
     kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
     vt_tile = offs_d[:, None] + offs_n[None, :] * stride_vn
 
-    slope = 0.0
-    if ALIBI:
-        slope = tl.load(Alibi + batch.to(tl.int64) * stride_alibi_b + head)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(DropoutSeed)
+    slope = alibi_slope(Alibi, stride_alibi_b, batch, head, ALIBI)
+    seed = dropout_seed(DropoutSeed, DROPOUT)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     diagonal = seqlen_k - seqlen_q
     lo, full_lo, full_hi, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,

@@ -23,6 +23,15 @@ def dropout_keep(seed, batch_head, query_idx, key_idx, dropout_p):
 
 
 @triton.jit
+def dropout_seed(DropoutSeed, DROPOUT: tl.constexpr):
+    """The call's seed (a device scalar, so no host synchronisation); 0 when dropout is off."""
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(DropoutSeed)
+    return seed
+
+
+@triton.jit
 def dropout_mask_kernel(Seed, Keep, seqlen_q, seqlen_k, num_m_blocks, num_n_blocks, dropout_p,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Writes the keep mask (batch * heads, seqlen_q, seqlen_k) as int8: for return_attn_probs only."""

@@ -14,13 +14,12 @@ import triton
 import triton.language as tl
 
 from flashtron.kernels.block_info import head_dim_mask, inner_block_range, sees_no_inner, visible
-from flashtron.kernels.dropout import dropout_keep
+from flashtron.kernels.dropout import dropout_keep, dropout_seed
 from flashtron.kernels.precision import downcast, mma
-from flashtron.kernels.score_mod import logits_log2
+from flashtron.kernels.score_mod import LOG2E, alibi_slope, logits_log2
 from flashtron.kernels.tile_scheduler import tile_of_program
 
 LN2 = tl.constexpr(0.6931471805599453)
-LN2_INV = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -117,19 +116,15 @@ def attention_forward_kernel(
         score_scale = qk_scale_log2
     else:
         score_scale = 1.0
-    slope = 0.0
-    if ALIBI:
-        slope = tl.load(Alibi + batch.to(tl.int64) * stride_alibi_b + head)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(DropoutSeed)
+    slope = alibi_slope(Alibi, stride_alibi_b, batch, head, ALIBI)
+    seed = dropout_seed(DropoutSeed, DROPOUT)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     if SINKS:
         # The sink is one more logit in every row's denominator, with no value vector:
         # the online softmax starts from it (max = sink, sum = exp(sink - max) = 1).
-        row_max = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + head) * LN2_INV
+        row_max = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + head) * LOG2E
         row_sum = row_sum + 1.0
     diagonal = seqlen_k - seqlen_q
     lo, full_lo, full_hi, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,

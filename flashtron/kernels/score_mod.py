@@ -50,3 +50,12 @@ def logits_log2(raw, query_idx, key_idx, key_offset, softmax_scale, qk_scale_log
         logits = raw * qk_scale_log2
         slope_of_cap = 1.0
     return logits, slope_of_cap
+
+
+@triton.jit
+def alibi_slope(Alibi, stride_alibi_b, batch, head, ALIBI: tl.constexpr):
+    """The ALiBi slope of (batch, head); slopes of shape (H,) have batch stride 0."""
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(Alibi + batch.to(tl.int64) * stride_alibi_b + head)
+    return slope
