@@ -78,7 +78,7 @@ def main():
             ref_out, ref_dq, ref_dk, ref_dv = _reference(q, k, v, do, causal, window_arg)
             scale = head_dim ** -0.5
             window = window_arg or (-1, 0 if causal else -1)
-            variants = (0.0, None, None)  # softcap, alibi_slopes, sinks
+            variants = (0.0, None, None, 0.0, None)  # softcap, alibi_slopes, sinks, dropout_p, dropout_seed
             flops = _flops(batch, args.seqlen, heads, head_dim, causal)
             sdpa_ms = do_bench(lambda: F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal), return_mode="median")

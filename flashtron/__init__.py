@@ -7,8 +7,13 @@ CUDA tensors run Triton kernels; CPU tensors run an exact blockwise PyTorch path
 (or the same Triton kernels under Triton's interpreter when TRITON_INTERPRET=1).
 """
 
-from flashtron.interface import flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func
+from flashtron.interface import (flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
+                                 flash_attn_varlen_func, flash_attn_varlen_kvpacked_func,
+                                 flash_attn_varlen_qkvpacked_func)
+from flashtron.validation import set_sequence_checks
 
 __version__ = "0.1.0"
 
-__all__ = ["flash_attn_func", "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func", "__version__"]
+__all__ = ["flash_attn_func", "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func", "flash_attn_varlen_func",
+           "flash_attn_varlen_kvpacked_func", "flash_attn_varlen_qkvpacked_func", "set_sequence_checks",
+           "__version__"]

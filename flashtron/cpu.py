@@ -98,8 +98,8 @@ def _dropout_keep(dropout_seed, rows, shape, dropout_p):
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) >= dropout_p
 
 
-def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float, alibi_slopes,
-            sinks, dropout_p: float, dropout_seed, allow_tf32: bool):
+def _dense_forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float,
+                   alibi_slopes, sinks, dropout_p: float, dropout_seed):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg = _grouped(q, num_heads_kv)
@@ -133,8 +133,8 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     return _ungrouped(out, q.dtype), lse.reshape(batch, num_heads, seqlen_q)
 
 
-def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
-             softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool):
+def _dense_backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
+                    softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg = _grouped(q, num_heads_kv)
@@ -171,6 +171,86 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     dv_out = dv.permute(0, 2, 1, 3).to(v.dtype)
     dsinks = sink_gradient(sinks, lse, delta.reshape(lse.shape))
     return _ungrouped(dq, q.dtype), dk_out.contiguous(), dv_out.contiguous(), dsinks
+
+
+def sequences(q, k, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
+    """(b, query rows, key rows) per sequence: index tuples into q and k that select sequence b's
+    used rows as a batch of one (reads the lengths on the host: this engine is CPU-only)."""
+    varlen = cu_seqlens_q is not None
+    batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
+    for b in range(batch):
+        if varlen:
+            q_start, q_end = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+            k_start, k_end = int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1])
+        else:
+            q_start, q_end, k_start, k_end = 0, q.shape[1], 0, k.shape[1]
+        if seqused_q is not None:
+            q_end = q_start + int(seqused_q[b])
+        if seqused_k is not None:
+            k_end = k_start + int(seqused_k[b])
+        if varlen:
+            yield b, (slice(q_start, q_end),), (slice(k_start, k_end),)
+        else:
+            yield b, (b, slice(q_start, q_end)), (b, slice(k_start, k_end))
+
+
+def sequence_seed(dropout_seed, b: int):
+    """Sequence b's dropout seed in this engine (sequences of one call must not share draws)."""
+    return None if dropout_seed is None else dropout_seed + b * 0x61C88647
+
+
+def _sequence_args(b, alibi_slopes, dropout_seed):
+    """Sequence b's ALiBi slopes and dropout seed."""
+    if alibi_slopes is not None and alibi_slopes.dim() == 2:
+        alibi_slopes = alibi_slopes[b]
+    return alibi_slopes, sequence_seed(dropout_seed, b)
+
+
+def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float, alibi_slopes,
+            sinks, dropout_p: float, dropout_seed, allow_tf32: bool, cu_seqlens_q=None, cu_seqlens_k=None,
+            seqused_q=None, seqused_k=None, max_seqlen_q: int = -1, max_seqlen_k: int = -1):
+    args = (softmax_scale, window_left, window_right, softcap)
+    if cu_seqlens_q is None and seqused_q is None and seqused_k is None:
+        return _dense_forward(q, k, v, *args, alibi_slopes, sinks, dropout_p, dropout_seed)
+    # One sequence at a time, each as a batch of one.  Unused rows: out 0, lse +inf.
+    out = torch.zeros_like(q)
+    varlen = cu_seqlens_q is not None
+    lse = q.new_full((q.shape[-2], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1]), math.inf,
+                     dtype=torch.float32)
+    for b, q_rows, k_rows in sequences(q, k, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
+        slopes, seed = _sequence_args(b, alibi_slopes, dropout_seed)
+        out_b, lse_b = _dense_forward(q[q_rows][None], k[k_rows][None], v[k_rows][None], *args, slopes, sinks,
+                                      dropout_p, seed)
+        out[q_rows] = out_b[0]
+        if varlen:
+            lse[:, q_rows[0]] = lse_b[0]
+        else:
+            lse[b, :, q_rows[1]] = lse_b[0]
+    return out, lse
+
+
+def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
+             softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
+             cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
+             max_seqlen_q: int = -1, max_seqlen_k: int = -1):
+    args = (softmax_scale, window_left, window_right, softcap)
+    if cu_seqlens_q is None and seqused_q is None and seqused_k is None:
+        return _dense_backward(dout, q, k, v, out, lse, *args, alibi_slopes, sinks, dropout_p, dropout_seed)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dsinks = lse.new_empty(0) if sinks is None else torch.zeros_like(sinks)
+    varlen = cu_seqlens_q is not None
+    for b, q_rows, k_rows in sequences(q, k, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
+        slopes, seed = _sequence_args(b, alibi_slopes, dropout_seed)
+        lse_b = lse[:, q_rows[0]] if varlen else lse[b, :, q_rows[1]]
+        dq_b, dk_b, dv_b, dsinks_b = _dense_backward(
+            dout[q_rows][None], q[q_rows][None], k[k_rows][None], v[k_rows][None], out[q_rows][None],
+            lse_b[None], *args, slopes, sinks, dropout_p, seed)
+        dq[q_rows] = dq_b[0]
+        dk[k_rows] += dk_b[0]
+        dv[k_rows] += dv_b[0]
+        if sinks is not None:
+            dsinks += dsinks_b
+    return dq, dk, dv, dsinks
 
 
 def dropout_keep_mask(dropout_seed, q, seqlen_k, window_left, window_right, dropout_p):

@@ -36,13 +36,23 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
 
 
 def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-               deterministic, return_attn_probs, sinks, names):
-    q, k, v = validation.check_qkv(q, k, v, names)
+               deterministic, return_attn_probs, sinks, names, sequences=None):
+    """The shared body.  sequences: None (dense), or the raw variable-length arguments
+    (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k)."""
+    varlen = sequences is not None
+    q, k, v = validation.check_qkv(q, k, v, names, varlen=varlen)
+    layout = {}
+    batch = q.shape[0]
+    if varlen:
+        (batch, max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k, seqused_q,
+         seqused_k) = validation.check_sequences(*sequences[:4], q, k, *sequences[4:])
+        layout = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqused_q=seqused_q,
+                      seqused_k=seqused_k, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
     softmax_scale = validation.softmax_scale_or_default(softmax_scale, q.shape[-1])
     window_left, window_right = validation.window_bounds(causal, window_size)
     dropout_p = validation.check_dropout(dropout_p)
     softcap = validation.check_softcap(softcap)
-    alibi_slopes = validation.check_alibi_slopes(alibi_slopes, q)
+    alibi_slopes = validation.check_alibi_slopes(alibi_slopes, q, batch)
     sinks = validation.check_sinks(sinks, q)
     validation.check_flag("deterministic", deterministic)
     validation.check_flag("return_attn_probs", return_attn_probs)
@@ -54,14 +64,14 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     dropout_seed = (torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64) if dropout_p > 0
                     else None)
     out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, softcap,
-                                             alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32)
+                                             alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32, **layout)
     if return_attn_probs:
         s_dmask = None
         if dropout_p > 0:
             # A diagnostic, not differentiable (as in flash-attn).
             s_dmask = ops.dropout_probabilities(q.detach(), k.detach(), softmax_lse.detach(), softmax_scale,
                                                 window_left, window_right, softcap, alibi_slopes, dropout_p,
-                                                dropout_seed)
+                                                dropout_seed, **layout)
         return out, softmax_lse, s_dmask
     return out
 
@@ -84,3 +94,46 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
     return _attention(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal,
                       window_size, softcap, alibi_slopes, deterministic, return_attn_probs, sinks,
                       names=("q", "kv", "kv"))
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False, block_table=None, *, seqused_q=None,
+                           seqused_k=None, sinks=None):
+    """flash_attn_func on a batch of sequences of different lengths, packed without padding.
+
+    q (total_q, H, D), k and v (total_k, Hk, D); sequence b holds rows [cu_seqlens_q[b], cu_seqlens_q[b+1])
+    of q and [cu_seqlens_k[b], cu_seqlens_k[b+1]) of k and v; cu_seqlens are int32 (B + 1,), and
+    max_seqlen_q / max_seqlen_k bound the lengths (a larger bound is fine, a smaller one is an error).
+    Every variant applies per sequence; causal masks and windows align bottom-right within each.
+    seqused_q / seqused_k (keyword, int32 (B,), as in FlashAttention-3): only the first seqused[b]
+    tokens of each sequence take part; other query rows get output 0 and lse +inf, other keys
+    gradient 0.  softmax_lse is float32 (H, total_q).  No host synchronisation: the value checks of
+    cu_seqlens need one and run only on CPU tensors or after flashtron.set_sequence_checks(True).
+    """
+    if block_table is not None:
+        raise NotImplementedError("block_table (paged keys and values) is not supported by "
+                                  "flash_attn_varlen_func yet")
+    return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                      deterministic, return_attn_probs, sinks, names=("q", "k", "v"),
+                      sequences=(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k))
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
+                                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                                     return_attn_probs=False, *, sinks=None):
+    """flash_attn_varlen_func with q, k, v packed as qkv (total, 3, num_heads, head_dim)."""
+    validation.check_packed("qkv", qkv, 4, 1, 3, "(total_tokens, 3, num_heads, head_dim)")
+    return _attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], dropout_p, softmax_scale, causal, window_size, softcap,
+                      alibi_slopes, deterministic, return_attn_probs, sinks, names=("qkv", "qkv", "qkv"),
+                      sequences=(cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, None, None))
+
+
+def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                                    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, sinks=None):
+    """flash_attn_varlen_func with k, v packed as kv (total_k, 2, num_heads_k, head_dim)."""
+    validation.check_packed("kv", kv, 4, 1, 2, "(total_tokens, 2, num_heads_k, head_dim)")
+    return _attention(q, kv[:, 0], kv[:, 1], dropout_p, softmax_scale, causal, window_size, softcap,
+                      alibi_slopes, deterministic, return_attn_probs, sinks, names=("q", "kv", "kv"),
+                      sequences=(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, None, None))

@@ -26,16 +26,27 @@ def _engine(t: torch.Tensor):
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float,
                       window_left: int, window_right: int, softcap: float, alibi_slopes: Optional[torch.Tensor],
                       sinks: Optional[torch.Tensor], dropout_p: float, dropout_seed: Optional[torch.Tensor],
-                      allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      allow_tf32: bool, cu_seqlens_q: Optional[torch.Tensor] = None,
+                      cu_seqlens_k: Optional[torch.Tensor] = None, seqused_q: Optional[torch.Tensor] = None,
+                      seqused_k: Optional[torch.Tensor] = None, max_seqlen_q: int = -1, max_seqlen_k: int = -1,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (out, softmax_lse).  Dense: q (B, Sq, H, D), lse (B, H, Sq).  Variable-length (cu_seqlens
+    given): q (total_q, H, D), lse (H, total_q), max_seqlen_* bound every sequence's length.
+    seqused_q / seqused_k (int32 (B,)) cut each sequence to its first seqused[b] rows."""
     return _engine(q).forward(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
-                              dropout_p, dropout_seed, allow_tf32)
+                              dropout_p, dropout_seed, allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q,
+                              seqused_k, max_seqlen_q, max_seqlen_k)
+
+
+def _lse_shape(q, cu_seqlens_q):
+    return (q.shape[-2], q.shape[0]) if cu_seqlens_q is not None else (q.shape[0], q.shape[2], q.shape[1])
 
 
 @attention_forward.register_fake
 def _(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, dropout_seed,
-      allow_tf32):
-    batch, seqlen_q, num_heads, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((batch, num_heads, seqlen_q), dtype=torch.float32)
+      allow_tf32, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None, max_seqlen_q=-1,
+      max_seqlen_k=-1):
+    return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32)
 
 
 @torch.library.custom_op("flashtron::attention_backward", mutates_args=())
@@ -44,38 +55,48 @@ def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                        window_left: int, window_right: int, softcap: float,
                        alibi_slopes: Optional[torch.Tensor], sinks: Optional[torch.Tensor], dropout_p: float,
                        dropout_seed: Optional[torch.Tensor], allow_tf32: bool,
+                       cu_seqlens_q: Optional[torch.Tensor] = None, cu_seqlens_k: Optional[torch.Tensor] = None,
+                       seqused_q: Optional[torch.Tensor] = None, seqused_k: Optional[torch.Tensor] = None,
+                       max_seqlen_q: int = -1, max_seqlen_k: int = -1,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dq, dk, dv, dsinks); dsinks is empty when there are no sinks."""
     return _engine(q).backward(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right,
-                               softcap, alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32)
+                               softcap, alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32,
+                               cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k)
 
 
 @attention_backward.register_fake
 def _(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
-      dropout_p, dropout_seed, allow_tf32):
+      dropout_p, dropout_seed, allow_tf32, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
+      max_seqlen_q=-1, max_seqlen_k=-1):
     dsinks = softmax_lse.new_empty(0) if sinks is None else sinks.new_empty(sinks.shape)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsinks
 
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, dropout_seed,
-     allow_tf32) = inputs
+     allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k) = inputs
     out, softmax_lse = output
-    ctx.save_for_backward(q, k, v, out, softmax_lse, alibi_slopes, sinks, dropout_seed)
+    ctx.save_for_backward(q, k, v, out, softmax_lse, alibi_slopes, sinks, dropout_seed,
+                          cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k)
     ctx.params = (softmax_scale, window_left, window_right, softcap)
     ctx.dropout_p = dropout_p
     ctx.allow_tf32 = allow_tf32
+    ctx.max_seqlens = (max_seqlen_q, max_seqlen_k)
     ctx.mark_non_differentiable(softmax_lse)
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, out, softmax_lse, alibi_slopes, sinks, dropout_seed = ctx.saved_tensors
+    (q, k, v, out, softmax_lse, alibi_slopes, sinks, dropout_seed,
+     cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k) = ctx.saved_tensors
     if dout.stride(-1) != 1:
         # e.g. the expanded gradient of out.sum(): stride 0 everywhere.
         dout = dout.contiguous()
     dq, dk, dv, dsinks = attention_backward(dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, sinks,
-                                            ctx.dropout_p, dropout_seed, ctx.allow_tf32)
-    return dq, dk, dv, None, None, None, None, None, None if sinks is None else dsinks, None, None, None
+                                            ctx.dropout_p, dropout_seed, ctx.allow_tf32, cu_seqlens_q,
+                                            cu_seqlens_k, seqused_q, seqused_k, *ctx.max_seqlens)
+    return (dq, dk, dv, None, None, None, None, None, None if sinks is None else dsinks, None, None, None,
+            None, None, None, None, None, None)
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -84,20 +105,51 @@ attention_forward.register_autograd(_backward, setup_context=_setup_context)
 @torch.library.custom_op("flashtron::dropout_probabilities", mutates_args=())
 def dropout_probabilities(q: torch.Tensor, k: torch.Tensor, softmax_lse: torch.Tensor, softmax_scale: float,
                           window_left: int, window_right: int, softcap: float, alibi_slopes: Optional[torch.Tensor],
-                          dropout_p: float, dropout_seed: torch.Tensor) -> torch.Tensor:
+                          dropout_p: float, dropout_seed: torch.Tensor, cu_seqlens_q: Optional[torch.Tensor] = None,
+                          cu_seqlens_k: Optional[torch.Tensor] = None, seqused_q: Optional[torch.Tensor] = None,
+                          seqused_k: Optional[torch.Tensor] = None, max_seqlen_q: int = -1,
+                          max_seqlen_k: int = -1) -> torch.Tensor:
     """S_dmask of return_attn_probs with dropout: the probabilities, with dropped entries negated
-    (flash-attn's test convention).  Materialises (B, H, Sq, Sk): a debugging and testing aid."""
+    (flash-attn's test convention), (B, H, Sq, Sk), or (B, H, max_seqlen_q, max_seqlen_k) for
+    variable-length batches (0 outside each sequence).  Materialised: a debugging and testing aid,
+    which reads sequence lengths on the host."""
+    if cu_seqlens_q is None and seqused_q is None and seqused_k is None:
+        return _dense_dropout_probabilities(q, k, softmax_lse, softmax_scale, window_left, window_right, softcap,
+                                            alibi_slopes, dropout_p, dropout_seed, 0)
+    varlen = cu_seqlens_q is not None
+    batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
+    rows_q = max_seqlen_q if varlen else q.shape[1]
+    rows_k = max_seqlen_k if varlen else k.shape[1]
+    s_dmask = q.new_zeros((batch, q.shape[-2], rows_q, rows_k))
+    for b, q_rows, k_rows in cpu.sequences(q, k, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
+        lse_b = softmax_lse[:, q_rows[0]] if varlen else softmax_lse[b, :, q_rows[1]]
+        slopes = alibi_slopes[b] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
+        block = _dense_dropout_probabilities(q[q_rows][None], k[k_rows][None], lse_b[None], softmax_scale,
+                                             window_left, window_right, softcap, slopes, dropout_p, dropout_seed, b)
+        s_dmask[b, :, :block.shape[2], :block.shape[3]] = block[0]
+    return s_dmask
+
+
+def _dense_dropout_probabilities(q, k, softmax_lse, softmax_scale, window_left, window_right, softcap,
+                                 alibi_slopes, dropout_p, dropout_seed, sequence):
+    """Dense S_dmask of one batch (or of sequence `sequence` of a variable-length batch, as a batch of one:
+    each engine draws sequence b's mask from its own counters)."""
     probs = cpu.attention_probabilities(q, k, softmax_scale, window_left, window_right, softcap, alibi_slopes,
                                         softmax_lse)
     batch, seqlen_q, num_heads, _ = q.shape
     if _engine(q) is cpu:
-        keep = cpu.dropout_keep_mask(dropout_seed, q, k.shape[1], window_left, window_right, dropout_p)
+        keep = cpu.dropout_keep_mask(cpu.sequence_seed(dropout_seed, sequence), q, k.shape[1], window_left,
+                                     window_right, dropout_p)
     else:
-        keep = launch.dropout_keep_mask(dropout_seed, batch, num_heads, seqlen_q, k.shape[1], dropout_p)
+        keep = launch.dropout_keep_mask(dropout_seed, batch, num_heads, seqlen_q, k.shape[1], dropout_p,
+                                        first_batch=sequence)
     return torch.where(keep, probs, -probs).to(q.dtype)
 
 
 @dropout_probabilities.register_fake
-def _(q, k, softmax_lse, softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, dropout_seed):
+def _(q, k, softmax_lse, softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, dropout_seed,
+      cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None, max_seqlen_q=-1, max_seqlen_k=-1):
+    if cu_seqlens_q is not None:
+        return q.new_empty((cu_seqlens_q.shape[0] - 1, q.shape[-2], max_seqlen_q, max_seqlen_k))
     batch, seqlen_q, num_heads, _ = q.shape
     return q.new_empty((batch, num_heads, seqlen_q, k.shape[1]))

@@ -11,11 +11,12 @@ import torch
 
 
 def sink_gradient(sinks, softmax_lse: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """sinks (H,) float32, softmax_lse and delta (B, H, Sq) float32 -> d loss / d sinks, (H,).
+    """sinks (H,) float32, softmax_lse and delta float32 (B, H, Sq), or (H, total_q) for
+    variable-length batches -> d loss / d sinks, (H,).
 
     Without sinks, an empty tensor (the custom op returns tensors only)."""
     if sinks is None:
         return softmax_lse.new_empty(0)
     # lse is +inf on rows that see no key: their P_sink is taken as 0 (their delta is 0 too).
-    p_sink = torch.exp(sinks[None, :, None] - softmax_lse)
-    return -(p_sink * delta).sum(dim=(0, 2))
+    p_sink = torch.exp(sinks[:, None] - softmax_lse)
+    return -(p_sink * delta).sum(dim=-1).reshape(-1, sinks.shape[0]).sum(dim=0)

@@ -39,16 +39,19 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
 
-def check_qkv(q, k, v, names=("q", "k", "v")):
-    """Validate q (B, Sq, H, D), k and v (B, Sk, Hk, D); return them with unit head-dim stride.
+def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False):
+    """Validate q (B, Sq, H, D), k and v (B, Sk, Hk, D), or with varlen q (total_q, H, D) and k, v
+    (total_k, Hk, D); return them with unit head-dim stride.
 
     `names` are what the caller passed (qkv or kv for the packed forms), for the messages.
     """
     q_name, k_name, v_name = names
     for name, t in zip(names, (q, k, v)):
         _require_tensor(name, t)
+    rank, layout = ((3, "(total_tokens, num_heads, head_dim)") if varlen
+                    else (4, "(batch, seqlen, num_heads, head_dim)"))
     for name, t in ((q_name, q), (k_name, k), (v_name, v)):
-        _require_rank(name, t, 4, "(batch, seqlen, num_heads, head_dim)")
+        _require_rank(name, t, rank, layout)
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got q on {q.device}, k on {k.device}, v on {v.device}")
     if q.device.type not in ("cuda", "cpu"):
@@ -58,24 +61,99 @@ def check_qkv(q, k, v, names=("q", "k", "v")):
     for name, t in ((k_name, k), (v_name, v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype}, but {q_name} has dtype {q.dtype}; they must match")
-    batch, _, num_heads, head_dim = q.shape
-    if k.shape[0] != batch or v.shape[0] != batch:
-        raise ValueError(f"batch sizes differ: q has {batch}, k has {k.shape[0]}, v has {v.shape[0]}")
-    if v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"k and v must agree in (batch, seqlen, num_heads), "
-                         f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
-    if k.shape[3] != head_dim or v.shape[3] != head_dim:
-        raise ValueError(f"head dims differ: q has {head_dim}, k has {k.shape[3]}, v has {v.shape[3]}; "
+    num_heads, head_dim = q.shape[-2:]
+    if not varlen and (k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]):
+        raise ValueError(f"batch sizes differ: q has {q.shape[0]}, k has {k.shape[0]}, v has {v.shape[0]}")
+    if v.shape[:-1] != k.shape[:-1]:
+        what = "(total_tokens, num_heads)" if varlen else "(batch, seqlen, num_heads)"
+        raise ValueError(f"k and v must agree in {what}, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    if k.shape[-1] != head_dim or v.shape[-1] != head_dim:
+        raise ValueError(f"head dims differ: q has {head_dim}, k has {k.shape[-1]}, v has {v.shape[-1]}; "
                          "they must be equal")
     if head_dim < 1:
         raise ValueError(f"head_dim (last dimension of q) must be at least 1, got {head_dim}")
     if head_dim > MAX_HEAD_DIM:
         raise NotImplementedError(f"head_dim {head_dim} is over the supported maximum of {MAX_HEAD_DIM}")
-    num_heads_kv = k.shape[2]
+    num_heads_kv = k.shape[-2]
     if num_heads_kv < 1 or num_heads % num_heads_kv != 0:
         raise ValueError(f"the number of query heads ({num_heads}) must be a multiple of the number of "
                          f"key/value heads ({num_heads_kv}) (MQA/GQA)")
     return _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
+
+
+# Checks of cu_seqlens' values need their contents on the host: a device-to-host copy and a
+# synchronisation on CUDA.  They run on CPU tensors always, on CUDA tensors only when enabled.
+_check_sequence_values = False
+
+
+def set_sequence_checks(enabled: bool) -> None:
+    """Turn on (or off) the value checks of cu_seqlens and seqused for CUDA tensors: non-decreasing,
+    starting at 0, ending at the token count, lengths within max_seqlen.  They synchronise with the
+    device, so they are off by default; CPU tensors are always checked."""
+    global _check_sequence_values
+    check_flag("enabled", enabled)
+    _check_sequence_values = enabled
+
+
+def _check_index_tensor(name: str, t, length: int, device: torch.device) -> None:
+    _require_tensor(name, t)
+    if t.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32, got {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on q's device {device}, got {t.device}")
+
+
+def check_sequences(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q, k, seqused_q=None, seqused_k=None):
+    """Validate a variable-length batch: cu_seqlens int32 (B + 1,), max_seqlen ints >= 0, seqused int32
+    (B,) or None.  Returns (batch, max_seqlen_q, max_seqlen_k, cu_q, cu_k, used_q, used_k), contiguous."""
+    _require_tensor("cu_seqlens_q", cu_seqlens_q)
+    if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape[0] < 1:
+        raise ValueError(f"cu_seqlens_q must have shape (batch + 1,), got {tuple(cu_seqlens_q.shape)}")
+    batch = cu_seqlens_q.shape[0] - 1
+    _check_index_tensor("cu_seqlens_q", cu_seqlens_q, batch + 1, q.device)
+    _check_index_tensor("cu_seqlens_k", cu_seqlens_k, batch + 1, q.device)
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    for name, used in (("seqused_q", seqused_q), ("seqused_k", seqused_k)):
+        if used is not None:
+            _check_index_tensor(name, used, batch, q.device)
+    if q.device.type == "cpu" or (_check_sequence_values and not torch.compiler.is_compiling()):
+        _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                                       q.shape[0], k.shape[0], seqused_q, seqused_k)
+    return (batch, int(max_seqlen_q), int(max_seqlen_k), cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
+            None if seqused_q is None else seqused_q.contiguous(),
+            None if seqused_k is None else seqused_k.contiguous())
+
+
+def _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, total_q, total_k,
+                                   seqused_q, seqused_k) -> None:
+    if torch.compiler.is_compiling():
+        return
+    for name, cu, total, max_seqlen, used, used_name in (
+            ("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, seqused_q, "seqused_q"),
+            ("cu_seqlens_k", cu_seqlens_k, total_k, max_seqlen_k, seqused_k, "seqused_k")):
+        values = cu.tolist()
+        if values[0] != 0:
+            raise ValueError(f"{name} must start at 0, got {values[0]}")
+        lengths = [b - a for a, b in zip(values, values[1:])]
+        if any(n < 0 for n in lengths):
+            raise ValueError(f"{name} must be non-decreasing, got {values}")
+        if values[-1] != total:
+            raise ValueError(f"{name} must end at the number of tokens ({total}), got {values[-1]}")
+        longest = max(lengths, default=0)
+        if longest > max_seqlen:
+            raise ValueError(f"max_seqlen_{name[-1]} ({max_seqlen}) is smaller than the longest sequence "
+                             f"({longest}) in {name}")
+        if used is not None:
+            used_values = used.tolist()
+            if any(u < 0 or u > n for u, n in zip(used_values, lengths)):
+                raise ValueError(f"{used_name} must hold values in [0, sequence length], got {used_values} "
+                                 f"for lengths {lengths}")
 
 
 def softmax_scale_or_default(softmax_scale, head_dim: int) -> float:
@@ -124,12 +202,12 @@ def check_softcap(softcap) -> float:
     return softcap
 
 
-def check_alibi_slopes(alibi_slopes, q: torch.Tensor):
+def check_alibi_slopes(alibi_slopes, q: torch.Tensor, batch: int):
     """None, or float32 slopes of shape (H,) or (B, H) on q's device, made contiguous."""
     if alibi_slopes is None:
         return None
     _require_tensor("alibi_slopes", alibi_slopes)
-    batch, num_heads = q.shape[0], q.shape[2]
+    num_heads = q.shape[-2]
     if tuple(alibi_slopes.shape) not in ((num_heads,), (batch, num_heads)):
         raise ValueError(f"alibi_slopes must have shape ({num_heads},) or ({batch}, {num_heads}), "
                          f"got {tuple(alibi_slopes.shape)}")
@@ -145,7 +223,7 @@ def check_sinks(sinks, q: torch.Tensor):
     if sinks is None:
         return None
     _require_tensor("sinks", sinks)
-    num_heads = q.shape[2]
+    num_heads = q.shape[-2]
     if tuple(sinks.shape) != (num_heads,):
         raise ValueError(f"sinks must have shape ({num_heads},) (one logit per query head), got {tuple(sinks.shape)}")
     if sinks.dtype != torch.float32:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from flashtron import flash_attn_func
 from reference import attention_reference, max_error
 from test_flash_attn import DTYPES, check_against_oracle, random_inputs
+from test_varlen import check_varlen_against_oracle
 
 pytestmark = pytest.mark.gpu
 
@@ -197,3 +198,57 @@ def test_peak_memory_is_linear_in_seqlen():
     # out, dq, dk, dv plus lse and delta: a handful of input-sized tensors, nowhere near
     # the 8 GiB a (heads, seqlen, seqlen) bf16 score matrix would take.
     assert extra < 6 * tensor_bytes, f"extra memory {extra / 2**20:.0f} MiB"
+
+
+GPU_VARLEN_CASES = [
+    # (lengths_q, lengths_k, H, Hk, D, causal, variants)
+    ([1000, 0, 3000, 17, 2048], [1000, 0, 3000, 17, 2048], 8, 2, 128, True, {}),
+    ([513, 129, 4095], [2000, 700, 4095], 4, 4, 64, False, {}),
+    ([1, 1, 1, 1], [4097, 300, 0, 8192], 8, 1, 128, True, {}),
+    ([2048, 777], [2048, 900], 4, 2, 96, True, dict(window_size=(256, -1), softcap=15.0, sinks="random")),
+    ([1500, 600], [1500, 600], 4, 4, 256, False, dict(alibi_slopes="per_batch", dropout_p=0.1)),
+]
+
+
+@pytest.mark.parametrize("case", GPU_VARLEN_CASES, ids=lambda c: f"{len(c[0])}seqs-D{c[4]}" + str(sorted(c[6])))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_varlen_matches_oracle_gpu(case, dtype):
+    lengths_q, lengths_k, heads, heads_kv, head_dim, causal, variants = case
+    variants = _materialise(variants, (len(lengths_q), 0, 0, heads))
+    check_varlen_against_oracle(lengths_q, lengths_k, heads, heads_kv, head_dim, dtype, causal, device="cuda",
+                                **variants)
+    torch.cuda.empty_cache()
+
+
+def test_varlen_seqused_gpu():
+    check_varlen_against_oracle([300, 1200, 64], [500, 1200, 64], 4, 2, 128, torch.bfloat16, True, device="cuda",
+                                seqused=([100, 1200, 0], [450, 7, 64]), max_slack=100)
+
+
+@pytest.mark.sanitizer
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_small_varlen_for_sanitizer(causal):
+    check_varlen_against_oracle([37, 0, 70, 1], [53, 9, 70, 0], 4, 2, 40, torch.bfloat16, causal, device="cuda",
+                                window_size=(20, -1), sinks=torch.randn(4, device="cuda", requires_grad=True))
+    check_varlen_against_oracle([20, 33], [31, 33], 2, 1, 64, torch.float16, causal, device="cuda",
+                                seqused=([11, 33], [31, 2]), dropout_p=0.2)
+
+
+def test_varlen_capturable_in_cuda_graph():
+    # No host synchronisation in the call: it records into a CUDA graph and replays.
+    from flashtron import flash_attn_varlen_func
+    cu = torch.tensor([0, 300, 300, 1300], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(1300, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    expected = flash_attn_varlen_func(q, k, v, cu, cu, 1000, 1000, causal=True)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        flash_attn_varlen_func(q, k, v, cu, cu, 1000, 1000, causal=True)  # warm-up compile outside capture
+        with torch.cuda.graph(graph):
+            out = flash_attn_varlen_func(q, k, v, cu, cu, 1000, 1000, causal=True)
+    torch.cuda.synchronize()
+    q.copy_(torch.randn_like(q))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, flash_attn_varlen_func(q, k, v, cu, cu, 1000, 1000, causal=True), atol=0, rtol=0)
+    assert not torch.equal(out, expected)

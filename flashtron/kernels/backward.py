@@ -1,6 +1,7 @@
 """Backward kernels: recompute the probabilities from the saved log-sum-exp.
 
-Three launches, none of which allocates anything of size seqlen_q x seqlen_k:
+Three launches, none of which allocates anything of size seqlen_q x seqlen_k
+(dense or variable-length layouts, as in the forward; see seqlen_info):
   1. `attention_backward_preprocess`: delta_i = sum_d dO_id * O_id, per query row.
   2. `attention_backward_dkdv`: one program per (batch, kv head, key tile) holds
      K and V in registers and loops over the query tiles of every query head of
@@ -18,12 +19,13 @@ row that saw no key has lse +inf, so its probabilities are exactly 0.
 import triton
 import triton.language as tl
 
-from flashtron.kernels.block_info import head_dim_mask, inner_block_range, visible
+from flashtron.kernels.block_info import (FULL_MASK, LOWER_BOUND, NO_MASK, head_dim_mask, inner_block_range,
+                                          segment_mask)
 from flashtron.kernels.dropout import dropout_keep, dropout_seed
 from flashtron.kernels.precision import downcast, mma
 from flashtron.kernels.score_mod import LOG2E, alibi_slope, logits_log2
+from flashtron.kernels.seqlen_info import sequence_extent
 from flashtron.kernels.tile_scheduler import tile_of_program
-
 
 
 @triton.jit
@@ -31,27 +33,33 @@ def attention_backward_preprocess(
         Out, DOut, Delta,
         stride_ob, stride_om, stride_oh,
         stride_dob, stride_dom, stride_doh,
-        num_heads, seqlen_q, num_m_blocks,
-        head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr):
+        stride_lse_b, stride_lse_h, CuSeqlensQ, SeqUsedQ,
+        num_heads, max_seqlen_q, num_m_blocks,
+        head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
+        VARLEN: tl.constexpr, SEQUSED_Q: tl.constexpr):
     m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, False)
+    q_start, seqlen_q = sequence_extent(CuSeqlensQ, SeqUsedQ, batch, max_seqlen_q, VARLEN, SEQUSED_Q)
+    if m_block * BLOCK_M >= seqlen_q:
+        return
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < seqlen_q)[:, None] & head_dim_mask(offs_d, head_dim, EVEN_D)[None, :]
-    rows = offs_m.to(tl.int64)[:, None]
+    rows = (q_start + offs_m).to(tl.int64)[:, None]
     o = tl.load(Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh
                 + rows * stride_om + offs_d[None, :], mask=mask, other=0.0)
     do = tl.load(DOut + batch.to(tl.int64) * stride_dob + head.to(tl.int64) * stride_doh
                  + rows * stride_dom + offs_d[None, :], mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(Delta + batch_head.to(tl.int64) * seqlen_q + offs_m, delta, mask=offs_m < seqlen_q)
+    tl.store(Delta + batch.to(tl.int64) * stride_lse_b + head.to(tl.int64) * stride_lse_h + q_start.to(tl.int64)
+             + offs_m, delta, mask=offs_m < seqlen_q)
 
 
 @triton.jit
 def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile,
-                  stride_qm, stride_dom, offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
+                  stride_qm, stride_dom, offs_n, key_start, offs_d, seqlen_q, diagonal, window_left, window_right,
                   softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, start, end,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
-                  BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+                  BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                   HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                   DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Tiles here are transposed: rows are keys (this program's), columns are queries.
@@ -61,7 +69,7 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
     do_ptrs = do_base + tl.cast(start, tl.int64) * stride_dom + do_tile
     for start_m in range(start, end, BLOCK_M):
         offs_m = start_m + offs_m_tile
-        if MASKED:
+        if MASK == FULL_MASK:
             m_in = offs_m < seqlen_q
             qt = tl.load(qt_ptrs, mask=d_in[:, None] & m_in[None, :], other=0.0)
             do = tl.load(do_ptrs, mask=m_in[:, None] & d_in[None, :], other=0.0)
@@ -81,13 +89,15 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
         logits_t, cap_slope_t = logits_log2(raw_t, offs_m[None, :], offs_n[:, None], -diagonal, softmax_scale,
                                             qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
         p_t = tl.math.exp2(logits_t - (lse * LOG2E)[None, :])
-        if MASKED:
-            keep = visible(offs_n, offs_m, seqlen_q, diagonal, window_right, window_left, HAS_HI, HAS_LO)
+        if MASK != NO_MASK:
+            # Keys are the outer index: the band's bounds swap sides.
+            keep = segment_mask(offs_n, offs_m, seqlen_q, diagonal, window_right, window_left, HAS_HI, HAS_LO,
+                                MASK)
             p_t = tl.where(keep, p_t, 0.0)
         dropped_p_t = p_t
         if DROPOUT:
-            # The forward's mask, regenerated: same draw for (query, key) in either orientation.
-            keep_t = dropout_keep(seed, batch_head, offs_m[None, :], offs_n[:, None], dropout_p)
+            # The forward's mask, regenerated in the forward's orientation and transposed.
+            keep_t = tl.trans(dropout_keep(seed, batch_head, offs_m, key_start, dropout_p, BLOCK_N))
             dropped_p_t = tl.where(keep_t, p_t * (1.0 / (1.0 - dropout_p)), 0.0)
         dv = mma(downcast(dropped_p_t, do.dtype, UPCAST), do, dv, INPUT_PRECISION, UPCAST)
         dp_t = mma(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), INPUT_PRECISION, UPCAST)
@@ -111,28 +121,36 @@ def attention_backward_dkdv(
         stride_dob, stride_dom, stride_doh,
         stride_dkb, stride_dkn, stride_dkh,
         stride_dvb, stride_dvn, stride_dvh,
+        stride_lse_b, stride_lse_h,
+        CuSeqlensQ, CuSeqlensK, SeqUsedQ, SeqUsedK,
         Alibi, stride_alibi_b, DropoutSeed, dropout_p,
-        num_heads, num_heads_kv, kv_group_size, seqlen_q, seqlen_k, num_n_blocks,
+        num_heads, num_heads_kv, kv_group_size, max_seqlen_q, max_seqlen_k, num_n_blocks,
         softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        VARLEN: tl.constexpr, SEQUSED_Q: tl.constexpr, SEQUSED_K: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
         DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Under causal (HAS_HI) early key tiles see the most queries and already come first;
     # a left window bound (HAS_LO) alone makes the late ones heavy.
     n_block, _, batch, head_kv = tile_of_program(tl.program_id(0), num_n_blocks, num_heads_kv, HAS_LO)
     start_n = n_block * BLOCK_N
+    k_start, seqlen_k = sequence_extent(CuSeqlensK, SeqUsedK, batch, max_seqlen_k, VARLEN, SEQUSED_K)
+    if start_n >= seqlen_k:
+        return
+    q_start, seqlen_q = sequence_extent(CuSeqlensQ, SeqUsedQ, batch, max_seqlen_q, VARLEN, SEQUSED_Q)
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (offs_n < seqlen_k)[:, None] & head_dim_mask(offs_d, head_dim, EVEN_D)[None, :]
     row_tile_k = tl.arange(0, BLOCK_N)[:, None]
+    key_rows = (k_start + start_n).to(tl.int64)
     k = tl.load(K + batch.to(tl.int64) * stride_kb + head_kv.to(tl.int64) * stride_kh
-                + start_n.to(tl.int64) * stride_kn + row_tile_k * stride_kn + offs_d[None, :],
+                + key_rows * stride_kn + row_tile_k * stride_kn + offs_d[None, :],
                 mask=kv_mask, other=0.0)
     v = tl.load(V + batch.to(tl.int64) * stride_vb + head_kv.to(tl.int64) * stride_vh
-                + start_n.to(tl.int64) * stride_vn + row_tile_k * stride_vn + offs_d[None, :],
+                + key_rows * stride_vn + row_tile_k * stride_vn + offs_d[None, :],
                 mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -148,35 +166,38 @@ def attention_backward_dkdv(
         head = head_kv * kv_group_size + group_member
         batch_head = batch * num_heads + head
         slope = alibi_slope(Alibi, stride_alibi_b, batch, head, ALIBI)
-        q_base = Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
-        do_base = DOut + batch.to(tl.int64) * stride_dob + head.to(tl.int64) * stride_doh
-        lse_base = Lse + batch_head.to(tl.int64) * seqlen_q
-        delta_base = Delta + batch_head.to(tl.int64) * seqlen_q
+        q_base = (Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
+                  + q_start.to(tl.int64) * stride_qm)
+        do_base = (DOut + batch.to(tl.int64) * stride_dob + head.to(tl.int64) * stride_doh
+                   + q_start.to(tl.int64) * stride_dom)
+        row_stats = batch.to(tl.int64) * stride_lse_b + head.to(tl.int64) * stride_lse_h + q_start.to(tl.int64)
+        lse_base = Lse + row_stats
+        delta_base = Delta + row_stats
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
-            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
+            offs_n, start_n, offs_d, seqlen_q, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, full_lo,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, LOWER_BOUND, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
             INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
-            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
+            offs_n, start_n, offs_d, seqlen_q, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_lo, full_hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, NO_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
             INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
-            offs_n, offs_d, seqlen_q, diagonal, window_left, window_right,
+            offs_n, start_n, offs_d, seqlen_q, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_hi, hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
             INPUT_PRECISION, UPCAST)
 
     dk = dk * softmax_scale
     tl.store(DK + batch.to(tl.int64) * stride_dkb + head_kv.to(tl.int64) * stride_dkh
-             + start_n.to(tl.int64) * stride_dkn + row_tile_k * stride_dkn + offs_d[None, :],
+             + key_rows * stride_dkn + row_tile_k * stride_dkn + offs_d[None, :],
              downcast(dk, DK.dtype.element_ty, UPCAST), mask=kv_mask)
     tl.store(DV + batch.to(tl.int64) * stride_dvb + head_kv.to(tl.int64) * stride_dvh
-             + start_n.to(tl.int64) * stride_dvn + row_tile_k * stride_dvn + offs_d[None, :],
+             + key_rows * stride_dvn + row_tile_k * stride_dvn + offs_d[None, :],
              downcast(dv, DV.dtype.element_ty, UPCAST), mask=kv_mask)
 
 
@@ -185,7 +206,7 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
                 offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                 softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, start, end,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
-                BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+                BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                 HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                 DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
@@ -194,7 +215,7 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
     vt_ptrs = v_base + tl.cast(start, tl.int64) * stride_vn + vt_tile
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + offs_n_tile
-        if MASKED:
+        if MASK == FULL_MASK:
             tile_mask = d_in[:, None] & (offs_n < seqlen_k)[None, :]
             kt = tl.load(kt_ptrs, mask=tile_mask, other=0.0)
             vt = tl.load(vt_ptrs, mask=tile_mask, other=0.0)
@@ -208,12 +229,13 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
         logits, cap_slope = logits_log2(raw, offs_m[:, None], offs_n[None, :], diagonal, softmax_scale,
                                         qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
         p = tl.math.exp2(logits - lse_log2[:, None])
-        if MASKED:
-            keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
+        if MASK != NO_MASK:
+            keep = segment_mask(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI,
+                                MASK)
             p = tl.where(keep, p, 0.0)
         dp = mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
         if DROPOUT:
-            keep = dropout_keep(seed, batch_head, offs_m[:, None], offs_n[None, :], dropout_p)
+            keep = dropout_keep(seed, batch_head, offs_m, start_n, dropout_p, BLOCK_N)
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
         if SOFTCAP:
@@ -232,16 +254,23 @@ def attention_backward_dq(
         stride_vb, stride_vn, stride_vh,
         stride_dob, stride_dom, stride_doh,
         stride_dqb, stride_dqm, stride_dqh,
+        stride_lse_b, stride_lse_h,
+        CuSeqlensQ, CuSeqlensK, SeqUsedQ, SeqUsedK,
         Alibi, stride_alibi_b, DropoutSeed, dropout_p,
-        num_heads, kv_group_size, seqlen_q, seqlen_k, num_m_blocks,
+        num_heads, kv_group_size, max_seqlen_q, max_seqlen_k, num_m_blocks,
         softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        VARLEN: tl.constexpr, SEQUSED_Q: tl.constexpr, SEQUSED_K: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
         DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
     head_kv = head // kv_group_size
     start_m = m_block * BLOCK_M
+    q_start, seqlen_q = sequence_extent(CuSeqlensQ, SeqUsedQ, batch, max_seqlen_q, VARLEN, SEQUSED_Q)
+    if start_m >= seqlen_q:
+        return
+    k_start, seqlen_k = sequence_extent(CuSeqlensK, SeqUsedK, batch, max_seqlen_k, VARLEN, SEQUSED_K)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -249,16 +278,20 @@ def attention_backward_dq(
     m_in = offs_m < seqlen_q
     row_mask = m_in[:, None] & head_dim_mask(offs_d, head_dim, EVEN_D)[None, :]
     row_tile = tl.arange(0, BLOCK_M)[:, None]
+    query_rows = (q_start + start_m).to(tl.int64)
     q = tl.load(Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
-                + start_m.to(tl.int64) * stride_qm + row_tile * stride_qm + offs_d[None, :],
+                + query_rows * stride_qm + row_tile * stride_qm + offs_d[None, :],
                 mask=row_mask, other=0.0)
     do = tl.load(DOut + batch.to(tl.int64) * stride_dob + head.to(tl.int64) * stride_doh
-                 + start_m.to(tl.int64) * stride_dom + row_tile * stride_dom + offs_d[None, :],
+                 + query_rows * stride_dom + row_tile * stride_dom + offs_d[None, :],
                  mask=row_mask, other=0.0)
-    lse_log2 = tl.load(Lse + batch_head.to(tl.int64) * seqlen_q + offs_m, mask=m_in, other=0.0) * LOG2E
-    delta = tl.load(Delta + batch_head.to(tl.int64) * seqlen_q + offs_m, mask=m_in, other=0.0)
-    k_base = K + batch.to(tl.int64) * stride_kb + head_kv.to(tl.int64) * stride_kh
-    v_base = V + batch.to(tl.int64) * stride_vb + head_kv.to(tl.int64) * stride_vh
+    row_stats = batch.to(tl.int64) * stride_lse_b + head.to(tl.int64) * stride_lse_h + q_start.to(tl.int64)
+    lse_log2 = tl.load(Lse + row_stats + offs_m, mask=m_in, other=0.0) * LOG2E
+    delta = tl.load(Delta + row_stats + offs_m, mask=m_in, other=0.0)
+    k_base = (K + batch.to(tl.int64) * stride_kb + head_kv.to(tl.int64) * stride_kh
+              + k_start.to(tl.int64) * stride_kn)
+    v_base = (V + batch.to(tl.int64) * stride_vb + head_kv.to(tl.int64) * stride_vh
+              + k_start.to(tl.int64) * stride_vn)
     kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
     vt_tile = offs_d[:, None] + offs_n[None, :] * stride_vn
 
@@ -270,20 +303,20 @@ def attention_backward_dq(
                                                  BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, full_lo,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
-            INPUT_PRECISION, UPCAST)
+                     softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, full_lo,
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, LOWER_BOUND, HAS_LO, HAS_HI, SOFTCAP, ALIBI,
+                     DROPOUT, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_lo, full_hi,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, False, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
-            INPUT_PRECISION, UPCAST)
+                     softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_lo, full_hi,
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, NO_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI,
+                     DROPOUT, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_hi, hi,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, True, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
-            INPUT_PRECISION, UPCAST)
+                     softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_hi, hi,
+                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI,
+                     DROPOUT, INPUT_PRECISION, UPCAST)
     dq = dq * softmax_scale
     tl.store(DQ + batch.to(tl.int64) * stride_dqb + head.to(tl.int64) * stride_dqh
-             + start_m.to(tl.int64) * stride_dqm + row_tile * stride_dqm + offs_d[None, :],
+             + query_rows * stride_dqm + row_tile * stride_dqm + offs_d[None, :],
              downcast(dq, DQ.dtype.element_ty, UPCAST), mask=row_mask)

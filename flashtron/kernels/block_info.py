@@ -14,14 +14,23 @@ flash-attn 2.1+), lo_extent = window_left and hi_extent = window_right
 queries inner, diagonal = seqlen_q - seqlen_k, lo_extent = window_right and
 hi_extent = window_left.
 
-The inner range splits into three segments: [lo, full_lo) and [full_hi, hi)
-need the mask, [full_lo, full_hi) holds only blocks where every (o, i) pair is
-visible and inside the sequence, so the hot loop runs there without masking.
-Blocks outside [lo, hi) are never visited.
+The inner range splits into three segments, each run with the least mask it
+needs (`segment_mask`): [lo, full_lo) is cut only by the band's lower bound
+(a window's left edge; never by the sequence end), [full_lo, full_hi) holds
+only blocks where every (o, i) pair is visible and inside the sequence, so the
+hot loop runs there without masking, and [full_hi, hi) gets the full mask.
+When the two cut regions overlap (a band narrower than a block, or a short
+sequence), the whole range goes to the fully masked segment.  Blocks outside
+[lo, hi) are never visited.
 """
 
 import triton
 import triton.language as tl
+
+# Which mask a segment of the inner loop applies.
+NO_MASK = tl.constexpr(0)
+LOWER_BOUND = tl.constexpr(1)
+FULL_MASK = tl.constexpr(2)
 
 
 @triton.jit
@@ -47,6 +56,11 @@ def inner_block_range(outer_start, inner_len, diagonal, lo_extent, hi_extent,
         all_see_until = tl.maximum(outer_start + diagonal + hi_extent + 1, 0)
         full_hi = tl.minimum(full_hi, (all_see_until // BLOCK_INNER) * BLOCK_INNER)
     hi = tl.maximum(hi, lo)
+    # Blocks before full_lo may skip the upper-bound and sequence-end checks only if they all end
+    # before the first block that needs them.
+    overlap = full_lo > full_hi
+    full_lo = tl.where(overlap, lo, full_lo)
+    full_hi = tl.where(overlap, lo, full_hi)
     full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
     full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
     return lo, full_lo, full_hi, hi
@@ -54,14 +68,27 @@ def inner_block_range(outer_start, inner_len, diagonal, lo_extent, hi_extent,
 
 @triton.jit
 def visible(offs_outer, offs_inner, inner_len, diagonal, lo_extent, hi_extent,
-            HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):
+            HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, CHECK_LEN: tl.constexpr = True):
     """Boolean (BLOCK_OUTER, BLOCK_INNER) tile: which pairs take part in the softmax."""
-    keep = offs_inner[None, :] < inner_len
+    keep = tl.full([offs_outer.shape[0], offs_inner.shape[0]], 1, tl.int1)
+    if CHECK_LEN:
+        keep = keep & (offs_inner[None, :] < inner_len)
     distance = offs_inner[None, :] - offs_outer[:, None] - diagonal
     if HAS_LO:
         keep = keep & (distance >= -lo_extent)
     if HAS_HI:
         keep = keep & (distance <= hi_extent)
+    return keep
+
+
+@triton.jit
+def segment_mask(offs_outer, offs_inner, inner_len, diagonal, lo_extent, hi_extent,
+                 HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, MASK: tl.constexpr):
+    """The visibility tile of a masked segment (MASK is LOWER_BOUND or FULL_MASK)."""
+    if MASK == LOWER_BOUND:
+        keep = visible(offs_outer, offs_inner, inner_len, diagonal, lo_extent, hi_extent, HAS_LO, False, False)
+    else:
+        keep = visible(offs_outer, offs_inner, inner_len, diagonal, lo_extent, hi_extent, HAS_LO, HAS_HI, True)
     return keep
 
 

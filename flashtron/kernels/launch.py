@@ -56,9 +56,35 @@ def _grid(num_blocks: int, batch_heads: int) -> tuple:
     return (programs,)
 
 
-def _bhsd_strides(t: torch.Tensor) -> tuple:
-    """Batch, sequence and head strides of a (batch, seqlen, heads, headdim) tensor."""
-    return t.stride(0), t.stride(1), t.stride(2)
+class _Layout:
+    """How sequences sit in q (or k): dense (batch, seqlen, heads, headdim), or packed
+    (total, heads, headdim) with cu_seqlens, either one optionally cut short by seqused."""
+
+    def __init__(self, t: torch.Tensor, cu_seqlens, seqused, max_seqlen: int):
+        self.varlen = cu_seqlens is not None
+        self.cu_seqlens = cu_seqlens
+        self.seqused = seqused
+        if self.varlen:
+            self.batch = cu_seqlens.shape[0] - 1
+            self.max_seqlen = max_seqlen
+        else:
+            self.batch = t.shape[0]
+            self.max_seqlen = t.shape[1]
+
+    def strides(self, t: torch.Tensor) -> tuple:
+        """Batch, row and head strides of t (batch stride 0 when packed)."""
+        if self.varlen:
+            return 0, t.stride(0), t.stride(1)
+        return t.stride(0), t.stride(1), t.stride(2)
+
+    def row_stat_strides(self, num_heads: int, rows: int) -> tuple:
+        """Batch and head strides of softmax_lse: (B, H, Sq), or (H, total_q) when packed."""
+        return (0, rows) if self.varlen else (num_heads * rows, rows)
+
+    def pointers(self, fallback: torch.Tensor) -> tuple:
+        """(cu_seqlens, seqused) pointers; any tensor where absent (never read)."""
+        return (fallback if self.cu_seqlens is None else self.cu_seqlens,
+                fallback if self.seqused is None else self.seqused)
 
 
 def _alibi_args(alibi_slopes, q):
@@ -73,26 +99,49 @@ def _variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_
                 SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, DROPOUT=dropout_p > 0)
 
 
+def _layout_args(q, k, lse, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k):
+    """The two layouts, and the kernel arguments and switches they share."""
+    q_layout = _Layout(q, cu_seqlens_q, seqused_q, max_seqlen_q)
+    k_layout = _Layout(k, cu_seqlens_k, seqused_k, max_seqlen_k)
+    cu_seqlens_q_arg, seqused_q_arg = q_layout.pointers(q)
+    cu_seqlens_k_arg, seqused_k_arg = k_layout.pointers(q)
+    # In the kernels' order: stride_lse_b, stride_lse_h, CuSeqlensQ, CuSeqlensK, SeqUsedQ, SeqUsedK.
+    args = (*q_layout.row_stat_strides(q.shape[-2], lse.shape[-1]),
+            cu_seqlens_q_arg, cu_seqlens_k_arg, seqused_q_arg, seqused_k_arg)
+    switches = dict(VARLEN=q_layout.varlen, SEQUSED_Q=seqused_q is not None, SEQUSED_K=seqused_k is not None)
+    return q_layout, k_layout, args, switches
+
+
 def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float,
-            alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool):
-    batch, seqlen_q, num_heads, head_dim = q.shape
-    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+            alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
+            cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
+            max_seqlen_q: int = -1, max_seqlen_k: int = -1):
+    num_heads, head_dim = q.shape[-2], q.shape[-1]
+    num_heads_kv = k.shape[-2]
+    varlen = cu_seqlens_q is not None
     out = _new_output(q.shape, q.dtype, q.device)
-    lse = _new_output((batch, num_heads, seqlen_q), torch.float32, q.device)
-    if out.numel() == 0:
+    lse = _new_output((num_heads, q.shape[0]) if varlen else (q.shape[0], num_heads, q.shape[1]),
+                      torch.float32, q.device)
+    if seqused_q is not None:
+        # Rows past a sequence's used length are not computed: they read as "saw nothing".
+        out.zero_()
+        lse.fill_(float("inf"))
+    q_layout, k_layout, layout_args, layout_switches = _layout_args(
+        q, k, lse, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k)
+    if out.numel() == 0 or q_layout.batch == 0 or q_layout.max_seqlen == 0:
         return out, lse
     block_d = _padded_head_dim(head_dim)
-    cfg = configs.select("forward", q, block_d)
-    num_m_blocks = triton.cdiv(seqlen_q, cfg.block_m)
-    attention_forward_kernel[_grid(num_m_blocks, batch * num_heads)](
+    cfg = configs.select("forward", q, block_d, windowed=window_left >= 0, dropout=dropout_p > 0)
+    num_m_blocks = triton.cdiv(q_layout.max_seqlen, cfg.block_m)
+    attention_forward_kernel[_grid(num_m_blocks, q_layout.batch * num_heads)](
         q, k, v, out, lse,
-        *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(out),
-        *_alibi_args(alibi_slopes, q), q if sinks is None else sinks,
+        *q_layout.strides(q), *k_layout.strides(k), *k_layout.strides(v), *q_layout.strides(out),
+        *layout_args, *_alibi_args(alibi_slopes, q), q if sinks is None else sinks,
         q if dropout_seed is None else dropout_seed, dropout_p,
-        num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks,
+        num_heads, num_heads // num_heads_kv, q_layout.max_seqlen, k_layout.max_seqlen, num_m_blocks,
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        **_variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p),
+        **layout_switches, **_variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p),
         FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None, SINKS=sinks is not None,
         INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -100,64 +149,81 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
 
 
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
-             softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool):
-    batch, seqlen_q, num_heads, head_dim = q.shape
-    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+             softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
+             cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
+             max_seqlen_q: int = -1, max_seqlen_k: int = -1):
+    num_heads, head_dim = q.shape[-2], q.shape[-1]
+    num_heads_kv = k.shape[-2]
     dq = _new_output(q.shape, q.dtype, q.device)
     dk = _new_output(k.shape, k.dtype, k.device)
     dv = _new_output(v.shape, v.dtype, v.device)
-    if (dq.numel() == 0 and dk.numel() == 0) or seqlen_q == 0:
+    # Delta has softmax_lse's layout; rows past a used length keep delta 0 (sink_gradient reads them).
+    delta = torch.zeros_like(lse) if seqused_q is not None else _new_output(lse.shape, torch.float32, lse.device)
+    if seqused_q is not None:
+        dq.zero_()
+    if seqused_k is not None:
+        dk.zero_()
+        dv.zero_()
+    q_layout, k_layout, layout_args, layout_switches = _layout_args(
+        q, k, lse, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k)
+    if dq.numel() == 0 or q_layout.batch == 0 or q_layout.max_seqlen == 0:
         # No query rows (or nothing at all): every gradient is zero or empty.
         dsinks = lse.new_empty(0) if sinks is None else torch.zeros_like(sinks)
-        return dq, dk.zero_(), dv.zero_(), dsinks
+        return dq.zero_(), dk.zero_(), dv.zero_(), dsinks
     block_d = _padded_head_dim(head_dim)
     group = num_heads // num_heads_kv
     precision = _input_precision(q.dtype, allow_tf32)
-    common = dict(head_dim=head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
+    common = dict(head_dim=head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, **layout_switches,
                   **_variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p),
                   INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
-    extras = (*_alibi_args(alibi_slopes, q), q if dropout_seed is None else dropout_seed, dropout_p)
+    extras = (*layout_args, *_alibi_args(alibi_slopes, q), q if dropout_seed is None else dropout_seed, dropout_p)
+    lse_strides = layout_args[:2]
+    cu_seqlens_q_arg, seqused_q_arg = q_layout.pointers(q)
 
-    delta = _new_output(lse.shape, torch.float32, lse.device)
     pre_block_m = 64
-    num_pre_blocks = triton.cdiv(seqlen_q, pre_block_m)
-    attention_backward_preprocess[_grid(num_pre_blocks, batch * num_heads)](
-        out, dout, delta, *_bhsd_strides(out), *_bhsd_strides(dout),
-        num_heads, seqlen_q, num_pre_blocks, head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
-        BLOCK_M=pre_block_m)
+    num_pre_blocks = triton.cdiv(q_layout.max_seqlen, pre_block_m)
+    attention_backward_preprocess[_grid(num_pre_blocks, q_layout.batch * num_heads)](
+        out, dout, delta, *q_layout.strides(out), *q_layout.strides(dout), *lse_strides,
+        cu_seqlens_q_arg, seqused_q_arg, num_heads, q_layout.max_seqlen, num_pre_blocks, head_dim,
+        BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=pre_block_m,
+        VARLEN=layout_switches["VARLEN"], SEQUSED_Q=layout_switches["SEQUSED_Q"])
 
-    if seqlen_k > 0:
-        cfg = configs.select("dkdv", q, block_d)
-        num_n_blocks = triton.cdiv(seqlen_k, cfg.block_n)
-        attention_backward_dkdv[_grid(num_n_blocks, batch * num_heads_kv)](
+    if k_layout.max_seqlen > 0:
+        cfg = configs.select("dkdv", q, block_d, dropout=dropout_p > 0)
+        num_n_blocks = triton.cdiv(k_layout.max_seqlen, cfg.block_n)
+        attention_backward_dkdv[_grid(num_n_blocks, q_layout.batch * num_heads_kv)](
             q, k, v, dout, lse, delta, dk, dv,
-            *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(dout),
-            *_bhsd_strides(dk), *_bhsd_strides(dv), *extras,
-            num_heads, num_heads_kv, group, seqlen_q, seqlen_k, num_n_blocks,
+            *q_layout.strides(q), *k_layout.strides(k), *k_layout.strides(v), *q_layout.strides(dout),
+            *k_layout.strides(dk), *k_layout.strides(dv), *extras,
+            num_heads, num_heads_kv, group, q_layout.max_seqlen, k_layout.max_seqlen, num_n_blocks,
             softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    elif dk.numel() > 0:
+        dk.zero_()
+        dv.zero_()
 
-    cfg = configs.select("dq", q, block_d)
-    num_m_blocks = triton.cdiv(seqlen_q, cfg.block_m)
-    attention_backward_dq[_grid(num_m_blocks, batch * num_heads)](
+    cfg = configs.select("dq", q, block_d, dropout=dropout_p > 0)
+    num_m_blocks = triton.cdiv(q_layout.max_seqlen, cfg.block_m)
+    attention_backward_dq[_grid(num_m_blocks, q_layout.batch * num_heads)](
         q, k, v, dout, lse, delta, dq,
-        *_bhsd_strides(q), *_bhsd_strides(k), *_bhsd_strides(v), *_bhsd_strides(dout), *_bhsd_strides(dq),
-        *extras, num_heads, group, seqlen_q, seqlen_k, num_m_blocks,
+        *q_layout.strides(q), *k_layout.strides(k), *k_layout.strides(v), *q_layout.strides(dout),
+        *q_layout.strides(dq), *extras, num_heads, group, q_layout.max_seqlen, k_layout.max_seqlen, num_m_blocks,
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dq, dk, dv, sink_gradient(sinks, lse, delta)
 
 
-def dropout_keep_mask(dropout_seed, batch, num_heads, seqlen_q, seqlen_k, dropout_p):
-    """The keep mask the kernels draw, materialised as bool (B, H, Sq, Sk): for return_attn_probs."""
+def dropout_keep_mask(dropout_seed, batch, num_heads, seqlen_q, seqlen_k, dropout_p, first_batch: int = 0):
+    """The keep mask the kernels draw, materialised as bool (B, H, Sq, Sk): for return_attn_probs.
+    first_batch numbers the batch entries from there (sequence b of a variable-length batch)."""
     keep = torch.empty((batch, num_heads, seqlen_q, seqlen_k), dtype=torch.int8, device=dropout_seed.device)
     if keep.numel() == 0:
         return keep.bool()
     block_m, block_n = 32, 32
     num_m_blocks, num_n_blocks = triton.cdiv(seqlen_q, block_m), triton.cdiv(seqlen_k, block_n)
     dropout_mask_kernel[_grid(num_m_blocks * num_n_blocks, batch * num_heads)](
-        dropout_seed, keep, seqlen_q, seqlen_k, num_m_blocks, num_n_blocks, dropout_p,
+        dropout_seed, keep, seqlen_q, seqlen_k, num_m_blocks, num_n_blocks, dropout_p, first_batch * num_heads,
         BLOCK_M=block_m, BLOCK_N=block_n)
     return keep.bool()
