@@ -61,6 +61,41 @@ def _add_bench(commands) -> None:
     p.set_defaults(handler=_run_bench)
 
 
+def _add_bench_varlen(commands) -> None:
+    p = commands.add_parser(
+        "bench-varlen", help="variable-length batch: varlen vs dense flashtron vs padded SDPA",
+        description="Time flash_attn_varlen_func on a batch of random-length sequences against dense "
+                    "flashtron at the mean length and torch SDPA on the batch padded to the longest "
+                    "sequence. Defaults: 64 sequences of 128 to 4096 tokens, H=16, D=128, bf16, causal "
+                    "(a tiny fp32 run without a GPU).")
+    p.add_argument("--batch", type=int, help="number of sequences (default 64)")
+    p.add_argument("--min-len", dest="min_len", type=int, help="shortest length drawn (default 128)")
+    p.add_argument("--max-len", dest="max_len", type=int, help="longest length drawn (default 4096)")
+    p.add_argument("--heads", type=int, help="heads (default 16)")
+    p.add_argument("--headdim", type=int, help="head dim (default 128)")
+    p.add_argument("--causal", choices=("true", "false"), help="causal masking (default true)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="element type (default bf16; fp32 on CPU)")
+    p.add_argument("--seed", type=int, help="seed of the length draw (default 0)")
+    p.add_argument("--out", metavar="DIR", help="where bench-varlen.json goes (default ./bench-out)")
+    p.set_defaults(handler=_run_bench_varlen)
+
+
+def _run_bench_varlen(args, argv) -> int:
+    import torch
+    from flashtron import bench_varlen
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(bench_varlen.VarlenConfig)
+             if getattr(args, f.name, None) is not None}
+    if "causal" in given:
+        given["causal"] = given["causal"] == "true"
+    config = dataclasses.replace(bench_varlen.default_config(torch.cuda.is_available()), **given)
+    if not 1 <= config.min_len <= config.max_len or config.batch < 1:
+        print("need 1 <= --min-len <= --max-len and --batch >= 1", file=sys.stderr)
+        return 2
+    bench_varlen.run(config, command=shlex.join(["flashtron", *argv]))
+    return 0
+
+
 def _run_bench(args, argv) -> int:
     import torch
     from flashtron import bench
@@ -79,6 +114,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="flashtron", description="flashtron: FlashAttention in Triton.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_bench(commands)
+    _add_bench_varlen(commands)
     args = parser.parse_args(argv)
     return args.handler(args, argv)
 
