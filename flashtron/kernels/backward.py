@@ -19,8 +19,7 @@ row that saw no key has lse +inf, so its probabilities are exactly 0.
 import triton
 import triton.language as tl
 
-from flashtron.kernels.block_info import (FULL_MASK, LOWER_BOUND, NO_MASK, head_dim_mask, inner_block_range,
-                                          segment_mask)
+from flashtron.kernels.block_info import BAND_MASK, FULL_MASK, head_dim_mask, inner_block_range, visible
 from flashtron.kernels.dropout import dropout_keep, dropout_seed
 from flashtron.kernels.precision import downcast, mma
 from flashtron.kernels.score_mod import LOG2E, alibi_slope, logits_log2
@@ -58,7 +57,7 @@ def attention_backward_preprocess(
 def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile,
                   stride_qm, stride_dom, offs_n, key_start, offs_d, seqlen_q, diagonal, window_left, window_right,
                   softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, start, end,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
+                  full_lo, full_hi, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                   HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                   DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
@@ -89,11 +88,14 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
         logits_t, cap_slope_t = logits_log2(raw_t, offs_m[None, :], offs_n[:, None], -diagonal, softmax_scale,
                                             qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
         p_t = tl.math.exp2(logits_t - (lse * LOG2E)[None, :])
-        if MASK != NO_MASK:
-            # Keys are the outer index: the band's bounds swap sides.
-            keep = segment_mask(offs_n, offs_m, seqlen_q, diagonal, window_right, window_left, HAS_HI, HAS_LO,
-                                MASK)
+        # Keys are the outer index: the band's bounds swap sides.
+        if MASK == FULL_MASK:
+            keep = visible(offs_n, offs_m, seqlen_q, diagonal, window_right, window_left, HAS_HI, HAS_LO)
             p_t = tl.where(keep, p_t, 0.0)
+        elif HAS_LO or HAS_HI:
+            if (start_m < full_lo) | (start_m >= full_hi):
+                keep = visible(offs_n, offs_m, seqlen_q, diagonal, window_right, window_left, HAS_HI, HAS_LO, False)
+                p_t = tl.where(keep, p_t, 0.0)
         dropped_p_t = p_t
         if DROPOUT:
             # The forward's mask, regenerated in the forward's orientation and transposed.
@@ -160,8 +162,8 @@ def attention_backward_dkdv(
 
     # Keys are the outer index here: the band's bounds swap sides.
     diagonal = seqlen_q - seqlen_k
-    lo, full_lo, full_hi, hi = inner_block_range(start_n, seqlen_q, diagonal, window_right, window_left,
-                                                 BLOCK_N, BLOCK_M, HAS_HI, HAS_LO)
+    lo, full_lo, full_hi, tail, hi = inner_block_range(start_n, seqlen_q, diagonal, window_right, window_left,
+                                                       BLOCK_N, BLOCK_M, HAS_HI, HAS_LO)
     for group_member in range(kv_group_size):
         head = head_kv * kv_group_size + group_member
         batch_head = batch * num_heads + head
@@ -176,19 +178,13 @@ def attention_backward_dkdv(
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, start_n, offs_d, seqlen_q, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, full_lo,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, LOWER_BOUND, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
+            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, tail, full_lo, full_hi,
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
             INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
             offs_n, start_n, offs_d, seqlen_q, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_lo, full_hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, NO_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
-            INPUT_PRECISION, UPCAST)
-        dk, dv = _dkdv_segment(
-            dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
-            offs_n, start_n, offs_d, seqlen_q, diagonal, window_left, window_right,
-            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_hi, hi,
+            softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, tail, hi, full_lo, full_hi,
             BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
             INPUT_PRECISION, UPCAST)
 
@@ -205,7 +201,7 @@ def attention_backward_dkdv(
 def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                 offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                 softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, start, end,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
+                full_lo, full_hi, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                 BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                 HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                 DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
@@ -229,10 +225,13 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
         logits, cap_slope = logits_log2(raw, offs_m[:, None], offs_n[None, :], diagonal, softmax_scale,
                                         qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
         p = tl.math.exp2(logits - lse_log2[:, None])
-        if MASK != NO_MASK:
-            keep = segment_mask(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI,
-                                MASK)
+        if MASK == FULL_MASK:
+            keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
             p = tl.where(keep, p, 0.0)
+        elif HAS_LO or HAS_HI:
+            if (start_n < full_lo) | (start_n >= full_hi):
+                keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI, False)
+                p = tl.where(keep, p, 0.0)
         dp = mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
         if DROPOUT:
             keep = dropout_keep(seed, batch_head, offs_m, start_n, dropout_p, BLOCK_N)
@@ -299,23 +298,18 @@ def attention_backward_dq(
     seed = dropout_seed(DropoutSeed, DROPOUT)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     diagonal = seqlen_k - seqlen_q
-    lo, full_lo, full_hi, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
-                                                 BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
+    lo, full_lo, full_hi, tail, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
+                                                       BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-                     softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, full_lo,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, LOWER_BOUND, HAS_LO, HAS_HI, SOFTCAP, ALIBI,
-                     DROPOUT, INPUT_PRECISION, UPCAST)
+                     softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, tail,
+                     full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
+                     SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-                     softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_lo, full_hi,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, NO_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI,
-                     DROPOUT, INPUT_PRECISION, UPCAST)
-    dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
-                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-                     softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, full_hi, hi,
-                     BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI,
-                     DROPOUT, INPUT_PRECISION, UPCAST)
+                     softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, tail, hi,
+                     full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI,
+                     SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
     dq = dq * softmax_scale
     tl.store(DQ + batch.to(tl.int64) * stride_dqb + head.to(tl.int64) * stride_dqh
              + query_rows * stride_dqm + row_tile * stride_dqm + offs_d[None, :],

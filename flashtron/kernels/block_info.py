@@ -14,22 +14,21 @@ flash-attn 2.1+), lo_extent = window_left and hi_extent = window_right
 queries inner, diagonal = seqlen_q - seqlen_k, lo_extent = window_right and
 hi_extent = window_left.
 
-The inner range splits into three segments, each run with the least mask it
-needs (`segment_mask`): [lo, full_lo) is cut only by the band's lower bound
-(a window's left edge; never by the sequence end), [full_lo, full_hi) holds
-only blocks where every (o, i) pair is visible and inside the sequence, so the
-hot loop runs there without masking, and [full_hi, hi) gets the full mask.
-When the two cut regions overlap (a band narrower than a block, or a short
-sequence), the whole range goes to the fully masked segment.  Blocks outside
-[lo, hi) are never visited.
+The inner range [lo, hi) runs in two loops.  [lo, tail) holds the blocks that
+lie wholly inside the sequence: its loads need no bounds checks, and a block
+gets the band mask only where some pair in it is outside the band (before
+full_lo or from full_hi on; a runtime scalar test per block, so the hot
+blocks between pay nothing and the loop pipelines as one).  [tail, hi) is at
+most the one block holding the sequence's end, with every check.  Blocks
+outside [lo, hi) are never visited.
 """
 
 import triton
 import triton.language as tl
 
-# Which mask a segment of the inner loop applies.
-NO_MASK = tl.constexpr(0)
-LOWER_BOUND = tl.constexpr(1)
+# Which mask a loop applies: the band only, where a block needs it (inside the sequence), or
+# every check (the block holding the sequence's end).
+BAND_MASK = tl.constexpr(1)
 FULL_MASK = tl.constexpr(2)
 
 
@@ -37,12 +36,13 @@ FULL_MASK = tl.constexpr(2)
 def inner_block_range(outer_start, inner_len, diagonal, lo_extent, hi_extent,
                       BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
                       HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):
-    """Return (lo, full_lo, full_hi, hi), multiples of BLOCK_INNER except hi."""
+    """Return (lo, full_lo, full_hi, tail, hi): every block in [lo, tail) is inside the sequence, and
+    blocks in [full_lo, full_hi) need no mask.  All are multiples of BLOCK_INNER except hi."""
     outer_last = outer_start + BLOCK_OUTER - 1
     lo = 0
     hi = inner_len
-    # Unmasked blocks must end inside the sequence.
-    full_hi = (inner_len // BLOCK_INNER) * BLOCK_INNER
+    in_sequence = (inner_len // BLOCK_INNER) * BLOCK_INNER
+    full_hi = in_sequence
     full_lo = 0
     if HAS_LO:
         first_visible = tl.maximum(outer_start + diagonal - lo_extent, 0)
@@ -56,14 +56,9 @@ def inner_block_range(outer_start, inner_len, diagonal, lo_extent, hi_extent,
         all_see_until = tl.maximum(outer_start + diagonal + hi_extent + 1, 0)
         full_hi = tl.minimum(full_hi, (all_see_until // BLOCK_INNER) * BLOCK_INNER)
     hi = tl.maximum(hi, lo)
-    # Blocks before full_lo may skip the upper-bound and sequence-end checks only if they all end
-    # before the first block that needs them.
-    overlap = full_lo > full_hi
-    full_lo = tl.where(overlap, lo, full_lo)
-    full_hi = tl.where(overlap, lo, full_hi)
-    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
-    return lo, full_lo, full_hi, hi
+    tail = tl.minimum(tl.maximum(in_sequence, lo), hi)
+    # full_lo > full_hi (a band narrower than a block): every block gets the mask.
+    return lo, full_lo, full_hi, tail, hi
 
 
 @triton.jit
@@ -78,17 +73,6 @@ def visible(offs_outer, offs_inner, inner_len, diagonal, lo_extent, hi_extent,
         keep = keep & (distance >= -lo_extent)
     if HAS_HI:
         keep = keep & (distance <= hi_extent)
-    return keep
-
-
-@triton.jit
-def segment_mask(offs_outer, offs_inner, inner_len, diagonal, lo_extent, hi_extent,
-                 HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, MASK: tl.constexpr):
-    """The visibility tile of a masked segment (MASK is LOWER_BOUND or FULL_MASK)."""
-    if MASK == LOWER_BOUND:
-        keep = visible(offs_outer, offs_inner, inner_len, diagonal, lo_extent, hi_extent, HAS_LO, False, False)
-    else:
-        keep = visible(offs_outer, offs_inner, inner_len, diagonal, lo_extent, hi_extent, HAS_LO, HAS_HI, True)
     return keep
 
 

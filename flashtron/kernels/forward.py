@@ -14,8 +14,7 @@ strides) are formed in int64; offsets inside a tile stay int32.
 import triton
 import triton.language as tl
 
-from flashtron.kernels.block_info import (FULL_MASK, LOWER_BOUND, NO_MASK, head_dim_mask, inner_block_range,
-                                          sees_no_inner, segment_mask)
+from flashtron.kernels.block_info import BAND_MASK, FULL_MASK, head_dim_mask, inner_block_range, sees_no_inner, visible
 from flashtron.kernels.dropout import dropout_keep, dropout_seed
 from flashtron.kernels.precision import downcast, mma
 from flashtron.kernels.score_mod import LOG2E, alibi_slope, logits_log2
@@ -29,7 +28,7 @@ LN2 = tl.constexpr(0.6931471805599453)
 def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
                      offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                      softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
-                     start, end,
+                     start, end, full_lo, full_hi,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                      HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
@@ -54,13 +53,17 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
         if not FOLD_SCALE:
             scores, _ = logits_log2(scores, offs_m[:, None], offs_n[None, :], diagonal, softmax_scale,
                                     qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
-        if MASK != NO_MASK:
-            keep = segment_mask(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI,
-                                MASK)
+        if MASK == FULL_MASK:
+            keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
             scores = tl.where(keep, scores, float("-inf"))
+        elif HAS_LO or HAS_HI:
+            if (start_n < full_lo) | (start_n >= full_hi):
+                keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI,
+                               False)
+                scores = tl.where(keep, scores, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(scores, 1) * score_scale)
         reference = new_max
-        if MASK != NO_MASK:
+        if (MASK == FULL_MASK) or HAS_LO or HAS_HI:
             # A row with nothing visible yet keeps its max at -inf; subtract 0 instead so exp2
             # gives 0, not NaN.  The -inf itself is kept: a later real max must replace it.
             reference = tl.where(new_max == float("-inf"), 0.0, new_max)
@@ -139,26 +142,20 @@ def attention_forward_kernel(
         row_max = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + head) * LOG2E
         row_sum = row_sum + 1.0
     diagonal = seqlen_k - seqlen_q
-    lo, full_lo, full_hi, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
-                                                 BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
+    lo, full_lo, full_hi, tail, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
+                                                       BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
         offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
-        lo, full_lo, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, LOWER_BOUND, HAS_LO, HAS_HI, FOLD_SCALE,
-        SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+        lo, tail, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
+        FOLD_SCALE, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
         offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
-        full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, NO_MASK, HAS_LO, HAS_HI, FOLD_SCALE,
-        SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
-    acc, row_max, row_sum = _forward_segment(
-        acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
-        softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
-        full_hi, hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI, FOLD_SCALE,
-        SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+        tail, hi, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI,
+        FOLD_SCALE, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
 
     saw_nothing = sees_no_inner(offs_m, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
     row_sum = tl.where(row_sum == 0.0, 1.0, row_sum)
