@@ -1,0 +1,85 @@
+"""The process group as a ring: batched point-to-point shifts, and the check that ranks agree.
+
+Every rank sends to rank + 1 and receives from rank - 1 (modulo the group size) in one
+`batch_isend_irecv`, which NCCL runs on its own stream and gloo on its own threads, so a shift
+started before a block's computation overlaps with it; `wait` makes the caller's stream (or
+thread) wait for it.  Received tensors are fresh buffers, so a tensor being sent is never
+overwritten while in flight.
+"""
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+# Tags keep the key/value and the gradient streams apart on backends that match by tag (gloo).
+TAG_KEY_VALUE = 0
+TAG_GRADIENT = 1
+
+_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+
+
+def resolve_group(group: Optional[dist.ProcessGroup]):
+    """(group, rank in it, its size); group=None is the default group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("ring attention needs torch.distributed initialised: call "
+                           "torch.distributed.init_process_group first (group=None uses the default group)")
+    rank = dist.get_rank(group)
+    if rank < 0:
+        raise ValueError("this process is not a member of the process group passed as group")
+    return group, rank, dist.get_world_size(group)
+
+
+class Ring:
+    """This rank's neighbours in `group`, by global rank (what P2POp takes)."""
+
+    def __init__(self, group: Optional[dist.ProcessGroup], rank: int, world_size: int):
+        self.group, self.rank, self.world_size = group, rank, world_size
+        ring_group = group if group is not None else dist.group.WORLD
+        self.next_peer = dist.get_global_rank(ring_group, (rank + 1) % world_size)
+        self.previous_peer = dist.get_global_rank(ring_group, (rank - 1) % world_size)
+
+    def shift(self, tensor: torch.Tensor, tag: int):
+        """Start sending `tensor` to the next rank and receiving the previous rank's into a new
+        tensor of the same shape; returns (that tensor, the pending requests for `wait`)."""
+        if self.world_size == 1:
+            return tensor, []
+        received = torch.empty_like(tensor)
+        requests = dist.batch_isend_irecv([
+            dist.P2POp(dist.isend, tensor, self.next_peer, self.group, tag),
+            dist.P2POp(dist.irecv, received, self.previous_peer, self.group, tag),
+        ])
+        return received, requests
+
+    @staticmethod
+    def wait(requests) -> None:
+        for request in requests:
+            request.wait()
+
+
+def _collective_device(group, tensor: torch.Tensor) -> torch.device:
+    # gloo (alone or as the CPU half of "cpu:gloo,cuda:nccl") reduces CPU tensors.
+    return torch.device("cpu") if "gloo" in str(dist.get_backend(group)) else tensor.device
+
+
+def check_same_shapes(q: torch.Tensor, k: torch.Tensor, group, world_size: int) -> None:
+    """Raise ValueError on every rank unless all ranks hold q and k of the same shapes and dtype.
+
+    One small all_gather: ranks that disagree would otherwise exchange blocks of different sizes
+    (a hang under NCCL).  Every rank sees the same gathered table, so all raise together.
+    """
+    if world_size == 1:
+        return
+    batch, seqlen, num_heads, head_dim = q.shape
+    mine = torch.tensor([seqlen, batch, num_heads, k.shape[2], head_dim, _DTYPE_CODES[q.dtype]],
+                        dtype=torch.int64, device=_collective_device(group, q))
+    table = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(table, mine, group=group)
+    rows = [tuple(row.tolist()) for row in table]
+    lengths = [row[0] for row in rows]
+    if any(length != lengths[0] for length in lengths):
+        raise ValueError(f"the local sequence lengths differ across ranks: {lengths}; every rank must hold "
+                         "an equal part of the global sequence")
+    if any(row != rows[0] for row in rows):
+        raise ValueError("ranks pass q and k of different shapes or dtypes: (batch, heads, heads_k, head_dim, "
+                         f"dtype code) per rank = {[row[1:] for row in rows]}; they must agree")
