@@ -84,8 +84,14 @@ def main():
             print(f"  {name:>3}: {error:.3e}  {'ok' if ok else 'TOO LARGE'}")
     failed_flag = torch.tensor([int(failed)], device=device)
     dist.broadcast(failed_flag, src=0)
+    status = int(failed_flag.item())
     dist.destroy_process_group()
-    sys.exit(int(failed_flag.item()))
+    # Seen with torch 2.13 on CPU: after a gloo collective and any torch._dynamo.disable'd call (every
+    # custom op), about one exit in five aborts in C++ static destructors ("terminate called without an
+    # active exception"), even without flashtron.  Everything is reported by now, so skip them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
