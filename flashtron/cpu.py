@@ -199,11 +199,16 @@ def sequence_seed(dropout_seed, b: int):
     return None if dropout_seed is None else dropout_seed + b * 0x61C88647
 
 
+def sequence_slopes(alibi_slopes, b: int):
+    """Sequence b's ALiBi slopes: its row of (B, H) slopes, or the shared (H,) ones."""
+    if alibi_slopes is not None and alibi_slopes.dim() == 2:
+        return alibi_slopes[b]
+    return alibi_slopes
+
+
 def _sequence_args(b, alibi_slopes, dropout_seed):
     """Sequence b's ALiBi slopes and dropout seed."""
-    if alibi_slopes is not None and alibi_slopes.dim() == 2:
-        alibi_slopes = alibi_slopes[b]
-    return alibi_slopes, sequence_seed(dropout_seed, b)
+    return sequence_slopes(alibi_slopes, b), sequence_seed(dropout_seed, b)
 
 
 def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float, alibi_slopes,

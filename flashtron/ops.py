@@ -123,7 +123,7 @@ def dropout_probabilities(q: torch.Tensor, k: torch.Tensor, softmax_lse: torch.T
     s_dmask = q.new_zeros((batch, q.shape[-2], rows_q, rows_k))
     for b, q_rows, k_rows in cpu.sequences(q, k, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
         lse_b = softmax_lse[:, q_rows[0]] if varlen else softmax_lse[b, :, q_rows[1]]
-        slopes = alibi_slopes[b] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
+        slopes = cpu.sequence_slopes(alibi_slopes, b)
         block = _dense_dropout_probabilities(q[q_rows][None], k[k_rows][None], lse_b[None], softmax_scale,
                                              window_left, window_right, softcap, slopes, dropout_p, dropout_seed, b)
         s_dmask[b, :, :block.shape[2], :block.shape[3]] = block[0]

@@ -122,7 +122,7 @@ def check_sequences(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q, k
     for name, used in (("seqused_q", seqused_q), ("seqused_k", seqused_k)):
         if used is not None:
             _check_index_tensor(name, used, batch, q.device)
-    if q.device.type == "cpu" or (_check_sequence_values and not torch.compiler.is_compiling()):
+    if q.device.type == "cpu" or _check_sequence_values:
         _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                        q.shape[0], k.shape[0], seqused_q, seqused_k)
     return (batch, int(max_seqlen_q), int(max_seqlen_k), cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
@@ -133,6 +133,7 @@ def check_sequences(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q, k
 def _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, total_q, total_k,
                                    seqused_q, seqused_k) -> None:
     if torch.compiler.is_compiling():
+        # Tracing sees fake tensors, whose values cannot be read.
         return
     for name, cu, total, max_seqlen, used, used_name in (
             ("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, seqused_q, "seqused_q"),
