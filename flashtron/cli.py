@@ -96,6 +96,40 @@ def _run_bench_varlen(args, argv) -> int:
     return 0
 
 
+def _add_bench_decode(commands) -> None:
+    p = commands.add_parser(
+        "bench-decode", help="KV-cache decoding: K+V bytes read per second vs copy bandwidth and SDPA",
+        description="Time flash_attn_with_kvcache for one query token against contiguous and paged caches "
+                    "(CUDA-graph replay), with torch SDPA's flash and cuDNN backends, and report K+V GB/s "
+                    "over the copy bandwidth measured in the same run. Defaults: H=32, Hk=8, D=128, bf16, "
+                    "(B, Sk) in (1, 128k), (64, 4k), (1, 8k), (8, 32k), page size 16.")
+    p.add_argument("--cases", help="comma-separated BxSK pairs, e.g. 1x131072,64x4096")
+    p.add_argument("--heads", type=int, help="query heads (default 32)")
+    p.add_argument("--heads-kv", dest="heads_kv", type=int, help="key/value heads (default 8)")
+    p.add_argument("--headdim", type=int, help="head dim (default 128)")
+    p.add_argument("--page-size", dest="page_size", type=int, help="page size of the paged cache (default 16)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="element type (default bf16; fp32 on CPU)")
+    p.add_argument("--out", metavar="DIR", help="where bench-decode.json goes (default ./bench-out)")
+    p.set_defaults(handler=_run_bench_decode)
+
+
+def _run_bench_decode(args, argv) -> int:
+    import torch
+    from flashtron import bench_decode
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(bench_decode.DecodeConfig)
+             if getattr(args, f.name, None) is not None}
+    if "cases" in given:
+        try:
+            given["cases"] = tuple(tuple(int(x) for x in case.lower().split("x")) for case in given["cases"].split(","))
+        except ValueError:
+            print("--cases takes BxSK pairs, e.g. 1x131072,64x4096", file=sys.stderr)
+            return 2
+    config = dataclasses.replace(bench_decode.default_config(torch.cuda.is_available()), **given)
+    bench_decode.run(config, command=shlex.join(["flashtron", *argv]))
+    return 0
+
+
 def _run_bench(args, argv) -> int:
     import torch
     from flashtron import bench
@@ -115,6 +149,7 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_bench(commands)
     _add_bench_varlen(commands)
+    _add_bench_decode(commands)
     args = parser.parse_args(argv)
     return args.handler(args, argv)
 

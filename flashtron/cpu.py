@@ -75,7 +75,31 @@ def _grouped_slopes(alibi_slopes, num_heads_kv):
     return slopes.reshape(slopes.shape[0], num_heads_kv, -1, 1, 1)
 
 
-def _logits(q_rows, k, softmax_scale, softcap, slopes, rows, keys, seqlen_q, seqlen_k, window_left, window_right):
+def _grouped_bias(attn_bias, seqlen_q, seqlen_k, num_heads_kv):
+    """attn_bias (B|1, H|1, Sq|1, Sk|1) -> a view broadcastable against (B, Hk, G, Sq, Sk)."""
+    if attn_bias is None:
+        return None
+    batch, num_heads = attn_bias.shape[:2]
+    bias = attn_bias.expand(batch, num_heads, seqlen_q, seqlen_k)
+    if num_heads == 1:
+        return bias[:, :, None]
+    return bias.reshape(batch, num_heads_kv, num_heads // num_heads_kv, seqlen_q, seqlen_k)
+
+
+def _add_bias_gradient(dbias, ds, rows, keys):
+    """Add ds (B, Hk, G, rows, keys), the gradient of a block of logits, into dbias (B|1, H|1, Sq|1, Sk|1),
+    summed over the dims the bias broadcasts along."""
+    grad = ds.reshape(ds.shape[0], -1, *ds.shape[3:])
+    summed = [d for d in range(4) if dbias.shape[d] == 1 and grad.shape[d] != 1]
+    if summed:
+        grad = grad.sum(summed, keepdim=True)
+    row_index = slice(None) if dbias.shape[2] == 1 else slice(*rows)
+    key_index = slice(None) if dbias.shape[3] == 1 else slice(*keys)
+    dbias[:, :, row_index, key_index] += grad
+
+
+def _logits(q_rows, k, softmax_scale, softcap, slopes, rows, keys, seqlen_q, seqlen_k, window_left, window_right,
+            bias=None):
     """Masked logits (B, Hk, G, rows, keys) in float32, and d(logit)/d(scaled score) under softcap."""
     scores = torch.matmul(q_rows, k[:, :, None, keys[0]:keys[1]].transpose(-1, -2)) * softmax_scale
     cap_slope = None
@@ -87,6 +111,8 @@ def _logits(q_rows, k, softmax_scale, softcap, slopes, rows, keys, seqlen_q, seq
         query_idx = torch.arange(rows[0], rows[1], device=scores.device)[:, None]
         key_idx = torch.arange(keys[0], keys[1], device=scores.device)[None, :]
         scores = scores - slopes * (query_idx + seqlen_k - seqlen_q - key_idx).abs()
+    if bias is not None:
+        scores = scores + bias[..., rows[0]:rows[1], keys[0]:keys[1]].float()
     keep = _visible(rows[0], rows[1], keys[0], keys[1], seqlen_q, seqlen_k, window_left, window_right, q_rows.device)
     return scores.masked_fill_(~keep, -math.inf), cap_slope
 
@@ -99,7 +125,7 @@ def _dropout_keep(dropout_seed, rows, shape, dropout_p):
 
 
 def _dense_forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float,
-                   alibi_slopes, sinks, dropout_p: float, dropout_seed):
+                   alibi_slopes, sinks, dropout_p: float, dropout_seed, attn_bias=None):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg = _grouped(q, num_heads_kv)
@@ -107,11 +133,12 @@ def _dense_forward(q, k, v, softmax_scale: float, window_left: int, window_right
     vg = _grouped(v, num_heads_kv)[:, :, 0]
     slopes = _grouped_slopes(alibi_slopes, num_heads_kv)
     sink_logits = None if sinks is None else sinks.float().reshape(1, num_heads_kv, -1, 1)
+    bias = _grouped_bias(attn_bias, seqlen_q, seqlen_k, num_heads_kv)
     out = qg.new_zeros(qg.shape)
     lse = qg.new_full(qg.shape[:-1], math.inf)
     for rows, keys in _row_blocks(q.shape, seqlen_k, window_left, window_right):
         scores, _ = _logits(qg[..., rows[0]:rows[1], :], kg, softmax_scale, softcap, slopes, rows, keys,
-                            seqlen_q, seqlen_k, window_left, window_right)
+                            seqlen_q, seqlen_k, window_left, window_right, bias)
         # As the kernels do: subtract the row max, normalise by the row sum at the end.
         # (exp(s - lse) would carry lse's rounding into every probability when |s| is large.)
         row_max = scores.amax(dim=-1)
@@ -134,7 +161,8 @@ def _dense_forward(q, k, v, softmax_scale: float, window_left: int, window_right
 
 
 def _dense_backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
-                    softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed):
+                    softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, attn_bias=None,
+                    bias_requires_grad: bool = False):
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg = _grouped(q, num_heads_kv)
@@ -147,11 +175,14 @@ def _dense_backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: 
     dq = torch.zeros_like(qg)
     dk = torch.zeros_like(kg)
     dv = torch.zeros_like(vg)
+    bias = _grouped_bias(attn_bias, seqlen_q, seqlen_k, num_heads_kv)
+    dbias = (torch.zeros(attn_bias.shape, dtype=torch.float32) if bias_requires_grad
+             else lse.new_empty(0))
     for rows, keys in _row_blocks(q.shape, seqlen_k, window_left, window_right):
         q_rows = qg[..., rows[0]:rows[1], :]
         do_rows = dog[..., rows[0]:rows[1], :]
         scores, cap_slope = _logits(q_rows, kg, softmax_scale, softcap, slopes, rows, keys,
-                                    seqlen_q, seqlen_k, window_left, window_right)
+                                    seqlen_q, seqlen_k, window_left, window_right, bias)
         # lse is +inf for rows that see nothing: their probabilities come out exactly 0.
         p = torch.exp(scores - lse_g[..., rows[0]:rows[1], None])
         dropped_p = p
@@ -163,6 +194,8 @@ def _dense_backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: 
         if dropout_p > 0:
             dp = dp * kept
         ds = p * (dp - delta[..., rows[0]:rows[1], None])
+        if bias_requires_grad:
+            _add_bias_gradient(dbias, ds, rows, keys)
         if cap_slope is not None:
             ds = ds * cap_slope
         dq[..., rows[0]:rows[1], :] = torch.matmul(ds, kg[:, :, None, keys[0]:keys[1]]) * softmax_scale
@@ -170,7 +203,9 @@ def _dense_backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: 
     dk_out = dk.permute(0, 2, 1, 3).to(k.dtype)
     dv_out = dv.permute(0, 2, 1, 3).to(v.dtype)
     dsinks = sink_gradient(sinks, lse, delta.reshape(lse.shape))
-    return _ungrouped(dq, q.dtype), dk_out.contiguous(), dv_out.contiguous(), dsinks
+    if bias_requires_grad:
+        dbias = dbias.to(attn_bias.dtype)
+    return _ungrouped(dq, q.dtype), dk_out.contiguous(), dv_out.contiguous(), dsinks, dbias
 
 
 def sequences(q, k, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
@@ -213,10 +248,15 @@ def _sequence_args(b, alibi_slopes, dropout_seed):
 
 def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float, alibi_slopes,
             sinks, dropout_p: float, dropout_seed, allow_tf32: bool, cu_seqlens_q=None, cu_seqlens_k=None,
-            seqused_q=None, seqused_k=None, max_seqlen_q: int = -1, max_seqlen_k: int = -1):
+            seqused_q=None, seqused_k=None, max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None,
+            block_table=None, cache_batch_idx=None, cache_leftpad=None, num_splits: int = 1, pack_gqa: bool = False):
     args = (softmax_scale, window_left, window_right, softcap)
+    if block_table is not None or cache_batch_idx is not None or cache_leftpad is not None:
+        # num_splits and pack_gqa only change how the kernels divide the work.
+        return _cache_forward(q, k, v, *args, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table,
+                              cache_batch_idx, cache_leftpad)
     if cu_seqlens_q is None and seqused_q is None and seqused_k is None:
-        return _dense_forward(q, k, v, *args, alibi_slopes, sinks, dropout_p, dropout_seed)
+        return _dense_forward(q, k, v, *args, alibi_slopes, sinks, dropout_p, dropout_seed, attn_bias)
     # One sequence at a time, each as a batch of one.  Unused rows: out 0, lse +inf.
     out = torch.zeros_like(q)
     varlen = cu_seqlens_q is not None
@@ -234,20 +274,64 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     return out, lse
 
 
+def _cache_keys(k, v, b, cu_seqlens_k, seqused_k, block_table, cache_batch_idx, cache_leftpad):
+    """Sequence b's keys and values (Sk, Hk, D) in a KV cache: a batch row of a dense cache (possibly
+    another row, cache_batch_idx), or pages through block_table; rows before cache_leftpad[b] are
+    padding and rows from seqused_k[b] (or past cu_seqlens_k's length) are unused."""
+    if cu_seqlens_k is not None:
+        start, end = 0, int(cu_seqlens_k[b + 1]) - int(cu_seqlens_k[b])
+    else:
+        end = int(seqused_k[b]) if seqused_k is not None else (
+            block_table.shape[1] * k.shape[1] if block_table is not None else k.shape[1])
+        start = 0
+    if cache_leftpad is not None:
+        start = int(cache_leftpad[b])
+    positions = torch.arange(start, end)
+    if block_table is not None:
+        pages = block_table[b].long()[positions // k.shape[1]]
+        return k[pages, positions % k.shape[1]], v[pages, positions % k.shape[1]]
+    if cu_seqlens_k is not None:
+        return k[int(cu_seqlens_k[b]) + positions], v[int(cu_seqlens_k[b]) + positions]
+    row = int(cache_batch_idx[b]) if cache_batch_idx is not None else b
+    return k[row, start:end], v[row, start:end]
+
+
+def _cache_forward(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, cu_seqlens_q,
+                   cu_seqlens_k, seqused_k, block_table, cache_batch_idx, cache_leftpad):
+    """Forward over a KV cache, one sequence at a time (see _cache_keys)."""
+    varlen = cu_seqlens_q is not None
+    batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
+    out = torch.zeros_like(q)
+    lse = q.new_full((q.shape[-2], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1]), math.inf,
+                     dtype=torch.float32)
+    for b in range(batch):
+        q_rows = (slice(int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])),) if varlen else (b,)
+        k_b, v_b = _cache_keys(k, v, b, cu_seqlens_k, seqused_k, block_table, cache_batch_idx, cache_leftpad)
+        out_b, lse_b = _dense_forward(q[q_rows][None], k_b[None], v_b[None], softmax_scale, window_left,
+                                      window_right, softcap, sequence_slopes(alibi_slopes, b), None, 0.0, None)
+        out[q_rows] = out_b[0]
+        if varlen:
+            lse[:, q_rows[0]] = lse_b[0]
+        else:
+            lse[b] = lse_b[0]
+    return out, lse
+
+
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
              softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
              cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
-             max_seqlen_q: int = -1, max_seqlen_k: int = -1):
+             max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None, bias_requires_grad: bool = False):
     args = (softmax_scale, window_left, window_right, softcap)
     if cu_seqlens_q is None and seqused_q is None and seqused_k is None:
-        return _dense_backward(dout, q, k, v, out, lse, *args, alibi_slopes, sinks, dropout_p, dropout_seed)
+        return _dense_backward(dout, q, k, v, out, lse, *args, alibi_slopes, sinks, dropout_p, dropout_seed,
+                               attn_bias, bias_requires_grad)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     dsinks = lse.new_empty(0) if sinks is None else torch.zeros_like(sinks)
     varlen = cu_seqlens_q is not None
     for b, q_rows, k_rows in sequences(q, k, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
         slopes, seed = _sequence_args(b, alibi_slopes, dropout_seed)
         lse_b = lse[:, q_rows[0]] if varlen else lse[b, :, q_rows[1]]
-        dq_b, dk_b, dv_b, dsinks_b = _dense_backward(
+        dq_b, dk_b, dv_b, dsinks_b, _ = _dense_backward(
             dout[q_rows][None], q[q_rows][None], k[k_rows][None], v[k_rows][None], out[q_rows][None],
             lse_b[None], *args, slopes, sinks, dropout_p, seed)
         dq[q_rows] = dq_b[0]
@@ -255,7 +339,7 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         dv[k_rows] += dv_b[0]
         if sinks is not None:
             dsinks += dsinks_b
-    return dq, dk, dv, dsinks
+    return dq, dk, dv, dsinks, lse.new_empty(0)
 
 
 def dropout_keep_mask(dropout_seed, q, seqlen_k, window_left, window_right, dropout_p):
@@ -270,12 +354,14 @@ def dropout_keep_mask(dropout_seed, q, seqlen_k, window_left, window_right, drop
     return keep
 
 
-def attention_probabilities(q, k, softmax_scale, window_left, window_right, softcap, alibi_slopes, softmax_lse):
+def attention_probabilities(q, k, softmax_scale, window_left, window_right, softcap, alibi_slopes, softmax_lse,
+                            attn_bias=None):
     """P = exp(logits - lse) as float32 (B, H, Sq, Sk): materialised, for return_attn_probs only."""
     batch, seqlen_q, num_heads, _ = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     qg, kg = _grouped(q, num_heads_kv), _grouped(k, num_heads_kv)[:, :, 0]
     logits, _ = _logits(qg, kg, softmax_scale, softcap, _grouped_slopes(alibi_slopes, num_heads_kv),
-                        (0, seqlen_q), (0, seqlen_k), seqlen_q, seqlen_k, window_left, window_right)
+                        (0, seqlen_q), (0, seqlen_k), seqlen_q, seqlen_k, window_left, window_right,
+                        _grouped_bias(attn_bias, seqlen_q, seqlen_k, num_heads_kv))
     probs = torch.exp(logits - softmax_lse.reshape(qg.shape[:-1])[..., None])
     return probs.reshape(batch, num_heads, seqlen_q, seqlen_k)

@@ -12,7 +12,8 @@ from flashtron import ops, validation
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *, sinks=None):
+                    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *, sinks=None,
+                    attn_bias=None):
     """Exact attention softmax(q k^T * softmax_scale) v, computed blockwise.
 
     q: (batch, seqlen_q, num_heads, head_dim); k, v: (batch, seqlen_k, num_heads_k, head_dim),
@@ -22,7 +23,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     window_size=(left, right) restricts query i to keys [i + Sk - Sq - left, i + Sk - Sq + right]
     (-1: unbounded); softcap > 0 maps scores to softcap * tanh(score / softcap); alibi_slopes (H,) or
     (B, H) float32 subtracts slope * |i + Sk - Sq - j|; sinks (H,) float32 adds one logit per head to
-    every row's softmax denominator; dropout_p drops probabilities (seeded from torch's generator).
+    every row's softmax denominator; dropout_p drops probabilities (seeded from torch's generator);
+    attn_bias (keyword), a float tensor broadcastable to (batch, num_heads, seqlen_q, seqlen_k), is
+    added to the logits inside the kernels (after soft-capping; -inf masks) and gets its gradient.
     float32 inputs are computed in full float32 unless torch.set_float32_matmul_precision allows
     tf32 ("high" or "medium").  The backward is always deterministic.
 
@@ -32,28 +35,37 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     entries negated.
     """
     return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                      deterministic, return_attn_probs, sinks, names=("q", "k", "v"))
+                      deterministic, return_attn_probs, sinks, names=("q", "k", "v"), attn_bias=attn_bias)
 
 
 def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-               deterministic, return_attn_probs, sinks, names, sequences=None):
+               deterministic, return_attn_probs, sinks, names, sequences=None, attn_bias=None, block_table=None):
     """The shared body.  sequences: None (dense), or the raw variable-length arguments
-    (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k)."""
+    (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k); block_table
+    (variable-length only) pages k and v."""
     varlen = sequences is not None
-    q, k, v = validation.check_qkv(q, k, v, names, varlen=varlen)
+    paged = block_table is not None
+    q, k, v = validation.check_qkv(q, k, v, names, varlen=varlen, paged=paged)
     layout = {}
     batch = q.shape[0]
     if varlen:
         (batch, max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k, seqused_q,
-         seqused_k) = validation.check_sequences(*sequences[:4], q, k, *sequences[4:])
+         seqused_k) = validation.check_sequences(*sequences[:4], q, k, *sequences[4:], paged=paged)
         layout = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqused_q=seqused_q,
                       seqused_k=seqused_k, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
+        if paged:
+            if seqused_k is not None:
+                raise NotImplementedError("seqused_k with block_table is not supported: with paged keys, "
+                                          "cu_seqlens_k already gives each sequence's key count")
+            layout["block_table"] = validation.check_block_table(block_table, k, batch, max_seqlen_k)
     softmax_scale = validation.softmax_scale_or_default(softmax_scale, q.shape[-1])
     window_left, window_right = validation.window_bounds(causal, window_size)
     dropout_p = validation.check_dropout(dropout_p)
     softcap = validation.check_softcap(softcap)
     alibi_slopes = validation.check_alibi_slopes(alibi_slopes, q, batch)
     sinks = validation.check_sinks(sinks, q)
+    if not varlen:
+        attn_bias = validation.check_attn_bias(attn_bias, q, k)
     validation.check_flag("deterministic", deterministic)
     validation.check_flag("return_attn_probs", return_attn_probs)
     # torch.set_float32_matmul_precision("high") sets this flag; reading it (unlike the
@@ -64,36 +76,39 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     dropout_seed = (torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64) if dropout_p > 0
                     else None)
     out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, softcap,
-                                             alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32, **layout)
+                                             alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32, **layout,
+                                             attn_bias=attn_bias)
     if return_attn_probs:
         s_dmask = None
+        if dropout_p > 0 and paged:
+            raise NotImplementedError("return_attn_probs with dropout_p > 0 and block_table is not supported")
         if dropout_p > 0:
             # A diagnostic, not differentiable (as in flash-attn).
             s_dmask = ops.dropout_probabilities(q.detach(), k.detach(), softmax_lse.detach(), softmax_scale,
                                                 window_left, window_right, softcap, alibi_slopes, dropout_p,
-                                                dropout_seed, **layout)
+                                                dropout_seed, **layout, attn_bias=attn_bias)
         return out, softmax_lse, s_dmask
     return out
 
 
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                               softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                              sinks=None):
+                              sinks=None, attn_bias=None):
     """flash_attn_func with q, k, v packed as qkv (batch, seqlen, 3, num_heads, head_dim)."""
     validation.check_packed("qkv", qkv, 5, 2, 3, "(batch, seqlen, 3, num_heads, head_dim)")
     return _attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal,
                       window_size, softcap, alibi_slopes, deterministic, return_attn_probs, sinks,
-                      names=("qkv", "qkv", "qkv"))
+                      names=("qkv", "qkv", "qkv"), attn_bias=attn_bias)
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                             sinks=None):
+                             sinks=None, attn_bias=None):
     """flash_attn_func with k, v packed as kv (batch, seqlen_k, 2, num_heads_k, head_dim)."""
     validation.check_packed("kv", kv, 5, 2, 2, "(batch, seqlen_k, 2, num_heads_k, head_dim)")
     return _attention(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal,
                       window_size, softcap, alibi_slopes, deterministic, return_attn_probs, sinks,
-                      names=("q", "kv", "kv"))
+                      names=("q", "kv", "kv"), attn_bias=attn_bias)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
@@ -110,13 +125,15 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     tokens of each sequence take part; other query rows get output 0 and lse +inf, other keys
     gradient 0.  softmax_lse is float32 (H, total_q).  No host synchronisation: the value checks of
     cu_seqlens need one and run only on CPU tensors or after flashtron.set_sequence_checks(True).
+    block_table (int32 (B, pages per sequence)) pages the keys: k and v are then
+    (num_pages, page_size, Hk, D), any page_size >= 1, and key position p of sequence b is row
+    p % page_size of page block_table[b, p // page_size]; cu_seqlens_k accumulates the key counts.
+    Paged calls are forward only (inference), as in flash-attn.
     """
-    if block_table is not None:
-        raise NotImplementedError("block_table (paged keys and values) is not supported by "
-                                  "flash_attn_varlen_func yet")
     return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
                       deterministic, return_attn_probs, sinks, names=("q", "k", "v"),
-                      sequences=(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k))
+                      sequences=(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k),
+                      block_table=block_table)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,

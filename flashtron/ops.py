@@ -29,13 +29,21 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax
                       allow_tf32: bool, cu_seqlens_q: Optional[torch.Tensor] = None,
                       cu_seqlens_k: Optional[torch.Tensor] = None, seqused_q: Optional[torch.Tensor] = None,
                       seqused_k: Optional[torch.Tensor] = None, max_seqlen_q: int = -1, max_seqlen_k: int = -1,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      attn_bias: Optional[torch.Tensor] = None, block_table: Optional[torch.Tensor] = None,
+                      cache_batch_idx: Optional[torch.Tensor] = None, cache_leftpad: Optional[torch.Tensor] = None,
+                      num_splits: int = 1, pack_gqa: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out, softmax_lse).  Dense: q (B, Sq, H, D), lse (B, H, Sq).  Variable-length (cu_seqlens
     given): q (total_q, H, D), lse (H, total_q), max_seqlen_* bound every sequence's length.
-    seqused_q / seqused_k (int32 (B,)) cut each sequence to its first seqused[b] rows."""
+    seqused_q / seqused_k (int32 (B,)) cut each sequence to its first seqused[b] rows.  attn_bias
+    (dense only): 4-D, each dim 1 or (B, H, Sq, Sk)'s, added to the logits.  KV caches (forward
+    only): block_table (B, pages per sequence) with k, v (pages, page_size, Hk, D); cache_batch_idx
+    (B,), k's batch row of each sequence; cache_leftpad (B,), keys before it are padding;
+    num_splits > 1 splits each tile's keys over that many programs (dense q), 0 picks a count; pack_gqa
+    puts a kv head's query heads in one tile (decoding: few queries, each group's keys read once)."""
     return _engine(q).forward(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
                               dropout_p, dropout_seed, allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q,
-                              seqused_k, max_seqlen_q, max_seqlen_k)
+                              seqused_k, max_seqlen_q, max_seqlen_k, attn_bias, block_table, cache_batch_idx,
+                              cache_leftpad, num_splits, pack_gqa)
 
 
 def _lse_shape(q, cu_seqlens_q):
@@ -45,7 +53,8 @@ def _lse_shape(q, cu_seqlens_q):
 @attention_forward.register_fake
 def _(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, dropout_seed,
       allow_tf32, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None, max_seqlen_q=-1,
-      max_seqlen_k=-1):
+      max_seqlen_k=-1, attn_bias=None, block_table=None, cache_batch_idx=None, cache_leftpad=None, num_splits=1,
+      pack_gqa=False):
     return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32)
 
 
@@ -57,28 +66,34 @@ def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                        dropout_seed: Optional[torch.Tensor], allow_tf32: bool,
                        cu_seqlens_q: Optional[torch.Tensor] = None, cu_seqlens_k: Optional[torch.Tensor] = None,
                        seqused_q: Optional[torch.Tensor] = None, seqused_k: Optional[torch.Tensor] = None,
-                       max_seqlen_q: int = -1, max_seqlen_k: int = -1,
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (dq, dk, dv, dsinks); dsinks is empty when there are no sinks."""
+                       max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias: Optional[torch.Tensor] = None,
+                       bias_requires_grad: bool = False,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dq, dk, dv, dsinks, dbias); dsinks is empty when there are no sinks, dbias (the shape and
+    dtype of attn_bias) unless bias_requires_grad."""
     return _engine(q).backward(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right,
                                softcap, alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32,
-                               cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k)
+                               cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k,
+                               attn_bias, bias_requires_grad)
 
 
 @attention_backward.register_fake
 def _(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
       dropout_p, dropout_seed, allow_tf32, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
-      max_seqlen_q=-1, max_seqlen_k=-1):
+      max_seqlen_q=-1, max_seqlen_k=-1, attn_bias=None, bias_requires_grad=False):
     dsinks = softmax_lse.new_empty(0) if sinks is None else sinks.new_empty(sinks.shape)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsinks
+    dbias = attn_bias.new_empty(attn_bias.shape) if bias_requires_grad else softmax_lse.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsinks, dbias
 
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, dropout_seed,
-     allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k) = inputs
+     allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k, attn_bias,
+     block_table, cache_batch_idx, cache_leftpad, _num_splits, _pack_gqa) = inputs
     out, softmax_lse = output
+    ctx.kv_cache = block_table is not None or cache_batch_idx is not None or cache_leftpad is not None
     ctx.save_for_backward(q, k, v, out, softmax_lse, alibi_slopes, sinks, dropout_seed,
-                          cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k)
+                          cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, attn_bias)
     ctx.params = (softmax_scale, window_left, window_right, softcap)
     ctx.dropout_p = dropout_p
     ctx.allow_tf32 = allow_tf32
@@ -87,16 +102,26 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dout, _dlse):
+    if ctx.kv_cache:
+        raise NotImplementedError("attention over a KV cache (block_table, cache_batch_idx or cache_leftpad) has "
+                                  "no backward: it serves inference; pass tensors that do not require grad")
     (q, k, v, out, softmax_lse, alibi_slopes, sinks, dropout_seed,
-     cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k) = ctx.saved_tensors
+     cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, attn_bias) = ctx.saved_tensors
     if dout.stride(-1) != 1:
         # e.g. the expanded gradient of out.sum(): stride 0 everywhere.
         dout = dout.contiguous()
-    dq, dk, dv, dsinks = attention_backward(dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, sinks,
-                                            ctx.dropout_p, dropout_seed, ctx.allow_tf32, cu_seqlens_q,
-                                            cu_seqlens_k, seqused_q, seqused_k, *ctx.max_seqlens)
+    bias_requires_grad = attn_bias is not None and ctx.needs_input_grad[_ATTN_BIAS_INPUT]
+    dq, dk, dv, dsinks, dbias = attention_backward(
+        dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, sinks, ctx.dropout_p, dropout_seed,
+        ctx.allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, *ctx.max_seqlens, attn_bias,
+        bias_requires_grad)
     return (dq, dk, dv, None, None, None, None, None, None if sinks is None else dsinks, None, None, None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, dbias if bias_requires_grad else None, None, None, None, None,
+            None)
+
+
+# attention_forward's inputs, in order: attn_bias is the last of 19.
+_ATTN_BIAS_INPUT = 18
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -108,14 +133,14 @@ def dropout_probabilities(q: torch.Tensor, k: torch.Tensor, softmax_lse: torch.T
                           dropout_p: float, dropout_seed: torch.Tensor, cu_seqlens_q: Optional[torch.Tensor] = None,
                           cu_seqlens_k: Optional[torch.Tensor] = None, seqused_q: Optional[torch.Tensor] = None,
                           seqused_k: Optional[torch.Tensor] = None, max_seqlen_q: int = -1,
-                          max_seqlen_k: int = -1) -> torch.Tensor:
+                          max_seqlen_k: int = -1, attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """S_dmask of return_attn_probs with dropout: the probabilities, with dropped entries negated
     (flash-attn's test convention), (B, H, Sq, Sk), or (B, H, max_seqlen_q, max_seqlen_k) for
     variable-length batches (0 outside each sequence).  Materialised: a debugging and testing aid,
     which reads sequence lengths on the host."""
     if cu_seqlens_q is None and seqused_q is None and seqused_k is None:
         return _dense_dropout_probabilities(q, k, softmax_lse, softmax_scale, window_left, window_right, softcap,
-                                            alibi_slopes, dropout_p, dropout_seed, 0)
+                                            alibi_slopes, dropout_p, dropout_seed, 0, attn_bias)
     varlen = cu_seqlens_q is not None
     batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
     rows_q = max_seqlen_q if varlen else q.shape[1]
@@ -131,11 +156,11 @@ def dropout_probabilities(q: torch.Tensor, k: torch.Tensor, softmax_lse: torch.T
 
 
 def _dense_dropout_probabilities(q, k, softmax_lse, softmax_scale, window_left, window_right, softcap,
-                                 alibi_slopes, dropout_p, dropout_seed, sequence):
+                                 alibi_slopes, dropout_p, dropout_seed, sequence, attn_bias=None):
     """Dense S_dmask of one batch (or of sequence `sequence` of a variable-length batch, as a batch of one:
     each engine draws sequence b's mask from its own counters)."""
     probs = cpu.attention_probabilities(q, k, softmax_scale, window_left, window_right, softcap, alibi_slopes,
-                                        softmax_lse)
+                                        softmax_lse, attn_bias)
     batch, seqlen_q, num_heads, _ = q.shape
     if _engine(q) is cpu:
         keep = cpu.dropout_keep_mask(cpu.sequence_seed(dropout_seed, sequence), q, k.shape[1], window_left,
@@ -148,7 +173,8 @@ def _dense_dropout_probabilities(q, k, softmax_lse, softmax_scale, window_left, 
 
 @dropout_probabilities.register_fake
 def _(q, k, softmax_lse, softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, dropout_seed,
-      cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None, max_seqlen_q=-1, max_seqlen_k=-1):
+      cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None, max_seqlen_q=-1, max_seqlen_k=-1,
+      attn_bias=None):
     if cu_seqlens_q is not None:
         return q.new_empty((cu_seqlens_q.shape[0] - 1, q.shape[-2], max_seqlen_q, max_seqlen_k))
     batch, seqlen_q, num_heads, _ = q.shape

@@ -39,7 +39,7 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
 
-def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False):
+def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False, paged: bool = False):
     """Validate q (B, Sq, H, D), k and v (B, Sk, Hk, D), or with varlen q (total_q, H, D) and k, v
     (total_k, Hk, D); return them with unit head-dim stride.
 
@@ -50,7 +50,10 @@ def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False):
         _require_tensor(name, t)
     rank, layout = ((3, "(total_tokens, num_heads, head_dim)") if varlen
                     else (4, "(batch, seqlen, num_heads, head_dim)"))
-    for name, t in ((q_name, q), (k_name, k), (v_name, v)):
+    _require_rank(q_name, q, rank, layout)
+    if paged:
+        rank, layout = 4, "(num_pages, page_size, num_heads_k, head_dim) with block_table"
+    for name, t in ((k_name, k), (v_name, v)):
         _require_rank(name, t, rank, layout)
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got q on {q.device}, k on {k.device}, v on {v.device}")
@@ -62,7 +65,7 @@ def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype}, but {q_name} has dtype {q.dtype}; they must match")
     num_heads, head_dim = q.shape[-2:]
-    if not varlen and (k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]):
+    if not varlen and not paged and (k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]):
         raise ValueError(f"batch sizes differ: q has {q.shape[0]}, k has {k.shape[0]}, v has {v.shape[0]}")
     if v.shape[:-1] != k.shape[:-1]:
         what = "(total_tokens, num_heads)" if varlen else "(batch, seqlen, num_heads)"
@@ -95,7 +98,12 @@ def set_sequence_checks(enabled: bool) -> None:
     _check_sequence_values = enabled
 
 
-def _check_index_tensor(name: str, t, length: int, device: torch.device) -> None:
+def sequence_checks_enabled() -> bool:
+    """Whether value checks that read index tensors on the host run on CUDA tensors too."""
+    return _check_sequence_values
+
+
+def check_index_tensor(name: str, t, length: int, device: torch.device) -> None:
     _require_tensor(name, t)
     if t.dtype != torch.int32:
         raise TypeError(f"{name} must be int32, got {t.dtype}")
@@ -105,15 +113,17 @@ def _check_index_tensor(name: str, t, length: int, device: torch.device) -> None
         raise ValueError(f"{name} must be on q's device {device}, got {t.device}")
 
 
-def check_sequences(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q, k, seqused_q=None, seqused_k=None):
+def check_sequences(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q, k, seqused_q=None, seqused_k=None,
+                    paged: bool = False):
     """Validate a variable-length batch: cu_seqlens int32 (B + 1,), max_seqlen ints >= 0, seqused int32
-    (B,) or None.  Returns (batch, max_seqlen_q, max_seqlen_k, cu_q, cu_k, used_q, used_k), contiguous."""
+    (B,) or None.  Returns (batch, max_seqlen_q, max_seqlen_k, cu_q, cu_k, used_q, used_k), contiguous.
+    With paged keys, cu_seqlens_k accumulates key lengths but indexes no packed tensor."""
     _require_tensor("cu_seqlens_q", cu_seqlens_q)
     if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape[0] < 1:
         raise ValueError(f"cu_seqlens_q must have shape (batch + 1,), got {tuple(cu_seqlens_q.shape)}")
     batch = cu_seqlens_q.shape[0] - 1
-    _check_index_tensor("cu_seqlens_q", cu_seqlens_q, batch + 1, q.device)
-    _check_index_tensor("cu_seqlens_k", cu_seqlens_k, batch + 1, q.device)
+    check_index_tensor("cu_seqlens_q", cu_seqlens_q, batch + 1, q.device)
+    check_index_tensor("cu_seqlens_k", cu_seqlens_k, batch + 1, q.device)
     for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -121,10 +131,10 @@ def check_sequences(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q, k
             raise ValueError(f"{name} must be >= 0, got {value}")
     for name, used in (("seqused_q", seqused_q), ("seqused_k", seqused_k)):
         if used is not None:
-            _check_index_tensor(name, used, batch, q.device)
+            check_index_tensor(name, used, batch, q.device)
     if q.device.type == "cpu" or _check_sequence_values:
         _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-                                       q.shape[0], k.shape[0], seqused_q, seqused_k)
+                                       q.shape[0], None if paged else k.shape[0], seqused_q, seqused_k)
     return (batch, int(max_seqlen_q), int(max_seqlen_k), cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
             None if seqused_q is None else seqused_q.contiguous(),
             None if seqused_k is None else seqused_k.contiguous())
@@ -144,7 +154,7 @@ def _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
         lengths = [b - a for a, b in zip(values, values[1:])]
         if any(n < 0 for n in lengths):
             raise ValueError(f"{name} must be non-decreasing, got {values}")
-        if values[-1] != total:
+        if total is not None and values[-1] != total:
             raise ValueError(f"{name} must end at the number of tokens ({total}), got {values[-1]}")
         longest = max(lengths, default=0)
         if longest > max_seqlen:
@@ -155,6 +165,30 @@ def _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
             if any(u < 0 or u > n for u, n in zip(used_values, lengths)):
                 raise ValueError(f"{used_name} must hold values in [0, sequence length], got {used_values} "
                                  f"for lengths {lengths}")
+
+
+def check_block_table(block_table, k, batch: int, max_seqlen_k: int, name: str = "block_table"):
+    """A paged cache's page table: int32 (batch, pages per sequence) on k's device, enough pages for
+    max_seqlen_k keys; its entries (checked where cu_seqlens are, see set_sequence_checks) index k's
+    pages.  Returns it contiguous."""
+    _require_tensor(name, block_table)
+    if block_table.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32, got {block_table.dtype}")
+    if block_table.dim() != 2 or block_table.shape[0] != batch:
+        raise ValueError(f"{name} must have shape ({batch}, pages_per_sequence), got {tuple(block_table.shape)}")
+    if block_table.device != k.device:
+        raise ValueError(f"{name} must be on the cache's device {k.device}, got {block_table.device}")
+    num_pages, page_size = k.shape[0], k.shape[1]
+    if page_size < 1:
+        raise ValueError(f"the paged cache's page size (dimension 1 of k) must be >= 1, got {page_size}")
+    if max_seqlen_k > block_table.shape[1] * page_size:
+        raise ValueError(f"{name} holds {block_table.shape[1]} pages of {page_size} keys per sequence, fewer than "
+                         f"the {max_seqlen_k} keys a sequence may have")
+    if (k.device.type == "cpu" or _check_sequence_values) and not torch.compiler.is_compiling():
+        if block_table.numel() and (block_table.min() < 0 or block_table.max() >= num_pages):
+            raise ValueError(f"{name} entries must be page indices in [0, {num_pages}), got values in "
+                             f"[{int(block_table.min())}, {int(block_table.max())}]")
+    return block_table.contiguous()
 
 
 def softmax_scale_or_default(softmax_scale, head_dim: int) -> float:
@@ -217,6 +251,25 @@ def check_alibi_slopes(alibi_slopes, q: torch.Tensor, batch: int):
     if alibi_slopes.device != q.device:
         raise ValueError(f"alibi_slopes must be on q's device {q.device}, got {alibi_slopes.device}")
     return alibi_slopes.contiguous()
+
+
+def check_attn_bias(attn_bias, q: torch.Tensor, k: torch.Tensor):
+    """None, or an additive bias broadcastable to (B, H, Sq, Sk), returned as a 4-D view (size-1 dims
+    kept: the launcher gives them stride 0, so a broadcast bias is never copied)."""
+    if attn_bias is None:
+        return None
+    _require_tensor("attn_bias", attn_bias)
+    target = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    if attn_bias.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"attn_bias must be float16, bfloat16 or float32 (additive; turn a boolean mask into "
+                        f"0 / -inf first), got {attn_bias.dtype}")
+    if attn_bias.device != q.device:
+        raise ValueError(f"attn_bias must be on q's device {q.device}, got {attn_bias.device}")
+    shape = (1,) * (4 - attn_bias.dim()) + tuple(attn_bias.shape)
+    if attn_bias.dim() > 4 or any(n not in (1, want) for n, want in zip(shape, target)):
+        raise ValueError(f"attn_bias must broadcast to (batch, num_heads, seqlen_q, seqlen_k) = {target}, "
+                         f"got shape {tuple(attn_bias.shape)}")
+    return attn_bias.reshape(shape)
 
 
 def check_sinks(sinks, q: torch.Tensor):

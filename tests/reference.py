@@ -27,12 +27,13 @@ def visible_mask(seqlen_q, seqlen_k, window_left, window_right, device):
 
 
 def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, window=(-1, -1),
-                        softcap=0.0, alibi_slopes=None, sinks=None, dropout_keep=None, dropout_p=0.0):
+                        softcap=0.0, alibi_slopes=None, sinks=None, dropout_keep=None, dropout_p=0.0, attn_bias=None):
     """Returns (out, lse) with out like q's layout; lse (B, H, Sq), +inf where a row sees nothing.
 
     softcap > 0: scores = softcap * tanh(scores / softcap), before masking and ALiBi.
     alibi_slopes (H,) or (B, H): scores -= slope * |i + Sk - Sq - j|.
     sinks (H,): one more logit per row in the softmax, with no value (dropped from the output).
+    attn_bias broadcastable to (B, H, Sq, Sk): added to the scores after ALiBi (-inf masks).
     dropout_keep (B, H, Sq, Sk) bool: probabilities outside it are zeroed, the rest scaled by
     1 / (1 - dropout_p); lse is unchanged.
     """
@@ -52,8 +53,13 @@ def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, 
         keys = torch.arange(seqlen_k, device=q.device)[None, :]
         slopes = alibi_slopes.to(scores.dtype).reshape(-1, num_heads, 1, 1)
         scores = scores - slopes * (rows + seqlen_k - seqlen_q - keys).abs().to(scores.dtype)
+    if attn_bias is not None:
+        scores = scores + (attn_bias.double() if upcast else attn_bias.to(scores.dtype))
     window_left, window_right = window[0], 0 if causal else window[1]
     keep = visible_mask(seqlen_q, seqlen_k, window_left, window_right, q.device)
+    if attn_bias is not None:
+        # Pairs the bias masks with -inf count as unseen, for lse and empty rows alike.
+        keep = keep & torch.isfinite(attn_bias).expand(batch, num_heads, seqlen_q, seqlen_k)
     scores = scores.masked_fill(~keep, -math.inf)
     if sinks is not None:
         sink_column = sinks.to(scores.dtype).reshape(1, num_heads, 1, 1).expand(batch, num_heads, seqlen_q, 1)
@@ -63,7 +69,7 @@ def attention_reference(q, k, v, causal=False, softmax_scale=None, upcast=True, 
     if dropout_keep is not None:
         probs = probs * dropout_keep.to(probs.dtype) / (1.0 - dropout_p)
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v)
-    lse = lse.masked_fill(~keep.any(-1), math.inf)
+    lse = lse.masked_fill(~keep.any(-1).expand(lse.shape), math.inf)
     return (out if upcast else out.to(dtype)), lse
 
 

@@ -122,3 +122,17 @@ def test_fallback_png_chart(tmp_path):
     bench._write_png_chart(groups, values, bench.BenchConfig(), path)
     width, height = _png_size(path.read_bytes())
     assert width >= 640 and height > 200
+
+
+def test_cpu_bench_decode_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from flashtron.cli import main
+    assert main(["bench-decode", "--cases", "2x40", "--heads", "4", "--heads-kv", "2", "--headdim", "16",
+                 "--page-size", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "bench-decode.json").read_text())
+    assert "CPU run" in out and report["config"]["cases"] == [[2, 40]]
+    impls = {r["impl"] for r in report["results"]}
+    assert impls == {"flashtron", "flashtron-paged3"}
+    assert all(r["ms"] > 0 for r in report["results"])
+    assert main(["bench-decode", "--cases", "2by40"]) == 2

@@ -190,7 +190,7 @@ def test_custom_op_gradients_match_eager_formula():
     out, lse = torch.ops.flashtron.attention_forward(*leaves, 0.25, -1, -1, 0.0, None, None, 0.0, None, False)
     assert not lse.requires_grad
     out.backward(dout)
-    dq, dk, dv, _ = torch.ops.flashtron.attention_backward(dout, q, k, v, out.detach(), lse, 0.25, -1, -1, 0.0, None,
+    dq, dk, dv, *_ = torch.ops.flashtron.attention_backward(dout, q, k, v, out.detach(), lse, 0.25, -1, -1, 0.0, None,
                                                      None, 0.0, None, False)
     for g, expected in zip((t.grad for t in leaves), (dq, dk, dv)):
         torch.testing.assert_close(g, expected, atol=0, rtol=0)

@@ -252,3 +252,60 @@ def test_varlen_capturable_in_cuda_graph():
     torch.cuda.synchronize()
     torch.testing.assert_close(out, flash_attn_varlen_func(q, k, v, cu, cu, 1000, 1000, causal=True), atol=0, rtol=0)
     assert not torch.equal(out, expected)
+
+
+# ------------------------------------------------------------------ attn_bias, paged keys, KV cache
+
+from test_attn_bias import check_with_bias, inputs as bias_inputs, random_bias  # noqa: E402
+from test_kvcache import run_case  # noqa: E402
+
+
+@pytest.mark.parametrize("case", [
+    ((2, 8, 1000, 1000), dict(causal=True)),
+    ((1, 1, 1000, 1000), dict(softcap=10.0)),
+    ((2, 1, 1, 1000), dict(window_size=(200, 30), sinks="random")),
+], ids=["full-causal", "shared-softcap", "keypad-window-sinks"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_attn_bias_gpu(case, dtype):
+    bias_shape, variants = case
+    if variants.get("sinks") == "random":
+        variants = dict(variants, sinks=torch.randn(8, device="cuda"))
+    q, k, v = bias_inputs(dtype, 1000, 1000, device="cuda", batch=2, heads=8, heads_kv=2, head_dim=64)
+    check_with_bias(q, k, v, random_bias(bias_shape, dtype, device="cuda"), **variants)
+
+
+@pytest.mark.parametrize("page_size", [1, 16, 256])
+def test_paged_varlen_gpu(page_size):
+    from test_varlen import cu_seqlens_of, packed_inputs, paged_copy
+    from flashtron import flash_attn_varlen_func
+    lengths_q, lengths_k = [300, 1, 0, 1000], [700, 2000, 5, 1000]
+    q, k, v = packed_inputs(lengths_q, lengths_k, 8, 2, 128, torch.bfloat16)
+    cu_q, cu_k = cu_seqlens_of(lengths_q), cu_seqlens_of(lengths_k)
+    kv_pages, table = paged_copy(torch.cat([k, v], dim=-1).detach(), lengths_k, page_size)
+    args = [t.cuda() for t in (cu_q, cu_k)] + [max(lengths_q), max(lengths_k)]
+    expected = flash_attn_varlen_func(q.detach().cuda(), k.detach().cuda(), v.detach().cuda(), *args, causal=True)
+    out = flash_attn_varlen_func(q.detach().cuda(), *kv_pages.cuda().split(128, dim=-1), *args, causal=True,
+                                 block_table=table.cuda())
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("case", [
+    dict(batch=1, seqlen_q=1, seqlen_new=1, cache_len=20000, num_splits=0, causal=False),
+    dict(batch=4, seqlen_q=3, seqlen_new=3, cache_len=3000, paged=True, page_size=16, num_splits=0),
+    dict(batch=2, seqlen_q=1, seqlen_new=1, cache_len=5000, paged=True, page_size=5, num_splits=7,
+         dtype=torch.bfloat16),
+    dict(batch=3, seqlen_q=2, seqlen_new=2, cache_len=2000, batch_idx=True, leftpad=True, softcap=8.0,
+         rotary=dict(interleaved=False, rotary_dim=16)),
+    dict(batch=2, seqlen_q=4, seqlen_new=4, cache_len=1000, rotary=dict(interleaved=True, rotary_dim=24),
+         window_size=(100, 0), causal=False),
+], ids=["b1-split-auto", "paged16", "paged5-split7-bf16", "idx-leftpad-softcap-rotary", "window-rotary"])
+def test_kvcache_gpu(case):
+    run_case(device="cuda", **case)
+
+
+@pytest.mark.sanitizer
+def test_kvcache_sanitizer_cases():
+    run_case(device="cuda", batch=2, seqlen_q=1, seqlen_new=1, cache_len=700, paged=True, page_size=3, num_splits=5)
+    run_case(device="cuda", batch=3, seqlen_q=2, seqlen_new=2, cache_len=300, batch_idx=True, leftpad=True)
+    q, k, v = bias_inputs(torch.float16, 300, 200, device="cuda")
+    check_with_bias(q, k, v, random_bias((2, 1, 300, 1), torch.float16, device="cuda"), causal=True)

@@ -22,7 +22,7 @@ import triton.language as tl
 from flashtron.kernels.block_info import BAND_MASK, FULL_MASK, head_dim_mask, inner_block_range, visible
 from flashtron.kernels.dropout import dropout_keep, dropout_seed
 from flashtron.kernels.precision import downcast, mma
-from flashtron.kernels.score_mod import LOG2E, alibi_slope, logits_log2
+from flashtron.kernels.score_mod import LOG2E, alibi_slope, bias_tile, logits_log2
 from flashtron.kernels.seqlen_info import sequence_extent
 from flashtron.kernels.tile_scheduler import tile_of_program
 
@@ -55,17 +55,21 @@ def attention_backward_preprocess(
 
 @triton.jit
 def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile,
-                  stride_qm, stride_dom, offs_n, key_start, offs_d, seqlen_q, diagonal, window_left, window_right,
+                  stride_qm, stride_dom, bias_ptrs, dbias_ptrs, stride_bias_m, stride_dbias_m, n_in,
+                  offs_n, key_start, offs_d, seqlen_q, diagonal, window_left, window_right,
                   softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, start, end,
                   full_lo, full_hi, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                   HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                  DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                  BIAS: tl.constexpr, BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr,
+                  INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Tiles here are transposed: rows are keys (this program's), columns are queries.
     offs_m_tile = tl.arange(0, BLOCK_M)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     qt_ptrs = q_base + tl.cast(start, tl.int64) * stride_qm + qt_tile
     do_ptrs = do_base + tl.cast(start, tl.int64) * stride_dom + do_tile
+    bias_ptrs += tl.cast(start, tl.int64) * stride_bias_m
+    dbias_ptrs += tl.cast(start, tl.int64) * stride_dbias_m
     for start_m in range(start, end, BLOCK_M):
         offs_m = start_m + offs_m_tile
         if MASK == FULL_MASK:
@@ -84,9 +88,11 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
             lse = tl.load(lse_base + offs_m)
             delta = tl.load(delta_base + offs_m)
         raw_t = mma(k, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        m_in = offs_m < seqlen_q
+        bias_t = bias_tile(bias_ptrs, n_in, m_in, BIAS)
         # key_offset = seqlen_k - seqlen_q = -diagonal: ALiBi's distance is in the forward's terms.
         logits_t, cap_slope_t = logits_log2(raw_t, offs_m[None, :], offs_n[:, None], -diagonal, softmax_scale,
-                                            qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
+                                            qk_scale_log2, softcap, slope, bias_t, SOFTCAP, ALIBI, BIAS)
         p_t = tl.math.exp2(logits_t - (lse * LOG2E)[None, :])
         # Keys are the outer index: the band's bounds swap sides.
         if MASK == FULL_MASK:
@@ -106,11 +112,16 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
         if DROPOUT:
             dp_t = tl.where(keep_t, dp_t * (1.0 / (1.0 - dropout_p)), 0.0)
         ds_t = p_t * (dp_t - delta[None, :])
+        if BIAS_GRAD:
+            # d loss / d bias is the gradient of the logit itself (before soft-capping's factor).
+            tl.store(dbias_ptrs, ds_t, mask=n_in[:, None] & m_in[None, :])
         if SOFTCAP:
             ds_t = ds_t * cap_slope_t
         dk = mma(downcast(ds_t, qt.dtype, UPCAST), tl.trans(qt), dk, INPUT_PRECISION, UPCAST)
         qt_ptrs += BLOCK_M * stride_qm
         do_ptrs += BLOCK_M * stride_dom
+        bias_ptrs += BLOCK_M * stride_bias_m
+        dbias_ptrs += BLOCK_M * stride_dbias_m
     return dk, dv
 
 
@@ -126,13 +137,16 @@ def attention_backward_dkdv(
         stride_lse_b, stride_lse_h,
         CuSeqlensQ, CuSeqlensK, SeqUsedQ, SeqUsedK,
         Alibi, stride_alibi_b, DropoutSeed, dropout_p,
+        Bias, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+        DBias, stride_dbias_b, stride_dbias_h, stride_dbias_m, stride_dbias_n,
         num_heads, num_heads_kv, kv_group_size, max_seqlen_q, max_seqlen_k, num_n_blocks,
         softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         VARLEN: tl.constexpr, SEQUSED_Q: tl.constexpr, SEQUSED_K: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-        DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        BIAS: tl.constexpr, BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Under causal (HAS_HI) early key tiles see the most queries and already come first;
     # a left window bound (HAS_LO) alone makes the late ones heavy.
     n_block, _, batch, head_kv = tile_of_program(tl.program_id(0), num_n_blocks, num_heads_kv, HAS_LO)
@@ -145,7 +159,8 @@ def attention_backward_dkdv(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    kv_mask = (offs_n < seqlen_k)[:, None] & head_dim_mask(offs_d, head_dim, EVEN_D)[None, :]
+    n_in = offs_n < seqlen_k
+    kv_mask = n_in[:, None] & head_dim_mask(offs_d, head_dim, EVEN_D)[None, :]
     row_tile_k = tl.arange(0, BLOCK_N)[:, None]
     key_rows = (k_start + start_n).to(tl.int64)
     k = tl.load(K + batch.to(tl.int64) * stride_kb + head_kv.to(tl.int64) * stride_kh
@@ -175,18 +190,29 @@ def attention_backward_dkdv(
         row_stats = batch.to(tl.int64) * stride_lse_b + head.to(tl.int64) * stride_lse_h + q_start.to(tl.int64)
         lse_base = Lse + row_stats
         delta_base = Delta + row_stats
+        bias_ptrs = Bias
+        dbias_ptrs = DBias
+        if BIAS:
+            # Dense only; transposed tiles (keys x queries), starting at query 0.
+            bias_ptrs = (Bias + batch.to(tl.int64) * stride_bias_b + head.to(tl.int64) * stride_bias_h
+                         + offs_n.to(tl.int64)[:, None] * stride_bias_n + offs_m[None, :] * stride_bias_m)
+        if BIAS_GRAD:
+            dbias_ptrs = (DBias + batch.to(tl.int64) * stride_dbias_b + head.to(tl.int64) * stride_dbias_h
+                          + offs_n.to(tl.int64)[:, None] * stride_dbias_n + offs_m[None, :] * stride_dbias_m)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
+            bias_ptrs, dbias_ptrs, stride_bias_m, stride_dbias_m, n_in,
             offs_n, start_n, offs_d, seqlen_q, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, tail, full_lo, full_hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
-            INPUT_PRECISION, UPCAST)
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, BIAS, BIAS_GRAD,
+            DROPOUT, INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
+            bias_ptrs, dbias_ptrs, stride_bias_m, stride_dbias_m, n_in,
             offs_n, start_n, offs_d, seqlen_q, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, tail, hi, full_lo, full_hi,
-            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, DROPOUT,
-            INPUT_PRECISION, UPCAST)
+            BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, BIAS, BIAS_GRAD,
+            DROPOUT, INPUT_PRECISION, UPCAST)
 
     dk = dk * softmax_scale
     tl.store(DK + batch.to(tl.int64) * stride_dkb + head_kv.to(tl.int64) * stride_dkh
@@ -199,16 +225,17 @@ def attention_backward_dkdv(
 
 @triton.jit
 def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
-                offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+                bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                 softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, start, end,
                 full_lo, full_hi, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                 BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                 HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                BIAS: tl.constexpr, DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
     vt_ptrs = v_base + tl.cast(start, tl.int64) * stride_vn + vt_tile
+    bias_ptrs += tl.cast(start, tl.int64) * stride_bias_n
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + offs_n_tile
         if MASK == FULL_MASK:
@@ -222,8 +249,9 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
             kt = tl.load(kt_ptrs)
             vt = tl.load(vt_ptrs)
         raw = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+        bias = bias_tile(bias_ptrs, m_in, offs_n < seqlen_k, BIAS)
         logits, cap_slope = logits_log2(raw, offs_m[:, None], offs_n[None, :], diagonal, softmax_scale,
-                                        qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
+                                        qk_scale_log2, softcap, slope, bias, SOFTCAP, ALIBI, BIAS)
         p = tl.math.exp2(logits - lse_log2[:, None])
         if MASK == FULL_MASK:
             keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
@@ -242,6 +270,7 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
         dq = mma(downcast(ds, kt.dtype, UPCAST), tl.trans(kt), dq, INPUT_PRECISION, UPCAST)
         kt_ptrs += BLOCK_N * stride_kn
         vt_ptrs += BLOCK_N * stride_vn
+        bias_ptrs += BLOCK_N * stride_bias_n
     return dq
 
 
@@ -256,13 +285,14 @@ def attention_backward_dq(
         stride_lse_b, stride_lse_h,
         CuSeqlensQ, CuSeqlensK, SeqUsedQ, SeqUsedK,
         Alibi, stride_alibi_b, DropoutSeed, dropout_p,
+        Bias, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
         num_heads, kv_group_size, max_seqlen_q, max_seqlen_k, num_m_blocks,
         softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         VARLEN: tl.constexpr, SEQUSED_Q: tl.constexpr, SEQUSED_K: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-        DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        BIAS: tl.constexpr, DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
     head_kv = head // kv_group_size
     start_m = m_block * BLOCK_M
@@ -296,20 +326,24 @@ def attention_backward_dq(
 
     slope = alibi_slope(Alibi, stride_alibi_b, batch, head, ALIBI)
     seed = dropout_seed(DropoutSeed, DROPOUT)
+    bias_ptrs = Bias
+    if BIAS:
+        bias_ptrs = (Bias + batch.to(tl.int64) * stride_bias_b + head.to(tl.int64) * stride_bias_h
+                     + offs_m.to(tl.int64)[:, None] * stride_bias_m + offs_n[None, :] * stride_bias_n)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     diagonal = seqlen_k - seqlen_q
     lo, full_lo, full_hi, tail, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
                                                        BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
-                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+                     bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                      softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, tail,
                      full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
-                     SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+                     SOFTCAP, ALIBI, BIAS, DROPOUT, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
-                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+                     bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                      softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, tail, hi,
                      full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI,
-                     SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+                     SOFTCAP, ALIBI, BIAS, DROPOUT, INPUT_PRECISION, UPCAST)
     dq = dq * softmax_scale
     tl.store(DQ + batch.to(tl.int64) * stride_dqb + head.to(tl.int64) * stride_dqh
              + query_rows * stride_dqm + row_tile * stride_dqm + offs_d[None, :],

@@ -87,14 +87,10 @@ def head_dim_mask(offs_d, head_dim, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def sees_no_inner(offs_outer, inner_len, diagonal, lo_extent, hi_extent,
-                  HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):
-    """Rows whose band holds no inner index at all (from the geometry, so it stays exact
-    when something other than keys, such as an attention sink, joins the softmax)."""
-    first = tl.zeros_like(offs_outer)
-    last = tl.zeros_like(offs_outer) + inner_len - 1
-    if HAS_LO:
-        first = tl.maximum(first, offs_outer + diagonal - lo_extent)
-    if HAS_HI:
-        last = tl.minimum(last, offs_outer + diagonal + hi_extent)
-    return last < first
+def split_block_range(lo, hi, split, num_splits, BLOCK_INNER: tl.constexpr):
+    """Split `split` of num_splits of the inner range [lo, hi): whole blocks, as even as can be;
+    a split past the end gets an empty range."""
+    blocks_per_split = tl.cdiv(tl.cdiv(hi - lo, BLOCK_INNER), num_splits)
+    split_lo = tl.minimum(lo + split * blocks_per_split * BLOCK_INNER, hi)
+    split_hi = tl.minimum(split_lo + blocks_per_split * BLOCK_INNER, hi)
+    return split_lo, split_hi

@@ -102,9 +102,22 @@ def select(kernel: str, tensor: torch.Tensor, block_d: int, windowed: bool = Fal
     return config
 
 
+def select_decode(tensor: torch.Tensor, block_d: int, rows: int) -> KernelConfig:
+    """The forward's config for packed-GQA decoding: a query tile just large enough for the `rows`
+    (query, head) pairs of one kv head (16 to 128), and key tiles sized for streaming the cache."""
+    if "decode" in _overrides:
+        return _overrides["decode"]
+    block_m = min(128, max(16, 1 << max(0, rows - 1).bit_length()))
+    if tensor.device.type != "cuda":
+        return KernelConfig(block_m, 16, 4, 1)
+    if torch.cuda.get_device_capability(tensor.device)[0] == 9 and tensor.element_size() == 2:
+        return KernelConfig(block_m, 128 if block_d <= 128 else 64, 4, 3)
+    return KernelConfig(block_m, 64, 4, 2)
+
+
 @contextlib.contextmanager
 def override(**configs: KernelConfig):
-    """Use the given configs (keys: forward, dkdv, dq) inside the block."""
+    """Use the given configs (keys: forward, dkdv, dq, decode) inside the block."""
     saved = dict(_overrides)
     _overrides.update(configs)
     try:

@@ -14,11 +14,14 @@ strides) are formed in int64; offsets inside a tile stay int32.
 import triton
 import triton.language as tl
 
-from flashtron.kernels.block_info import BAND_MASK, FULL_MASK, head_dim_mask, inner_block_range, sees_no_inner, visible
+from flashtron.kernels.block_info import (BAND_MASK, FULL_MASK, head_dim_mask, inner_block_range,
+                                          split_block_range, visible)
 from flashtron.kernels.dropout import dropout_keep, dropout_seed
 from flashtron.kernels.precision import downcast, mma
-from flashtron.kernels.score_mod import LOG2E, alibi_slope, logits_log2
-from flashtron.kernels.seqlen_info import sequence_extent
+from flashtron.kernels.score_mod import LOG2E, alibi_slope, bias_tile, logits_log2
+from flashtron.kernels.pack_gqa import tile_rows
+from flashtron.kernels.paged_kv import paged_position
+from flashtron.kernels.seqlen_info import key_extent, sequence_extent
 from flashtron.kernels.tile_scheduler import tile_of_program
 
 LN2 = tl.constexpr(0.6931471805599453)
@@ -26,20 +29,25 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 @triton.jit
 def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+                     block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                      softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
                      start, end, full_lo, full_hi,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                      HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
-                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
-                     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, BIAS: tl.constexpr, DROPOUT: tl.constexpr,
+                     PAGED: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
     v_ptrs = v_base + tl.cast(start, tl.int64) * stride_vn + v_tile
+    bias_ptrs += tl.cast(start, tl.int64) * stride_bias_n
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + offs_n_tile
+        if PAGED:
+            page, slot = paged_position(block_table_row, offs_n, seqlen_k, page_size)
+            kt_ptrs = k_base + (page * stride_kb + slot * stride_kn)[None, :] + offs_d[:, None]
+            v_ptrs = v_base + (page * stride_vb + slot * stride_vn)[:, None] + offs_d[None, :]
         if MASK == FULL_MASK:
             kt = tl.load(kt_ptrs, mask=d_in[:, None] & (offs_n < seqlen_k)[None, :], other=0.0)
             v = tl.load(v_ptrs, mask=(offs_n < seqlen_k)[:, None] & d_in[None, :], other=0.0)
@@ -51,8 +59,9 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
             v = tl.load(v_ptrs)
         scores = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
         if not FOLD_SCALE:
+            bias = bias_tile(bias_ptrs, m_in, offs_n < seqlen_k, BIAS)
             scores, _ = logits_log2(scores, offs_m[:, None], offs_n[None, :], diagonal, softmax_scale,
-                                    qk_scale_log2, softcap, slope, SOFTCAP, ALIBI)
+                                    qk_scale_log2, softcap, slope, bias, SOFTCAP, ALIBI, BIAS)
         if MASK == FULL_MASK:
             keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
             scores = tl.where(keep, scores, float("-inf"))
@@ -63,7 +72,7 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
                 scores = tl.where(keep, scores, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(scores, 1) * score_scale)
         reference = new_max
-        if (MASK == FULL_MASK) or HAS_LO or HAS_HI:
+        if (MASK == FULL_MASK) or HAS_LO or HAS_HI or BIAS:
             # A row with nothing visible yet keeps its max at -inf; subtract 0 instead so exp2
             # gives 0, not NaN.  The -inf itself is kept: a later real max must replace it.
             reference = tl.where(new_max == float("-inf"), 0.0, new_max)
@@ -79,6 +88,7 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
         row_max = new_max
         kt_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
+        bias_ptrs += BLOCK_N * stride_bias_n
     return acc, row_max, row_sum
 
 
@@ -92,6 +102,9 @@ def attention_forward_kernel(
         stride_lse_b, stride_lse_h,
         CuSeqlensQ, CuSeqlensK, SeqUsedQ, SeqUsedK,
         Alibi, stride_alibi_b, Sinks, DropoutSeed, dropout_p,
+        Bias, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+        LeftPadK, KVBatchIdx, BlockTable, stride_block_table, page_size,
+        num_splits, stride_o_split, stride_lse_split,
         num_heads, kv_group_size, max_seqlen_q, max_seqlen_k, num_m_blocks,
         softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
@@ -99,75 +112,116 @@ def attention_forward_kernel(
         VARLEN: tl.constexpr, SEQUSED_Q: tl.constexpr, SEQUSED_K: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
         SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # With an upper bound on the keys (causal), later query tiles do more work.
-    m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
+        BIAS: tl.constexpr, LEFTPAD: tl.constexpr, KV_BATCH_IDX: tl.constexpr, PAGED: tl.constexpr,
+        SPLIT: tl.constexpr, PACK_GQA: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    pid = tl.program_id(0)
+    split = pid * 0
+    if SPLIT:
+        # Split-KV (decoding): num_splits programs share one tile's keys; each writes a partial
+        # output and lse that `combine_splits_kernel` merges.
+        split = pid % num_splits
+        pid = pid // num_splits
+    # With an upper bound on the keys (causal), later query tiles do more work.  With PACK_GQA the
+    # tile's rows are (query, head) pairs of one kv head's group: see pack_gqa.
+    m_block, batch_head, batch, head = tile_of_program(pid, num_m_blocks, num_heads // PACK_GQA, HAS_HI)
     head_kv = head // kv_group_size
-    start_m = m_block * BLOCK_M
+    if PACK_GQA > 1:
+        head_kv = head
+    start_m = m_block * (BLOCK_M // PACK_GQA)
     q_start, seqlen_q = sequence_extent(CuSeqlensQ, SeqUsedQ, batch, max_seqlen_q, VARLEN, SEQUSED_Q)
     if start_m >= seqlen_q:
         # Tiles past a short sequence's end (the grid is sized for the longest).
         return
-    k_start, seqlen_k = sequence_extent(CuSeqlensK, SeqUsedK, batch, max_seqlen_k, VARLEN, SEQUSED_K)
+    kv_batch, k_start, seqlen_k = key_extent(CuSeqlensK, SeqUsedK, LeftPadK, KVBatchIdx, batch, max_seqlen_k,
+                                             VARLEN, SEQUSED_K, LEFTPAD, KV_BATCH_IDX, PAGED)
 
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_m, head_rows, head_col = tile_rows(m_block, head, BLOCK_M, PACK_GQA)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     m_in = offs_m < seqlen_q
 
-    row_tile = tl.arange(0, BLOCK_M)[:, None]
-    q_ptrs = (Q + batch.to(tl.int64) * stride_qb + head.to(tl.int64) * stride_qh
-              + (q_start + start_m).to(tl.int64) * stride_qm + row_tile * stride_qm + offs_d[None, :])
+    q_ptrs = (Q + batch.to(tl.int64) * stride_qb + head_col.to(tl.int64) * stride_qh
+              + (q_start + offs_m).to(tl.int64)[:, None] * stride_qm + offs_d[None, :])
     q = tl.load(q_ptrs, mask=m_in[:, None] & d_in[None, :], other=0.0)
-    k_base = K + batch.to(tl.int64) * stride_kb + head_kv.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kn
-    v_base = V + batch.to(tl.int64) * stride_vb + head_kv.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vn
+    block_table_row = BlockTable
+    if PAGED:
+        # stride_kb / stride_vb are the page strides; rows are found through the block table.
+        k_base = K + head_kv.to(tl.int64) * stride_kh
+        v_base = V + head_kv.to(tl.int64) * stride_vh
+        block_table_row = BlockTable + batch.to(tl.int64) * stride_block_table
+    else:
+        k_base = (K + kv_batch.to(tl.int64) * stride_kb + head_kv.to(tl.int64) * stride_kh
+                  + k_start.to(tl.int64) * stride_kn)
+        v_base = (V + kv_batch.to(tl.int64) * stride_vb + head_kv.to(tl.int64) * stride_vh
+                  + k_start.to(tl.int64) * stride_vn)
     kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
     v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
 
-    # FOLD_SCALE (a positive scale, no soft-capping, no ALiBi): the row max is taken on raw
+    bias_ptrs = Bias
+    if BIAS:
+        # Dense only (q_start = k_start = 0); broadcast dims of the bias have stride 0.
+        bias_ptrs = (Bias + batch.to(tl.int64) * stride_bias_b + head.to(tl.int64) * stride_bias_h
+                     + offs_m.to(tl.int64)[:, None] * stride_bias_m + offs_n[None, :] * stride_bias_n)
+
+    # FOLD_SCALE (a positive scale, no soft-capping, ALiBi or bias): the row max is taken on raw
     # scores and scaled once per row.  Otherwise the logits are formed tile-wise first.
     if FOLD_SCALE:
         score_scale = qk_scale_log2
     else:
         score_scale = 1.0
-    slope = alibi_slope(Alibi, stride_alibi_b, batch, head, ALIBI)
+    slope = alibi_slope(Alibi, stride_alibi_b, batch, head_col, ALIBI)
     seed = dropout_seed(DropoutSeed, DROPOUT)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if SINKS:
-        # The sink is one more logit in every row's denominator, with no value vector:
-        # the online softmax starts from it (max = sink, sum = exp(sink - max) = 1).
-        row_max = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + head) * LOG2E
-        row_sum = row_sum + 1.0
     diagonal = seqlen_k - seqlen_q
     lo, full_lo, full_hi, tail, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
-                                                       BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
+                                                       BLOCK_M // PACK_GQA, BLOCK_N, HAS_LO, HAS_HI)
+    band_end = tail
+    if SPLIT:
+        lo, hi = split_block_range(lo, hi, split, num_splits, BLOCK_N)
+        band_end = tl.minimum(tail, hi)
+        tail = tl.maximum(tail, lo)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+        block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
-        lo, tail, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
-        FOLD_SCALE, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+        lo, band_end, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
+        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+        block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         tail, hi, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI,
-        FOLD_SCALE, SOFTCAP, ALIBI, DROPOUT, INPUT_PRECISION, UPCAST)
+        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, INPUT_PRECISION, UPCAST)
 
-    saw_nothing = sees_no_inner(offs_m, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
+    # A row saw nothing when every key was masked (by the band or by -inf in the bias).
+    saw_nothing = row_max == float("-inf")
+    if SINKS:
+        # The sink is one more logit in every row's denominator, with no value vector: it joins
+        # as a last key whose value is 0.  Rows that saw no key stay at output 0, lse +inf.
+        sink = tl.load(Sinks + head_rows) * LOG2E
+        final_max = tl.where(saw_nothing, 0.0, tl.maximum(row_max, sink))
+        rescale = tl.math.exp2(row_max - final_max)
+        acc = acc * rescale[:, None]
+        row_sum = tl.where(saw_nothing, 0.0, row_sum * rescale + tl.math.exp2(sink - final_max))
+        row_max = final_max
     row_sum = tl.where(row_sum == 0.0, 1.0, row_sum)
     out = acc / row_sum[:, None]
     if DROPOUT:
         out = out * (1.0 / (1.0 - dropout_p))
     lse = tl.where(saw_nothing, float("inf"), (row_max + tl.math.log2(row_sum)) * LN2)
 
-    o_ptrs = (Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh
-              + (q_start + start_m).to(tl.int64) * stride_om + row_tile * stride_om + offs_d[None, :])
-    tl.store(o_ptrs, downcast(out, Out.dtype.element_ty, UPCAST), mask=m_in[:, None] & d_in[None, :])
+    o_ptrs = (Out + split.to(tl.int64) * stride_o_split
+              + batch.to(tl.int64) * stride_ob + head_col.to(tl.int64) * stride_oh
+              + (q_start + offs_m).to(tl.int64)[:, None] * stride_om + offs_d[None, :])
+    if not SPLIT:
+        out = downcast(out, Out.dtype.element_ty, UPCAST)
+    # Split partials stay float32 (Out is the split workspace then).
+    tl.store(o_ptrs, out, mask=m_in[:, None] & d_in[None, :])
     # softmax_lse is (batch, heads, seqlen_q), or (heads, total_q) for varlen (batch stride 0).
-    lse_ptrs = (Lse + batch.to(tl.int64) * stride_lse_b + head.to(tl.int64) * stride_lse_h
+    lse_ptrs = (Lse + split.to(tl.int64) * stride_lse_split
+                + batch.to(tl.int64) * stride_lse_b + head_rows.to(tl.int64) * stride_lse_h
                 + q_start.to(tl.int64) + offs_m)
     tl.store(lse_ptrs, lse, mask=m_in)

@@ -17,6 +17,7 @@ from flashtron.sinks import sink_gradient
 from flashtron.kernels.dropout import dropout_mask_kernel
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
                                         attention_backward_preprocess)
+from flashtron.kernels.combine import combine_splits_kernel
 from flashtron.kernels.forward import attention_forward_kernel
 
 LOG2E = 1.4426950408889634
@@ -94,6 +95,14 @@ def _alibi_args(alibi_slopes, q):
     return alibi_slopes, alibi_slopes.stride(0) if alibi_slopes.dim() == 2 else 0
 
 
+def _bias_args(attn_bias, q):
+    """(pointer, batch, head, row and column strides) of a 4-D bias, stride 0 along its size-1
+    (broadcast) dims; any pointer when absent (never read)."""
+    if attn_bias is None:
+        return q, 0, 0, 0, 0
+    return (attn_bias, *(stride if size > 1 else 0 for size, stride in zip(attn_bias.shape, attn_bias.stride())))
+
+
 def _variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p):
     return dict(HAS_LO=window_left >= 0, HAS_HI=window_right >= 0,
                 SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, DROPOUT=dropout_p > 0)
@@ -115,10 +124,15 @@ def _layout_args(q, k, lse, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, ma
 def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float,
             alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
             cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
-            max_seqlen_q: int = -1, max_seqlen_k: int = -1):
+            max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None, block_table=None,
+            cache_batch_idx=None, cache_leftpad=None, num_splits: int = 1, pack_gqa: bool = False):
+    """Dense or variable-length attention; block_table (paged k and v as (pages, page_size, Hk, D)),
+    cache_batch_idx (k's batch row of each query row), cache_leftpad (keys before it are padding)
+    and num_splits > 1 (split-KV, dense q only) serve KV-cache decoding."""
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_heads_kv = k.shape[-2]
     varlen = cu_seqlens_q is not None
+    paged = block_table is not None
     out = _new_output(q.shape, q.dtype, q.device)
     lse = _new_output((num_heads, q.shape[0]) if varlen else (q.shape[0], num_heads, q.shape[1]),
                       torch.float32, q.device)
@@ -128,33 +142,103 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         lse.fill_(float("inf"))
     q_layout, k_layout, layout_args, layout_switches = _layout_args(
         q, k, lse, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k)
+    if paged and not varlen:
+        k_layout.max_seqlen = block_table.shape[1] * k.shape[1]
     if out.numel() == 0 or q_layout.batch == 0 or q_layout.max_seqlen == 0:
         return out, lse
+    # A paged k or v is (pages, page_size, heads, headdim): its "batch" stride is the page stride.
+    k_strides = (k.stride(0), k.stride(1), k.stride(2)) if paged else k_layout.strides(k)
+    v_strides = (v.stride(0), v.stride(1), v.stride(2)) if paged else k_layout.strides(v)
     block_d = _padded_head_dim(head_dim)
-    cfg = configs.select("forward", q, block_d, windowed=window_left >= 0, dropout=dropout_p > 0)
-    num_m_blocks = triton.cdiv(q_layout.max_seqlen, cfg.block_m)
-    attention_forward_kernel[_grid(num_m_blocks, q_layout.batch * num_heads)](
-        q, k, v, out, lse,
-        *q_layout.strides(q), *k_layout.strides(k), *k_layout.strides(v), *q_layout.strides(out),
-        *layout_args, *_alibi_args(alibi_slopes, q), q if sinks is None else sinks,
-        q if dropout_seed is None else dropout_seed, dropout_p,
-        num_heads, num_heads // num_heads_kv, q_layout.max_seqlen, k_layout.max_seqlen, num_m_blocks,
+    group = num_heads // num_heads_kv
+    # Packed GQA (decoding): a power-of-two group's heads share one tile and one read of the keys.
+    pack = (pack_gqa and not varlen and 1 < group <= 64 and group & (group - 1) == 0 and attn_bias is None
+            and dropout_p == 0)
+    if pack:
+        cfg = configs.select_decode(q, block_d, q_layout.max_seqlen * group)
+    else:
+        cfg = configs.select("forward", q, block_d, windowed=window_left >= 0, dropout=dropout_p > 0)
+    rows_per_token = group if pack else 1
+    num_m_blocks = triton.cdiv(q_layout.max_seqlen, cfg.block_m // rows_per_token)
+    if num_splits != 1:
+        num_splits = _num_splits(num_splits, num_m_blocks * q_layout.batch * num_heads // rows_per_token,
+                                 triton.cdiv(k_layout.max_seqlen, cfg.block_n), q.device)
+    if num_splits > 1:
+        # Split-KV: partials in float32, merged by combine_splits_kernel below.
+        target_out = torch.empty((num_splits, *q.shape), dtype=torch.float32, device=q.device)
+        target_lse = torch.empty((num_splits, *lse.shape), dtype=torch.float32, device=q.device)
+        out_strides = target_out.stride()[1:4]
+        lse_strides = target_lse.stride()[1:3]
+        split_strides = (target_out.stride(0), target_lse.stride(0))
+    else:
+        target_out, target_lse = out, lse
+        out_strides, lse_strides, split_strides = q_layout.strides(out), layout_args[:2], (0, 0)
+    cache_args = (q if cache_leftpad is None else cache_leftpad, q if cache_batch_idx is None else cache_batch_idx,
+                  q if block_table is None else block_table, 0 if block_table is None else block_table.stride(0),
+                  k.shape[1] if paged else 1, num_splits, *split_strides)
+    attention_forward_kernel[_grid(num_m_blocks * num_splits, q_layout.batch * num_heads // rows_per_token)](
+        q, k, v, target_out, target_lse,
+        *q_layout.strides(q), *k_strides, *v_strides, *out_strides,
+        *lse_strides, *layout_args[2:], *_alibi_args(alibi_slopes, q), q if sinks is None else sinks,
+        q if dropout_seed is None else dropout_seed, dropout_p, *_bias_args(attn_bias, q), *cache_args,
+        num_heads, group, q_layout.max_seqlen, k_layout.max_seqlen, num_m_blocks,
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **layout_switches, **_variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p),
-        FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None, SINKS=sinks is not None,
+        FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None and attn_bias is None,
+        SINKS=sinks is not None, BIAS=attn_bias is not None, LEFTPAD=cache_leftpad is not None,
+        KV_BATCH_IDX=cache_batch_idx is not None, PAGED=paged, SPLIT=num_splits > 1, PACK_GQA=rows_per_token,
         INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if num_splits > 1:
+        _combine_splits(target_out, target_lse, out, lse)
     return out, lse
+
+
+def _num_splits(requested: int, programs: int, key_blocks: int, device) -> int:
+    """How many programs share each tile's keys: `requested` when > 0, else enough for about two
+    programs per SM when the tiles alone leave SMs idle, each split keeping >= 4 key blocks."""
+    if requested > 0:
+        return max(1, min(requested, key_blocks))
+    sm_count = _sm_count(device)
+    if programs >= sm_count:
+        return 1
+    return max(1, min(triton.cdiv(2 * sm_count, programs), key_blocks // 4, 128))
+
+
+_SM_COUNTS = {}
+
+
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return 8  # the interpreter: small, so that splitting is exercised
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
+
+
+def _combine_splits(out_accum, lse_accum, out, lse):
+    """Merge split partials (S, B, Sq, H, D) and (S, B, H, Sq) into out and lse (dense q)."""
+    num_splits, batch, seqlen_q, num_heads, head_dim = out_accum.shape
+    combine_splits_kernel[(batch * seqlen_q * num_heads,)](
+        out_accum, lse_accum, out, lse, *out_accum.stride()[:4], *lse_accum.stride()[:3],
+        *out.stride()[:3], *lse.stride()[:2], num_splits, num_heads, seqlen_q, head_dim,
+        BLOCK_SPLITS=triton.next_power_of_2(num_splits), BLOCK_D=_padded_head_dim(head_dim),
+        UPCAST=_upcast(out.dtype))
 
 
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
              softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
              cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
-             max_seqlen_q: int = -1, max_seqlen_k: int = -1):
+             max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None, bias_requires_grad: bool = False):
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_heads_kv = k.shape[-2]
     dq = _new_output(q.shape, q.dtype, q.device)
+    # The bias gradient is written per (batch, head, query, key) in float32, then summed over the
+    # dims the bias broadcasts along; pairs no program visits (outside the band) stay 0.
+    dbias_full = (torch.zeros((q.shape[0], num_heads, q.shape[1], k.shape[1]), dtype=torch.float32,
+                              device=q.device) if bias_requires_grad else None)
     dk = _new_output(k.shape, k.dtype, k.device)
     dv = _new_output(v.shape, v.dtype, v.device)
     # Delta has softmax_lse's layout; rows past a used length keep delta 0 (sink_gradient reads them).
@@ -169,14 +253,15 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     if dq.numel() == 0 or q_layout.batch == 0 or q_layout.max_seqlen == 0:
         # No query rows (or nothing at all): every gradient is zero or empty.
         dsinks = lse.new_empty(0) if sinks is None else torch.zeros_like(sinks)
-        return dq.zero_(), dk.zero_(), dv.zero_(), dsinks
+        return dq.zero_(), dk.zero_(), dv.zero_(), dsinks, _bias_gradient(dbias_full, attn_bias, lse)
     block_d = _padded_head_dim(head_dim)
     group = num_heads // num_heads_kv
     precision = _input_precision(q.dtype, allow_tf32)
     common = dict(head_dim=head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, **layout_switches,
                   **_variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p),
-                  INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
-    extras = (*layout_args, *_alibi_args(alibi_slopes, q), q if dropout_seed is None else dropout_seed, dropout_p)
+                  BIAS=attn_bias is not None, INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
+    extras = (*layout_args, *_alibi_args(alibi_slopes, q), q if dropout_seed is None else dropout_seed, dropout_p,
+              *_bias_args(attn_bias, q))
     lse_strides = layout_args[:2]
     cu_seqlens_q_arg, seqused_q_arg = q_layout.pointers(q)
 
@@ -195,9 +280,10 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
             q, k, v, dout, lse, delta, dk, dv,
             *q_layout.strides(q), *k_layout.strides(k), *k_layout.strides(v), *q_layout.strides(dout),
             *k_layout.strides(dk), *k_layout.strides(dv), *extras,
+            *(_bias_args(dbias_full, q) if dbias_full is None else (dbias_full, *dbias_full.stride())),
             num_heads, num_heads_kv, group, q_layout.max_seqlen, k_layout.max_seqlen, num_n_blocks,
             softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BIAS_GRAD=dbias_full is not None, **common,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif dk.numel() > 0:
         dk.zero_()
@@ -212,7 +298,17 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return dq, dk, dv, sink_gradient(sinks, lse, delta)
+    return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(dbias_full, attn_bias, lse)
+
+
+def _bias_gradient(dbias_full, attn_bias, lse):
+    """dbias_full (B, H, Sq, Sk) summed to attn_bias's shape and dtype; empty when not requested."""
+    if dbias_full is None:
+        return lse.new_empty(0)
+    summed = [d for d in range(4) if attn_bias.shape[d] == 1 and dbias_full.shape[d] != 1]
+    if summed:
+        dbias_full = dbias_full.sum(summed, keepdim=True)
+    return dbias_full.to(attn_bias.dtype)
 
 
 def dropout_keep_mask(dropout_seed, batch, num_heads, seqlen_q, seqlen_k, dropout_p, first_batch: int = 0):

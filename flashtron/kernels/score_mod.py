@@ -1,8 +1,9 @@
-"""From raw q.k products to the logits the softmax sees: scale, soft-capping, ALiBi.
+"""From raw q.k products to the logits the softmax sees: scale, soft-capping, ALiBi, bias.
 
     s = (q . k) * softmax_scale
     s = softcap * tanh(s / softcap)              if SOFTCAP
     s = s - slope * |i + seqlen_k - seqlen_q - j|   if ALIBI   (query i, key j)
+    s = s + bias[i, j]                           if BIAS    (a tile the caller loaded)
 
 `logits_log2` returns s in base 2 (times log2(e)), for exp2, and the factor
 d(s)/d(scaled score) the backward needs (1 - tanh^2 under soft-capping).  With
@@ -33,10 +34,10 @@ def tanh(x):
 
 
 @triton.jit
-def logits_log2(raw, query_idx, key_idx, key_offset, softmax_scale, qk_scale_log2, softcap, slope,
-                SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
+def logits_log2(raw, query_idx, key_idx, key_offset, softmax_scale, qk_scale_log2, softcap, slope, bias,
+                SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, BIAS: tl.constexpr):
     """Return (base-2 logits, d logits / d scaled scores) for a tile of raw scores."""
-    if SOFTCAP or ALIBI:
+    if SOFTCAP or ALIBI or BIAS:
         scores = raw * softmax_scale
         slope_of_cap = 1.0
         if SOFTCAP:
@@ -45,6 +46,8 @@ def logits_log2(raw, query_idx, key_idx, key_offset, softmax_scale, qk_scale_log
             slope_of_cap = 1.0 - capped * capped
         if ALIBI:
             scores = scores - slope * tl.abs(query_idx + key_offset - key_idx).to(tl.float32)
+        if BIAS:
+            scores = scores + bias
         logits = scores * LOG2E
     else:
         logits = raw * qk_scale_log2
@@ -54,8 +57,18 @@ def logits_log2(raw, query_idx, key_idx, key_offset, softmax_scale, qk_scale_log
 
 @triton.jit
 def alibi_slope(Alibi, stride_alibi_b, batch, head, ALIBI: tl.constexpr):
-    """The ALiBi slope of (batch, head); slopes of shape (H,) have batch stride 0."""
+    """The ALiBi slope of (batch, head); slopes of shape (H,) have batch stride 0.  `head` may be a
+    (BLOCK_M, 1) column of heads (packed GQA): the slopes then broadcast along the rows."""
     slope = 0.0
     if ALIBI:
         slope = tl.load(Alibi + batch.to(tl.int64) * stride_alibi_b + head)
     return slope
+
+
+@triton.jit
+def bias_tile(bias_ptrs, row_in, col_in, BIAS: tl.constexpr):
+    """The bias tile at bias_ptrs in float32, 0 outside row_in x col_in; 0.0 without BIAS."""
+    bias = 0.0
+    if BIAS:
+        bias = tl.load(bias_ptrs, mask=row_in[:, None] & col_in[None, :], other=0.0).to(tl.float32)
+    return bias

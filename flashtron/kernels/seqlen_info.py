@@ -25,3 +25,26 @@ def sequence_extent(CuSeqlens, SeqUsed, batch, max_seqlen, VARLEN: tl.constexpr,
     if SEQUSED:
         seqlen = tl.load(SeqUsed + batch)
     return start, seqlen
+
+
+@triton.jit
+def key_extent(CuSeqlensK, SeqUsedK, LeftPadK, KVBatchIdx, batch, max_seqlen_k,
+               VARLEN: tl.constexpr, SEQUSED_K: tl.constexpr, LEFTPAD: tl.constexpr, KV_BATCH_IDX: tl.constexpr,
+               PAGED: tl.constexpr):
+    """Return (key batch row, first key row, number of keys) of sequence `batch`.
+
+    On top of sequence_extent: a KV cache's batch row may be another (KV_BATCH_IDX, flash-attn's
+    cache_batch_idx), its first LeftPadK[batch] rows may be padding (LEFTPAD, cache_leftpad: the
+    sequence is rows [leftpad, seqused)), and a paged cache numbers keys from 0 in each sequence's
+    pages (PAGED: the row offset is the logical position; see paged_kv)."""
+    k_start, seqlen_k = sequence_extent(CuSeqlensK, SeqUsedK, batch, max_seqlen_k, VARLEN, SEQUSED_K)
+    kv_batch = batch
+    if KV_BATCH_IDX:
+        kv_batch = tl.load(KVBatchIdx + batch)
+    if PAGED:
+        k_start = k_start * 0
+    if LEFTPAD:
+        pad = tl.load(LeftPadK + batch)
+        k_start = k_start + pad
+        seqlen_k = seqlen_k - pad
+    return kv_batch, k_start, seqlen_k
