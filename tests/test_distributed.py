@@ -5,10 +5,12 @@ store in a tmp dir) and joined in a gloo group; a test sends a case to every ran
 shards the same global inputs (drawn from the case's fresh seed), runs the ring function and its
 backward, and gathers the outputs and gradients, which rank 0 sends back.  The test process then
 holds them against single-process `flash_attn_func` on the whole sequence and against the
-float64 oracle with flash-attn's 2x / 3x rule.  Planning, merging and sharding are also tested
-in-process.  Run plainly, blocks take the PyTorch path; with TRITON_INTERPRET=1, the Triton
-kernels under the interpreter, where sizes stay small and the main matrix (world size x layout x
-causal x dtype) is cut to a covering half to keep the file well under a minute.
+float64 oracle with flash-attn's 2x / 3x rule.  ring_flash_attn_varlen_func gets the same
+treatment on packed batches (each sequence split across the ranks; `varlen_shard` / `varlen_gather`)
+against flash_attn_varlen_func and the oracle one sequence at a time.  Planning (dense and packed),
+merging and sharding are also tested in-process.  Run plainly, blocks take the PyTorch path; with
+TRITON_INTERPRET=1, the Triton kernels under the interpreter, where sizes stay small and the main
+dense matrix (world size x layout x causal x dtype) is cut to a covering half.
 """
 
 import datetime
@@ -25,15 +27,19 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from flashtron import flash_attn_func, ops
+from flashtron import flash_attn_func, flash_attn_varlen_func, ops
 from flashtron.distributed import (gather, ring_flash_attn_func, ring_flash_attn_kvpacked_func,
-                                   ring_flash_attn_qkvpacked_func, shard, unshard, zigzag_ring_flash_attn_func,
+                                   ring_flash_attn_qkvpacked_func, ring_flash_attn_varlen_func,
+                                   ring_flash_attn_varlen_kvpacked_func, ring_flash_attn_varlen_qkvpacked_func, shard,
+                                   unshard, varlen_gather, varlen_shard, varlen_unshard, zigzag_ring_flash_attn_func,
                                    zigzag_ring_flash_attn_kvpacked_func, zigzag_ring_flash_attn_qkvpacked_func)
 from flashtron.distributed import merge
 from flashtron.distributed.block_plan import plan_step
 from flashtron.distributed.layout import local_segments
+from flashtron.distributed.varlen_plan import packed_calls
 from reference import assert_within_rule, attention_reference, max_error, visible_mask
 from test_flash_attn import reference_and_grads
+from test_varlen import cu_seqlens_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FUNCTIONS = {
@@ -41,6 +47,8 @@ FUNCTIONS = {
     ("contiguous", "qkv"): ring_flash_attn_qkvpacked_func, ("zigzag", "qkv"): zigzag_ring_flash_attn_qkvpacked_func,
     ("contiguous", "kv"): ring_flash_attn_kvpacked_func, ("zigzag", "kv"): zigzag_ring_flash_attn_kvpacked_func,
 }
+VARLEN_FUNCTIONS = {"none": ring_flash_attn_varlen_func, "qkv": ring_flash_attn_varlen_qkvpacked_func,
+                    "kv": ring_flash_attn_varlen_kvpacked_func}
 CASE_TIMEOUT_S = 120
 
 
@@ -142,7 +150,96 @@ def raising_case(rank, spec, groups):
     return None
 
 
-CASES = {"ring": ring_case, "dropout": dropout_case, "raising": raising_case}
+def varlen_global_inputs(spec):
+    """q, k, v, dout of the whole packed batch ((total, H, D) and (total, Hk, D)) and its cu_seqlens."""
+    lengths, (num_heads, num_heads_kv, head_dim) = spec["lengths"], spec["heads"]
+    total = sum(lengths)
+    generator = torch.Generator().manual_seed(spec["seed"])
+    make = lambda heads: torch.randn(total, heads, head_dim, generator=generator).to(DTYPES[spec["dtype"]])
+    q, k, v, dout = make(num_heads), make(num_heads_kv), make(num_heads_kv), make(num_heads)
+    if spec.get("one_hot_v"):
+        # Within each sequence v_j = e_j: out row i is then row i of the sequence's (dropped) probabilities.
+        v = torch.cat([torch.eye(length, head_dim) for length in lengths])[:, None].expand(total, num_heads_kv,
+                                                                                          head_dim)
+        v = v.to(DTYPES[spec["dtype"]]).contiguous()
+    return q, k, v, dout, cu_seqlens_of(lengths)
+
+
+def _varlen_ring_call(spec, cu_seqlens, max_seqlen, q, k, v):
+    packed = spec.get("packed", "none")
+    options = dict(causal=spec["causal"], window_size=tuple(spec.get("window", (-1, -1))),
+                   dropout_p=spec.get("dropout_p", 0.0), return_attn_probs=True, softcap=spec.get("softcap", 0.0),
+                   softmax_scale=spec.get("softmax_scale"))
+    if packed == "qkv":
+        leaves = (torch.stack((q, k, v), dim=1).requires_grad_(),)
+    elif packed == "kv":
+        leaves = (q.requires_grad_(), torch.stack((k, v), dim=1).requires_grad_())
+    else:
+        leaves = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_())
+    out, lse, s_dmask = VARLEN_FUNCTIONS[packed](*leaves, cu_seqlens, max_seqlen, **options)
+    assert s_dmask is None
+    return leaves, out, lse
+
+
+def _varlen_ring_run(rank, spec, one_hot_v=False):
+    """Shard the case's batch, run the ring forward and backward: (leaves, out, lse, grads, global cu_seqlens)."""
+    world_size = dist.get_world_size()
+    *tensors, cu_seqlens = varlen_global_inputs(dict(spec, one_hot_v=one_hot_v))
+    parts = [varlen_shard(t, cu_seqlens, rank, world_size)[0].clone() for t in tensors]
+    local_cu_seqlens = varlen_shard(tensors[0], cu_seqlens, rank, world_size)[1]
+    max_seqlen = max(spec["lengths"]) // world_size + spec.get("max_seqlen_slack", 0)
+    leaves, out, lse = _varlen_ring_call(spec, local_cu_seqlens, max_seqlen, *parts[:3])
+    assert out.shape == parts[0].shape and out.dtype == parts[0].dtype
+    assert lse.shape == (parts[0].shape[1], parts[0].shape[0]) and lse.dtype == torch.float32
+    grads = torch.autograd.grad(out, leaves, parts[3]) if not one_hot_v else None
+    return leaves, out, lse, grads, cu_seqlens
+
+
+def varlen_case(rank, spec, groups):
+    """ring_flash_attn_varlen_func's forward and backward; rank 0 returns the gathered results."""
+    _, out, lse, grads, cu_seqlens = _varlen_ring_run(rank, spec)
+    result = {"out": varlen_gather(out, cu_seqlens), "lse": varlen_gather(lse, cu_seqlens, dim=1)}
+    gathered = [varlen_gather(g, cu_seqlens) for g in grads]
+    if spec.get("packed") == "qkv":
+        gathered = list(gathered[0].unbind(1))
+    elif spec.get("packed") == "kv":
+        gathered = [gathered[0], *gathered[1].unbind(1)]
+    result.update(zip(("dq", "dk", "dv"), gathered))
+    return result if rank == 0 else None
+
+
+def varlen_dropout_case(rank, spec, groups):
+    """dropout_case for the packed batch: the mask through v = identity per sequence, then two runs
+    from one seed, then the generator's next draw."""
+    results = {}
+    torch.manual_seed(spec["seed"])
+    _, out, _, _, cu_seqlens = _varlen_ring_run(rank, spec, one_hot_v=True)
+    results["probabilities"] = varlen_gather(out.detach(), cu_seqlens)
+    for run in ("first", "again"):
+        torch.manual_seed(spec["seed"])
+        _, out, lse, grads, _ = _varlen_ring_run(rank, spec)
+        results[run] = [varlen_gather(t, cu_seqlens) for t in (out, *grads)] + [varlen_gather(lse, cu_seqlens, dim=1)]
+    _, out, _, _, _ = _varlen_ring_run(rank, spec)
+    results["next"] = [varlen_gather(out.detach(), cu_seqlens)]
+    return results if rank == 0 else None
+
+
+def varlen_raising_case(rank, spec, groups):
+    """Each rank's own local cu_seqlens from spec['cu_seqlens'][rank]: every rank must raise, none may hang."""
+    num_heads, num_heads_kv, head_dim = spec["heads"]
+    cu_seqlens = torch.tensor(spec["cu_seqlens"][rank], dtype=torch.int32)
+    total = cu_seqlens[-1].item()
+    q = torch.randn(total, num_heads, head_dim)
+    k, v = (torch.randn(total, num_heads_kv, head_dim) for _ in range(2))
+    try:
+        ring_flash_attn_varlen_func(q, k, v, cu_seqlens, spec["max_seqlen"], causal=True)
+    except Exception as error:  # noqa: BLE001 - the type is what the test checks
+        return type(error).__name__, str(error)
+    return None
+
+
+CASES = {"ring": ring_case, "dropout": dropout_case, "raising": raising_case, "varlen": varlen_case,
+         "varlen_dropout": varlen_dropout_case, "varlen_raising": varlen_raising_case}
 
 
 def _serve(rank, world_size, store_path, tasks, results):
@@ -401,6 +498,132 @@ def test_bad_local_lengths_raise_on_every_rank(workers, world_size, layout, leng
 
 
 # ---------------------------------------------------------------------------------------------
+# ring_flash_attn_varlen_func: a packed batch, every sequence split across the ranks.
+
+def packed_reference(q, k, v, dout, lengths, causal, upcast, softmax_scale=None, keep=None, dropout_p=0.0,
+                     **variants):
+    """The oracle one sequence at a time (a batch of one each), assembled in the packed layout:
+    (out, lse (H, total), (dq, dk, dv)); keep: per sequence, the (1, H, L, L) dropout mask."""
+    dtype = torch.float64 if upcast else q.dtype
+    out = torch.zeros(q.shape, dtype=dtype)
+    grads = [torch.zeros(t.shape, dtype=dtype) for t in (q, k, v)]
+    lse = torch.full((q.shape[1], q.shape[0]), math.inf, dtype=torch.float64)
+    start = 0
+    for b, length in enumerate(lengths):
+        rows = slice(start, start + length)
+        start += length
+        if length == 0:
+            continue
+        if keep is not None:
+            variants = dict(variants, dropout_keep=keep[b], dropout_p=dropout_p)
+        o, l, g = reference_and_grads(q[rows][None], k[rows][None], v[rows][None], dout[rows][None], causal, upcast,
+                                      softmax_scale, **variants)
+        out[rows] = o[0]
+        lse[:, rows] = l[0]
+        for grad, grad_b in zip(grads, g):
+            grad[rows] = grad_b[0]
+    return out, lse, tuple(grads)
+
+
+def varlen_single_process_and_references(spec):
+    """flash_attn_varlen_func on the whole batch, the float64 truth and plain PyTorch in the input dtype."""
+    q, k, v, dout, cu_seqlens = varlen_global_inputs(spec)
+    variants = dict(window_size=tuple(spec.get("window", (-1, -1))), softcap=spec.get("softcap", 0.0))
+    scale, longest = spec.get("softmax_scale"), max(spec["lengths"])
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse, _ = flash_attn_varlen_func(*leaves, cu_seqlens, cu_seqlens, longest, longest, causal=spec["causal"],
+                                         softmax_scale=scale, return_attn_probs=True, **variants)
+    single = out, lse, torch.autograd.grad(out, leaves, dout)
+    truth, plain = (packed_reference(q, k, v, dout, spec["lengths"], spec["causal"], upcast, scale, **variants)
+                    for upcast in (True, False))
+    return single, truth, plain
+
+
+# (world size, case): lengths multiples of W, some of one token per rank, one empty; GQA and MQA, odd
+# head dims; windows (the seqused calls, a band per local length); the packed forms, softcap.
+VARLEN_CASES = {
+    "2-causal-float32-gqa": (2, dict(lengths=[8, 2, 0, 22, 6], heads=(4, 2, 40), dtype="float32", causal=True)),
+    "2-full-bfloat16": (2, dict(lengths=[14, 2, 10], heads=(2, 1, 24), dtype="bfloat16", causal=False)),
+    "3-causal-bfloat16-mqa": (3, dict(lengths=[3, 15, 9, 6], heads=(3, 1, 32), dtype="bfloat16", causal=True)),
+    "3-full-float32-larger-max_seqlen": (3, dict(lengths=[12, 3, 21], heads=(2, 2, 59), dtype="float32",
+                                                 causal=False, max_seqlen_slack=3)),
+    "3-window-causal": (3, dict(lengths=[3, 24, 9, 15], heads=(2, 1, 32), dtype="float32", causal=True,
+                                window=(7, -1))),
+    "2-window-two-sided-float16": (2, dict(lengths=[16, 4, 10], heads=(2, 2, 48), dtype="float16", causal=False,
+                                           window=(3, 5))),
+    "2-qkvpacked-softcap": (2, dict(lengths=[10, 6], heads=(2, 2, 40), dtype="bfloat16", causal=True, packed="qkv",
+                                    softcap=0.5, softmax_scale=0.7)),
+    "3-kvpacked": (3, dict(lengths=[6, 15], heads=(4, 2, 40), dtype="float16", causal=True, packed="kv")),
+}
+
+
+@pytest.mark.parametrize("name", list(VARLEN_CASES))
+def test_varlen_ring_matches_whole_batch(workers, name):
+    world_size, spec = VARLEN_CASES[name]
+    spec = dict(spec, seed=fresh_seed())
+    pool = workers(world_size)
+    pool.submit("varlen", spec)
+    expected = varlen_single_process_and_references(spec)  # computed while the workers run
+    result = pool.collect()[0]
+    check_ring_result(result, *expected, world_size)
+
+
+def test_varlen_dropout(workers):
+    world_size, dropout_p, lengths = 2, 0.3, [4, 12, 6]
+    spec = dict(seed=fresh_seed(), lengths=lengths, heads=(2, 1, max(lengths)), dtype="float32", causal=True,
+                dropout_p=dropout_p)
+    pool = workers(world_size)
+    pool.submit("varlen_dropout", spec)
+    q, k, v, dout, _ = varlen_global_inputs(spec)
+    result = pool.collect()[0]
+
+    # Each sequence's surviving probabilities, read off out with v = identity: (L, H, L) -> (1, H, L, L).
+    keep, start, visible_count, kept_count = [], 0, 0, 0
+    for length in lengths:
+        probabilities = result["probabilities"][start:start + length, :, :length].permute(1, 0, 2)[None]
+        start += length
+        keep.append(probabilities != 0)
+        visible = visible_mask(length, length, -1, 0, "cpu").expand_as(keep[-1])
+        assert not keep[-1][~visible].any(), "a key outside the mask got weight"
+        visible_count += visible.sum().item()
+        kept_count += keep[-1][visible].sum().item()
+    dropped_fraction = 1 - kept_count / visible_count
+    # Five standard deviations of the binomial: a real bias fails, chance almost never does.
+    assert abs(dropped_fraction - dropout_p) < 5 * math.sqrt(dropout_p * (1 - dropout_p) / visible_count)
+
+    # Given that mask, out and the gradients are exact (flash-attn's rule against the float64 oracle).
+    masks = dict(keep=keep, dropout_p=dropout_p)
+    truth_out, truth_lse, truth_grads = packed_reference(q, k, v, dout, lengths, True, True, **masks)
+    plain_out, _, plain_grads = packed_reference(q, k, v, dout, lengths, True, False, **masks)
+    identity = varlen_global_inputs(dict(spec, one_hot_v=True))[2]
+    truth_probabilities = packed_reference(q, k, identity, dout, lengths, True, True, **masks)[0]
+    assert max_error(result["probabilities"], truth_probabilities) < 1e-5
+    out, dq, dk, dv, lse = result["first"]
+    assert_within_rule("out", out, truth_out, plain_out, 2)
+    for name, ours, truth, plain in zip(("dq", "dk", "dv"), (dq, dk, dv), truth_grads, plain_grads):
+        assert_within_rule(name, ours, truth, plain, 3)
+    assert max_error(lse, truth_lse) < 1e-4, "dropout leaves the lse alone"
+
+    # torch.manual_seed reproduces forward and backward bit for bit; the next draw differs.
+    for first, again in zip(result["first"], result["again"]):
+        assert torch.equal(first, again)
+    assert not torch.equal(result["first"][0], result["next"][0])
+
+
+@pytest.mark.parametrize("cu_seqlens,max_seqlen,message", [
+    (([0, 2, 6], [0, 4, 6]), 4, "cu_seqlens differs across ranks"),
+    (([0, 3, 6], [0, 3, 7]), 4, "token counts differ"),
+    (([0, 1, 5], [0, 1, 5]), 3, "max_seqlen"),
+])
+def test_varlen_bad_local_batches_raise_on_every_rank(workers, cu_seqlens, max_seqlen, message):
+    pool = workers(2)
+    pool.submit("varlen_raising", dict(heads=(2, 1, 16), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen))
+    for rank, raised in enumerate(pool.collect()):
+        assert raised is not None, f"rank {rank} did not raise"
+        assert raised[0] == "ValueError" and message in raised[1], raised
+
+
+# ---------------------------------------------------------------------------------------------
 # In-process: arguments, planning, merging, sharding.
 
 def test_unsupported_arguments_raise_naming_them():
@@ -535,3 +758,98 @@ def test_shard_rejects_what_it_cannot_split():
         shard(x, 0, 3, layout="contiguous")
     with pytest.raises(ValueError, match="rank"):
         shard(x, 2, 2, layout="contiguous")
+
+
+def test_varlen_plan_covers_each_sequence_mask_exactly():
+    # Simulate each call as the kernel sees it (sequence b' spans rows from cu_seqlens[b'] on, its first
+    # seqused[b'] taking part, with the call's bottom-right band): every (query, key) pair of one
+    # sequence that the global band shows is covered exactly once, and no pair across sequences.
+    generator = random.Random(0)
+    for world_size in (1, 2, 3, 4):
+        for _ in range(3):
+            local_lengths = [generator.choice([0, 1, 2, 3, 5, 8]) for _ in range(generator.randint(1, 5))]
+            cu_values = cu_seqlens_of(local_lengths).tolist()
+            total = cu_values[-1]
+            for window in ((-1, -1), (-1, 0), (0, 0), (3, 0), (2, 5), (-1, 4), (9, -1), (0, 11)):
+                for rank in range(world_size):
+                    for key_rank in range(world_size):
+                        calls = packed_calls(rank, key_rank, world_size, cu_values, torch.tensor(cu_values), *window)
+                        if window in ((-1, -1), (-1, 0)):
+                            # Without a window, one plain call (or none): the local cu_seqlens, no seqused.
+                            assert len(calls) <= 1 and all(call.seqused_q is None for call in calls)
+                        covered = torch.zeros(total, total, dtype=torch.int64)
+                        for call in calls:
+                            cu_q, cu_k = call.cu_seqlens_q.tolist(), call.cu_seqlens_k.tolist()
+                            used_q = (call.seqused_q.tolist() if call.seqused_q is not None
+                                      else [b - a for a, b in zip(cu_q, cu_q[1:])])
+                            used_k = (call.seqused_k.tolist() if call.seqused_k is not None
+                                      else [b - a for a, b in zip(cu_k, cu_k[1:])])
+                            assert max(used_q) <= call.max_seqlen_q and max(used_k) <= call.max_seqlen_k
+                            for start_q, rows, start_k, keys in zip(cu_q, used_q, cu_k, used_k):
+                                band = visible_mask(rows, keys, call.window_left, call.window_right, "cpu")
+                                covered[start_q:start_q + rows, start_k:start_k + keys] += band
+                        expected = torch.zeros(total, total, dtype=torch.int64)
+                        for start, length in zip(cu_values, local_lengths):
+                            full = visible_mask(world_size * length, world_size * length, *window, "cpu")
+                            piece = full[rank * length:(rank + 1) * length, key_rank * length:(key_rank + 1) * length]
+                            expected[start:start + length, start:start + length] = piece.long()
+                        assert torch.equal(covered, expected), (world_size, local_lengths, window, rank, key_rank)
+
+
+def test_varlen_shard_and_unshard_are_inverse():
+    lengths = [6, 0, 12, 3 * 4, 24]
+    cu_seqlens = cu_seqlens_of(lengths)
+    x = torch.randn(sum(lengths), 3, 5, requires_grad=True)
+    for world_size in (1, 2, 3, 6):
+        parts = [varlen_shard(x, cu_seqlens, rank, world_size) for rank in range(world_size)]
+        for local, local_cu_seqlens in parts:
+            assert local_cu_seqlens.dtype == torch.int32
+            assert torch.equal(local_cu_seqlens, cu_seqlens_of([n // world_size for n in lengths]))
+            assert local.shape == (sum(lengths) // world_size, 3, 5)
+        assert torch.equal(varlen_unshard([local for local, _ in parts], cu_seqlens), x)
+    # Rank r holds piece r of every sequence, in batch order.
+    positions = torch.arange(sum(lengths))
+    assert varlen_shard(positions, cu_seqlens, 1, 3)[0].tolist() == [2, 3, 10, 11, 12, 13, 22, 23, 24, 25,
+                                                                     38, 39, 40, 41, 42, 43, 44, 45]
+    lse = torch.randn(4, sum(lengths))
+    assert torch.equal(varlen_unshard([varlen_shard(lse, cu_seqlens, r, 2, dim=1)[0] for r in range(2)], cu_seqlens,
+                                      dim=1), lse)
+    # varlen_shard is differentiable: every token's gradient comes back once.
+    sum(varlen_shard(x, cu_seqlens, rank, 3)[0].sum() for rank in range(3)).backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_varlen_shard_rejects_what_it_cannot_split():
+    x = torch.randn(10, 2, 4)
+    with pytest.raises(ValueError, match=r"cu_seqlens.*\[3, 7\].*multiple of world_size = 2"):
+        varlen_shard(x, cu_seqlens_of([3, 7]), 0, 2)
+    with pytest.raises(ValueError, match="cu_seqlens ends at 8"):
+        varlen_shard(x, cu_seqlens_of([4, 4]), 0, 2)
+    with pytest.raises(TypeError, match="cu_seqlens"):
+        varlen_shard(x, cu_seqlens_of([4, 6]).float(), 0, 2)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        varlen_shard(x, torch.tensor([0, 6, 4, 10], dtype=torch.int32), 0, 2)
+    with pytest.raises(ValueError, match="rank"):
+        varlen_shard(x, cu_seqlens_of([4, 6]), 2, 2)
+    with pytest.raises(ValueError, match="cu_seqlens ends at 10"):
+        varlen_unshard([x[:4], x[:4]], cu_seqlens_of([4, 6]))
+
+
+def test_varlen_unsupported_arguments_raise_naming_them():
+    q, k, v = (torch.randn(8, 2, 16) for _ in range(3))
+    cu_seqlens = cu_seqlens_of([2, 6])
+    with pytest.raises(NotImplementedError, match="alibi_slopes is not supported by ring attention"):
+        ring_flash_attn_varlen_func(q, k, v, cu_seqlens, 6, alibi_slopes=torch.rand(2))
+    with pytest.raises(ValueError, match="tokens"):
+        ring_flash_attn_varlen_func(q, k[:4], v[:4], cu_seqlens, 6)
+    with pytest.raises(ValueError, match="window_size"):
+        ring_flash_attn_varlen_func(q, k, v, cu_seqlens, 6, window_size=(-2, 0))
+    with pytest.raises(ValueError, match="total_tokens"):
+        ring_flash_attn_varlen_func(q[None], k[None], v[None], cu_seqlens, 6)
+    with pytest.raises(TypeError, match="cu_seqlens"):
+        ring_flash_attn_varlen_func(q, k, v, [0, 2, 8], 6)
+    with pytest.raises(ValueError, match="qkv"):
+        ring_flash_attn_varlen_qkvpacked_func(torch.randn(8, 2, 2, 16), cu_seqlens, 6)
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        ring_flash_attn_varlen_func(q, k, v, cu_seqlens, 6, causal=True)

@@ -42,6 +42,15 @@ def _clip(band, low: int, high: int):
     return clipped if clipped[0] <= clipped[1] else None
 
 
+def same_band(call: "BlockCall", window_left: int, window_right: int) -> bool:
+    """Whether (window_left, window_right) selects the same pairs as the call's own window in its
+    rectangle (bottom-right aligned: the distances j' - i' - (Sk' - Sq') there run over [1 - Sk', Sq' - 1])."""
+    rows, keys = call.query_end - call.query_start, call.key_end - call.key_start
+    low, high = 1 - keys, rows - 1
+    return (_clip(_band(window_left, window_right), low, high)
+            == _clip(_band(call.window_left, call.window_right), low, high))
+
+
 def _visible_rectangle(query: Segment, key: Segment, window_left: int, window_right: int):
     """Local (query rows, key rows) of the pair that see or are seen by anything; None if nothing."""
     row_lo, row_hi = query.start, query.start + query.length

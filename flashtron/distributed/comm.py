@@ -62,6 +62,19 @@ def _collective_device(group, tensor: torch.Tensor) -> torch.device:
     return torch.device("cpu") if "gloo" in str(dist.get_backend(group)) else tensor.device
 
 
+def _gather_rows(values, group, world_size: int, like: torch.Tensor) -> list:
+    """Every rank's `values` (ints: a list or a 1-D tensor, of the same length on every rank), in rank
+    order, read on the host (one synchronisation)."""
+    device = _collective_device(group, like)
+    if isinstance(values, torch.Tensor):
+        mine = values.to(device=device, dtype=torch.int64)
+    else:
+        mine = torch.tensor(values, dtype=torch.int64, device=device)
+    table = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(table, mine, group=group)
+    return [tuple(row.tolist()) for row in table]
+
+
 def check_same_shapes(q: torch.Tensor, k: torch.Tensor, group, world_size: int) -> None:
     """Raise ValueError on every rank unless all ranks hold q and k of the same shapes and dtype.
 
@@ -71,11 +84,8 @@ def check_same_shapes(q: torch.Tensor, k: torch.Tensor, group, world_size: int) 
     if world_size == 1:
         return
     batch, seqlen, num_heads, head_dim = q.shape
-    mine = torch.tensor([seqlen, batch, num_heads, k.shape[2], head_dim, _DTYPE_CODES[q.dtype]],
-                        dtype=torch.int64, device=_collective_device(group, q))
-    table = [torch.empty_like(mine) for _ in range(world_size)]
-    dist.all_gather(table, mine, group=group)
-    rows = [tuple(row.tolist()) for row in table]
+    rows = _gather_rows([seqlen, batch, num_heads, k.shape[2], head_dim, _DTYPE_CODES[q.dtype]], group,
+                        world_size, q)
     lengths = [row[0] for row in rows]
     if any(length != lengths[0] for length in lengths):
         raise ValueError(f"the local sequence lengths differ across ranks: {lengths}; every rank must hold "
@@ -83,3 +93,30 @@ def check_same_shapes(q: torch.Tensor, k: torch.Tensor, group, world_size: int) 
     if any(row != rows[0] for row in rows):
         raise ValueError("ranks pass q and k of different shapes or dtypes: (batch, heads, heads_k, head_dim, "
                          f"dtype code) per rank = {[row[1:] for row in rows]}; they must agree")
+
+
+def check_same_packed_batch(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, group,
+                            world_size: int) -> list:
+    """The packed form of `check_same_shapes`: q (total, H, D), k (total, Hk, D) and the local
+    cu_seqlens (B + 1,) must agree on every rank (ValueError on every rank otherwise).
+
+    Returns cu_seqlens' values as a list of ints, read on the host: the one synchronisation of a
+    call, which the check needs anyway.  Two all_gathers (the second once the batch sizes agree).
+    """
+    if world_size == 1:
+        return cu_seqlens.tolist()
+    total, num_heads, head_dim = q.shape
+    rows = _gather_rows([total, cu_seqlens.shape[0], num_heads, k.shape[1], head_dim, _DTYPE_CODES[q.dtype]],
+                        group, world_size, q)
+    totals = [row[0] for row in rows]
+    if any(count != totals[0] for count in totals):
+        raise ValueError(f"the local token counts differ across ranks: {totals}; every rank must hold an equal "
+                         "part (1 / world_size) of every sequence of the packed batch")
+    if any(row != rows[0] for row in rows):
+        raise ValueError("ranks pass q, k and cu_seqlens of different shapes or dtypes: (len(cu_seqlens), heads, "
+                         f"heads_k, head_dim, dtype code) per rank = {[row[1:] for row in rows]}; they must agree")
+    tables = _gather_rows(cu_seqlens, group, world_size, q)
+    if any(table != tables[0] for table in tables):
+        raise ValueError(f"cu_seqlens differs across ranks: {[list(table) for table in tables]}; every rank must "
+                         "pass the same local cu_seqlens (each sequence's global length / world_size)")
+    return list(tables[0])

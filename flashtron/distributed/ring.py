@@ -1,11 +1,11 @@
 """Ring attention: exact attention over a sequence split across the ranks of a process group.
 
 Each of W ranks holds an equal part of the global sequence (a `layout`: contiguous or zigzag) for
-q, k and v.  The key/value parts travel around the ring: at step s a rank holds rank - s's keys,
-starts shifting them to rank + 1 (one batched isend/irecv) and, while they travel, computes its
-queries against them with `ops.attention_forward` on the rectangles `block_plan` gives (full,
-diagonal, skipped, or zigzag's halves), folding each result into float32 accumulators through
-its log-sum-exp (`merge`).  The backward runs the same ring: per block, `ops.attention_backward`
+q, k and v.  The key/value parts travel around the ring (`ring_pass`): at step s a rank holds
+rank - s's keys, starts shifting them to rank + 1 (one batched isend/irecv) and, while they travel,
+computes its queries against them with `ops.attention_forward` on the rectangles `block_plan`
+gives (full, diagonal, skipped, or zigzag's halves), folding each result into float32 accumulators
+through its log-sum-exp (`merge`).  The backward runs the same ring: per block, `ops.attention_backward`
 with the final out and lse gives the block's exact share of dq (accumulated locally in float32)
 and its exact dk, dv, which travel with the ring in float32, each rank adding its share, until
 they reach the block's owner after W shifts.  Dropout draws one seed per (query rank, key rank,
@@ -18,16 +18,16 @@ from typing import NamedTuple, Optional
 import torch
 
 from flashtron import ops, validation
-from flashtron.distributed import merge
+from flashtron.distributed import merge, ring_pass
 from flashtron.distributed.block_plan import plan_step
-from flashtron.distributed.comm import TAG_GRADIENT, TAG_KEY_VALUE, Ring, check_same_shapes, resolve_group
+from flashtron.distributed.comm import Ring, check_same_shapes, resolve_group
 from flashtron.distributed.layout import chunks_per_rank
 
 # plan_step gives at most one call per pair of segments: 2 x 2 for zigzag.
 _MAX_CALLS_PER_STEP = 4
 
 
-class _RingParams(NamedTuple):
+class RingParams(NamedTuple):
     layout: str
     softmax_scale: float
     window_left: int
@@ -37,15 +37,17 @@ class _RingParams(NamedTuple):
     allow_tf32: bool
 
 
-def _block_seed(base_seed: Optional[torch.Tensor], ring: Ring, key_rank: int, index: int):
-    """The dropout seed of one call: distinct for every (query rank, key rank, call) of a forward."""
+def block_seed(base_seed: Optional[torch.Tensor], ring: Ring, key_rank: int, index: int,
+               calls_per_step: int = _MAX_CALLS_PER_STEP):
+    """The dropout seed of one call: distinct for every (query rank, key rank, call) of a forward,
+    given at most `calls_per_step` calls per step."""
     if base_seed is None:
         return None
-    assert index < _MAX_CALLS_PER_STEP
-    return base_seed + ((ring.rank * ring.world_size + key_rank) * _MAX_CALLS_PER_STEP + index)
+    assert index < calls_per_step
+    return base_seed + ((ring.rank * ring.world_size + key_rank) * calls_per_step + index)
 
 
-def _steps(ring: Ring, params: _RingParams, seqlen_local: int):
+def _steps(ring: Ring, params: RingParams, seqlen_local: int):
     """(step, key rank, the step's calls) in ring order."""
     for step in range(ring.world_size):
         key_rank = (ring.rank - step) % ring.world_size
@@ -53,68 +55,45 @@ def _steps(ring: Ring, params: _RingParams, seqlen_local: int):
                                         params.window_left, params.window_right)
 
 
-def _ring_forward(ring: Ring, q, k, v, params: _RingParams, base_seed):
+def _ring_forward(ring: Ring, q, k, v, params: RingParams, base_seed):
     batch, seqlen, num_heads, head_dim = q.shape
     out, lse = merge.new_accumulators(batch, seqlen, num_heads, head_dim, q.device)
-    key_value = torch.stack((k, v))
-    for step, key_rank, calls in _steps(ring, params, seqlen):
-        if step + 1 < ring.world_size:
-            next_key_value, requests = ring.shift(key_value, TAG_KEY_VALUE)
-        for index, call in enumerate(calls):
-            rows, keys = slice(call.query_start, call.query_end), slice(call.key_start, call.key_end)
-            block_out, block_lse = ops.attention_forward(
-                q[:, rows], key_value[0, :, keys], key_value[1, :, keys], params.softmax_scale,
-                call.window_left, call.window_right, params.softcap, None, None, params.dropout_p,
-                _block_seed(base_seed, ring, key_rank, index), params.allow_tf32)
-            merge.merge_block(out[:, rows], lse[:, :, rows], block_out, block_lse)
-        if step + 1 < ring.world_size:
-            ring.wait(requests)
-            key_value = next_key_value
+
+    def attend(key_value, key_rank, index, call):
+        rows, keys = slice(call.query_start, call.query_end), slice(call.key_start, call.key_end)
+        block_out, block_lse = ops.attention_forward(
+            q[:, rows], key_value[0, :, keys], key_value[1, :, keys], params.softmax_scale,
+            call.window_left, call.window_right, params.softcap, None, None, params.dropout_p,
+            block_seed(base_seed, ring, key_rank, index), params.allow_tf32)
+        merge.merge_block(out[:, rows], lse[:, :, rows], block_out, block_lse)
+
+    ring_pass.forward_pass(ring, torch.stack((k, v)), _steps(ring, params, seqlen), attend)
     return merge.finish(out, lse, q.dtype)
 
 
-def _ring_backward(ring: Ring, dout, q, k, v, out, lse, params: _RingParams, base_seed):
-    seqlen = q.shape[1]
+def _ring_backward(ring: Ring, dout, q, k, v, out, lse, params: RingParams, base_seed):
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    key_value = torch.stack((k, v))
-    # (buffer, requests): the running dk, dv of the block in hand, coming from the previous rank.
-    gradient_in_flight = None
-    for step, key_rank, calls in _steps(ring, params, seqlen):
-        if step + 1 < ring.world_size:
-            next_key_value, requests = ring.shift(key_value, TAG_KEY_VALUE)
-        block_gradient = None
-        for index, call in enumerate(calls):
-            rows, keys = slice(call.query_start, call.query_end), slice(call.key_start, call.key_end)
-            # lse is read with contiguous strides by the kernels; out and dout by their strides.
-            block_dq, block_dk, block_dv, _ = ops.attention_backward(
-                dout[:, rows], q[:, rows], key_value[0, :, keys], key_value[1, :, keys], out[:, rows],
-                lse[:, :, rows].contiguous(), params.softmax_scale, call.window_left, call.window_right,
-                params.softcap, None, None, params.dropout_p, _block_seed(base_seed, ring, key_rank, index),
-                params.allow_tf32)
-            dq[:, rows] += block_dq
-            if block_gradient is None:
-                block_gradient = torch.zeros(key_value.shape, dtype=torch.float32, device=q.device)
-            block_gradient[0, :, keys] += block_dk
-            block_gradient[1, :, keys] += block_dv
-        if gradient_in_flight is not None:
-            received, gradient_requests = gradient_in_flight
-            ring.wait(gradient_requests)
-            block_gradient = received if block_gradient is None else block_gradient.add_(received)
-        elif block_gradient is None:
-            block_gradient = torch.zeros(key_value.shape, dtype=torch.float32, device=q.device)
-        gradient_in_flight = ring.shift(block_gradient, TAG_GRADIENT)
-        if step + 1 < ring.world_size:
-            ring.wait(requests)
-            key_value = next_key_value
-    # After W shifts the running sums are back at their owners: this rank's own dk, dv.
-    own_gradient, gradient_requests = gradient_in_flight
-    ring.wait(gradient_requests)
+
+    def differentiate(key_value, key_rank, index, call, block_gradient):
+        rows, keys = slice(call.query_start, call.query_end), slice(call.key_start, call.key_end)
+        # lse is read with contiguous strides by the kernels; out and dout by their strides.
+        block_dq, block_dk, block_dv, *_ = ops.attention_backward(
+            dout[:, rows], q[:, rows], key_value[0, :, keys], key_value[1, :, keys], out[:, rows],
+            lse[:, :, rows].contiguous(), params.softmax_scale, call.window_left, call.window_right,
+            params.softcap, None, None, params.dropout_p, block_seed(base_seed, ring, key_rank, index),
+            params.allow_tf32)
+        dq[:, rows] += block_dq
+        block_gradient[0, :, keys] += block_dk
+        block_gradient[1, :, keys] += block_dv
+
+    own_gradient = ring_pass.backward_pass(ring, torch.stack((k, v)), _steps(ring, params, q.shape[1]),
+                                           differentiate)
     return dq.to(q.dtype), own_gradient[0].to(k.dtype), own_gradient[1].to(v.dtype)
 
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, base_seed, params: _RingParams, ring: Ring):
+    def forward(ctx, q, k, v, base_seed, params: RingParams, ring: Ring):
         if q.numel() == 0:
             # Every rank holds an empty part (the shapes agree): nothing to send or compute.
             out = q.new_zeros(q.shape)
@@ -137,12 +116,9 @@ class _RingAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-def _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
-                    return_attn_probs, group, softcap, layout, names):
-    q, k, v = validation.check_qkv(q, k, v, names)
-    if k.shape[1] != q.shape[1]:
-        raise ValueError(f"{names[1]} holds {k.shape[1]} positions but {names[0]} holds {q.shape[1]}: ring "
-                         "attention needs the q and k/v parts of the same positions on each rank")
+def ring_params(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic, return_attn_probs,
+                softcap, layout: str) -> RingParams:
+    """Check the options every ring function shares and normalise them (q: for its head dim)."""
     softmax_scale = validation.softmax_scale_or_default(softmax_scale, q.shape[-1])
     window_left, window_right = validation.window_bounds(causal, window_size)
     dropout_p = validation.check_dropout(dropout_p)
@@ -153,17 +129,33 @@ def _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alib
                                   "or use flash_attn_func on the whole sequence")
     validation.check_flag("deterministic", deterministic)  # the ring's backward is always deterministic
     validation.check_flag("return_attn_probs", return_attn_probs)
+    return RingParams(layout, softmax_scale, window_left, window_right, softcap, dropout_p,
+                      torch.backends.cuda.matmul.allow_tf32)
+
+
+def new_base_seed(q, params: RingParams) -> Optional[torch.Tensor]:
+    """With dropout, one base seed per call from torch's generator for q's device (torch.manual_seed
+    reproduces it); every block call derives its own from it (`block_seed`)."""
+    if params.dropout_p == 0:
+        return None
+    return torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
+
+
+def _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
+                    return_attn_probs, group, softcap, layout, names):
+    q, k, v = validation.check_qkv(q, k, v, names)
+    if k.shape[1] != q.shape[1]:
+        raise ValueError(f"{names[1]} holds {k.shape[1]} positions but {names[0]} holds {q.shape[1]}: ring "
+                         "attention needs the q and k/v parts of the same positions on each rank")
+    params = ring_params(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
+                         return_attn_probs, softcap, layout)
     group, rank, world_size = resolve_group(group)
     # Collective: before any check that could fail on some ranks only.
     check_same_shapes(q, k, group, world_size)
     if q.shape[1] % chunks_per_rank(layout) != 0:
         raise ValueError(f"{names[0]} holds {q.shape[1]} positions; the zigzag layout needs an even local "
                          "sequence length (two equal chunks per rank)")
-    params = _RingParams(layout, softmax_scale, window_left, window_right, softcap, dropout_p,
-                         torch.backends.cuda.matmul.allow_tf32)
-    # One base seed per call from torch's generator for q's device (torch.manual_seed reproduces it).
-    base_seed = (torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64) if dropout_p > 0 else None)
-    out, softmax_lse = _RingAttention.apply(q, k, v, base_seed, params, Ring(group, rank, world_size))
+    out, softmax_lse = _RingAttention.apply(q, k, v, new_base_seed(q, params), params, Ring(group, rank, world_size))
     if return_attn_probs:
         return out, softmax_lse, None
     return out
