@@ -13,6 +13,7 @@ from flashtron.interface import (flash_attn_func, flash_attn_kvpacked_func, flas
 from flashtron.cache_update import update_kv_cache
 from flashtron.kvcache import flash_attn_with_kvcache
 from flashtron.rotary import RotaryEmbedding, apply_rotary_emb, apply_rotary_emb_kv_, apply_rotary_emb_qkv_
+from flashtron.sdpa import scaled_dot_product_attention
 from flashtron.validation import set_sequence_checks
 
 __version__ = "0.1.0"
@@ -20,4 +21,4 @@ __version__ = "0.1.0"
 __all__ = ["flash_attn_func", "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func", "flash_attn_varlen_func",
            "flash_attn_varlen_kvpacked_func", "flash_attn_varlen_qkvpacked_func", "flash_attn_with_kvcache",
            "set_sequence_checks", "update_kv_cache", "RotaryEmbedding", "apply_rotary_emb", "apply_rotary_emb_kv_",
-           "apply_rotary_emb_qkv_", "__version__"]
+           "apply_rotary_emb_qkv_", "scaled_dot_product_attention", "__version__"]
