@@ -74,7 +74,6 @@ def run(k_cache, v_cache, k, v, cache_seqlens, **kwargs):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rotary", [None, "interleaved", "halves"])
 def test_dense(dtype, rotary):
-    torch.manual_seed(20)
     batch, seqlen_cache, heads, head_dim, seqlen_new = 3, 13, 2, 20, 3
     k_cache = torch.randn(batch, seqlen_cache, heads, head_dim, dtype=dtype)
     v_cache = torch.randn_like(k_cache)
@@ -91,7 +90,6 @@ def test_dense(dtype, rotary):
 
 
 def test_cache_batch_idx_and_other_head_dim_for_v():
-    torch.manual_seed(21)
     batch_cache, seqlen_cache, heads = 5, 9, 3
     k_cache = torch.randn(batch_cache, seqlen_cache, heads, 16, dtype=torch.float16)
     v_cache = torch.randn(batch_cache, seqlen_cache, heads, 8, dtype=torch.float16)
@@ -105,7 +103,6 @@ def test_cache_batch_idx_and_other_head_dim_for_v():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_leftpad_rotary_positions(dtype):
-    torch.manual_seed(22)
     batch, seqlen_cache, heads, head_dim = 3, 11, 2, 16
     k_cache = torch.randn(batch, seqlen_cache, heads, head_dim, dtype=dtype)
     v_cache = torch.randn_like(k_cache)
@@ -149,7 +146,6 @@ def test_paged(page_size, rotary):
 def test_strided_caches_and_inputs():
     """The caches as views of one packed (B, S, 2, H, D) tensor, and k, v as views of a packed kv (as the MHA
     layer passes them): no copy, the writes land in the packed tensors."""
-    torch.manual_seed(24)
     kv_cache = torch.randn(2, 7, 2, 3, 8)
     before = kv_cache.clone()
     kv = torch.randn(2, 2, 2, 3, 8)
@@ -164,7 +160,6 @@ def test_strided_caches_and_inputs():
 
 def test_out_of_range_writes_are_dropped():
     """The op (below the checks, as on CUDA without set_sequence_checks) drops writes that would leave the cache."""
-    torch.manual_seed(25)
     k_cache = torch.randn(3, 2, 1, 4)  # paged: 3 blocks of 2 rows
     v_cache = torch.randn_like(k_cache)
     k, v = new_tokens(3, 3, 1, 4, torch.float32)
@@ -179,7 +174,6 @@ def test_out_of_range_writes_are_dropped():
 
 def test_compile_fullgraph():
     torch._dynamo.reset()
-    torch.manual_seed(26)
     k_cache = torch.randn(2, 8, 2, 8)
     v_cache = torch.randn_like(k_cache)
     k, v = new_tokens(2, 1, 2, 8, torch.float32)
@@ -203,7 +197,6 @@ def test_compile_fullgraph():
 
 
 def test_opcheck():
-    torch.manual_seed(27)
     k_cache = torch.randn(4, 3, 2, 8)
     v_cache = torch.randn_like(k_cache)
     k, v = new_tokens(2, 2, 2, 8, torch.float32)
@@ -283,7 +276,6 @@ def test_error_leaves_caches_untouched():
 def test_cuda_graph_capture():
     """No host synchronisation: the update replays from a captured CUDA graph with new lengths."""
     device = "cuda"
-    torch.manual_seed(28)
     k_cache = torch.randn(2, 64, 4, 64, device=device, dtype=torch.bfloat16)
     v_cache = torch.randn_like(k_cache)
     k = torch.randn(2, 1, 4, 64, device=device, dtype=torch.bfloat16)

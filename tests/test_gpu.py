@@ -309,3 +309,47 @@ def test_kvcache_sanitizer_cases():
     run_case(device="cuda", batch=3, seqlen_q=2, seqlen_new=2, cache_len=300, batch_idx=True, leftpad=True)
     q, k, v = bias_inputs(torch.float16, 300, 200, device="cuda")
     check_with_bias(q, k, v, random_bias((2, 1, 300, 1), torch.float16, device="cuda"), causal=True)
+
+
+from test_xformers import bias_cases, check_against_reference  # noqa: E402
+
+
+@pytest.mark.parametrize("case", bias_cases("cuda"), ids=lambda c: c[0])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_xformers_gpu(case, dtype):
+    check_against_reference(*case[1](), dtype, device="cuda")
+
+
+@pytest.mark.parametrize("case", ["causal-wide", "causal-tall", "bool-mask", "float-mask-gqa"])
+def test_scaled_dot_product_attention_gpu(case):
+    from reference import assert_within_rule
+    from flashtron import scaled_dot_product_attention
+    batch, heads, heads_k, seqlen_q, seqlen_k, head_dim = 2, 8, 8, 700, 1100, 64
+    kwargs, mask = {}, None
+    if case == "causal-wide":
+        kwargs["is_causal"] = True
+    elif case == "causal-tall":
+        seqlen_q, seqlen_k, kwargs["is_causal"] = 1100, 700, True
+    elif case == "bool-mask":
+        mask = torch.rand(batch, 1, seqlen_q, seqlen_k, device="cuda") > 0.3
+    else:
+        heads_k, kwargs["enable_gqa"] = 2, True
+        mask = torch.randn(1, heads, seqlen_q, seqlen_k, device="cuda")
+    q = torch.randn(batch, heads, seqlen_q, head_dim, device="cuda")
+    k, v = (torch.randn(batch, heads_k, seqlen_k, head_dim, device="cuda") for _ in range(2))
+    dout = torch.randn(batch, heads, seqlen_q, head_dim, device="cuda")
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        m = mask.to(dtype).requires_grad_() if mask is not None and mask.is_floating_point() else mask
+        out = fn(*leaves, attn_mask=m, **kwargs)
+        grads = torch.autograd.grad(out, leaves + ([m] if m is not None and m.requires_grad else []),
+                                    dout.to(dtype))
+        return out, grads
+
+    ours, our_grads = run(scaled_dot_product_attention, torch.bfloat16)
+    truth, truth_grads = run(F.scaled_dot_product_attention, torch.float64)
+    plain, plain_grads = run(F.scaled_dot_product_attention, torch.bfloat16)
+    assert_within_rule("out", ours, truth, plain, 2)
+    for name, a, b, c in zip(("dq", "dk", "dv", "dmask"), our_grads, truth_grads, plain_grads):
+        assert_within_rule(name, a, b, c, 3)

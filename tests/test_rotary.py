@@ -64,7 +64,6 @@ def assert_rotation(ours, x, cos, sin, positions, interleaved, name="out"):
 @pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("head_dim,rotary_dim,offsets", [(16, 16, 0), (24, 10, 3), (40, 32, "tensor")])
 def test_dense(dtype, interleaved, head_dim, rotary_dim, offsets):
-    torch.manual_seed(hash((head_dim, rotary_dim, interleaved)) % 1000)
     batch, seqlen, heads = 3, 7, 3
     x = torch.randn(batch, seqlen, heads, head_dim, dtype=dtype)
     cos, sin = random_tables(29, rotary_dim // 2, dtype)
@@ -78,7 +77,6 @@ def test_dense(dtype, interleaved, head_dim, rotary_dim, offsets):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_varlen(dtype, interleaved):
-    torch.manual_seed(3)
     cu_seqlens = torch.tensor([0, 5, 5, 17, 20], dtype=torch.int32)  # one empty sequence
     x = torch.randn(20, 2, 18, dtype=dtype)
     cos, sin = random_tables(31, 7, dtype)
@@ -91,7 +89,6 @@ def test_varlen(dtype, interleaved):
 def test_varlen_max_seqlen_understated_still_rotates_every_token():
     """max_seqlen only sizes the launch; a smaller value must not leave tokens unwritten (the checks that
     reject it are host-side and off for CUDA by default, so the op is called directly)."""
-    torch.manual_seed(4)
     cu_seqlens = torch.tensor([0, 3, 14], dtype=torch.int32)
     x = torch.randn(14, 2, 8)
     cos, sin = random_tables(20, 4, torch.float32)
@@ -101,7 +98,6 @@ def test_varlen_max_seqlen_understated_still_rotates_every_token():
 
 def test_positions_outside_the_tables_pass_through():
     """The kernels leave a row whose position is outside [0, seqlen_ro) unchanged (checks bypassed)."""
-    torch.manual_seed(5)
     x = torch.randn(2, 4, 1, 8)
     cos, sin = random_tables(6, 4, torch.float32)
     offsets = torch.tensor([-2, 4], dtype=torch.int32)  # positions -2..1 and 4..7
@@ -116,7 +112,6 @@ def test_positions_outside_the_tables_pass_through():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_gradient(dtype, interleaved):
-    torch.manual_seed(6)
     x = torch.randn(2, 9, 3, 20, dtype=dtype)
     cos, sin = random_tables(16, 8, dtype)
     offsets = torch.tensor([7, 1], dtype=torch.int32)
@@ -136,7 +131,6 @@ def test_gradient(dtype, interleaved):
 
 
 def test_gradient_varlen():
-    torch.manual_seed(7)
     cu_seqlens = torch.tensor([0, 4, 11], dtype=torch.int32)
     x = torch.randn(11, 2, 6, dtype=torch.float32, requires_grad=True)
     cos, sin = random_tables(15, 2, torch.float32)
@@ -152,7 +146,6 @@ def test_gradient_varlen():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_inplace(dtype):
-    torch.manual_seed(8)
     x = torch.randn(2, 5, 2, 12, dtype=dtype)
     cos, sin = random_tables(9, 4, dtype)
     expected = apply_rotary_emb(x, cos, sin, interleaved=True, seqlen_offsets=3)
@@ -172,7 +165,6 @@ def test_inplace(dtype):
 
 
 def test_inplace_with_autograd():
-    torch.manual_seed(9)
     leaf = torch.randn(1, 6, 2, 8, requires_grad=True)
     cos, sin = random_tables(6, 4, torch.float32)
     x = leaf * 1.0
@@ -188,7 +180,6 @@ def test_inplace_with_autograd():
 
 @pytest.mark.parametrize("layout", ["qkv5", "gqa", "xpos_k"])
 def test_qkv_inplace(layout):
-    torch.manual_seed(10)
     batch, seqlen, head_dim = 2, 5, 12
     cos, sin = random_tables(11, 5, torch.float16)
     cos_k, sin_k = random_tables(11, 5, torch.float16, scale=0.7) if layout == "xpos_k" else (None, None)
@@ -214,7 +205,6 @@ def test_qkv_inplace(layout):
 
 
 def test_kv_inplace_and_gradient():
-    torch.manual_seed(11)
     cos, sin = random_tables(8, 3, torch.float32)
     leaf = torch.randn(2, 4, 2, 3, 8, requires_grad=True)
     kv = leaf * 1.0
@@ -244,7 +234,6 @@ def _tables64(dim, base, seqlen, scale_base=None):
 
 @pytest.mark.parametrize("scale_base", [None, 64.0])
 def test_rotary_embedding_module(scale_base):
-    torch.manual_seed(12)
     dim, head_dim, seqlen = 8, 12, 6
     module = RotaryEmbedding(dim, base=500.0, interleaved=True, scale_base=scale_base)
     qkv = torch.randn(2, seqlen, 3, 2, head_dim)
@@ -261,7 +250,6 @@ def test_rotary_embedding_module(scale_base):
 
 
 def test_rotary_embedding_module_with_kv_and_tensor_offsets():
-    torch.manual_seed(13)
     module = RotaryEmbedding(6, pos_idx_in_fp32=True)
     q = torch.randn(2, 3, 4, 6, dtype=torch.bfloat16)
     kv = torch.randn(2, 3, 2, 2, 6, dtype=torch.bfloat16)
@@ -285,7 +273,6 @@ def test_rotary_embedding_module_with_kv_and_tensor_offsets():
 
 def test_compile_fullgraph():
     torch._dynamo.reset()
-    torch.manual_seed(14)
     cos, sin = random_tables(10, 4, torch.float32)
     offsets = torch.tensor([1, 2], dtype=torch.int32)
 
@@ -314,7 +301,6 @@ def test_compile_fullgraph():
 
 
 def test_opcheck():
-    torch.manual_seed(15)
     x = torch.randn(2, 4, 2, 8, requires_grad=True)
     cos, sin = random_tables(7, 3, torch.float32)
     offsets = torch.tensor([0, 3], dtype=torch.int32)
@@ -379,7 +365,6 @@ def test_errors(case):
 @pytest.mark.parametrize("rotary_dim", [64, 128])
 def test_cuda(interleaved, rotary_dim):
     """The kernel on a GPU at model sizes: dense with tensor offsets, packed, in place and the gradient."""
-    torch.manual_seed(16)
     dtype, device = torch.bfloat16, "cuda"
     x = torch.randn(3, 300, 8, 128, dtype=dtype, device=device)
     cos, sin = (t.to(device) for t in random_tables(1000, rotary_dim // 2, dtype))

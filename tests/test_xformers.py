@@ -171,29 +171,29 @@ def test_materialize_paged_masks_are_the_unpaged_masks_moved_by_the_block_tables
 # ----------------------------------------------------------------- attention against the oracle
 
 
-def bias_cases():
+def bias_cases(device="cpu"):
     """(id, factory) with factory() -> (bias, batch, seqlen_q, seqlen_k, what it needs)."""
     dense = lambda bias, b, q, k: lambda: (bias() if callable(bias) else bias, b, q, k)  # noqa: E731
     blocks = lambda q, k, make=lambda m: m: lambda: (  # noqa: E731
-        make(xb.BlockDiagonalMask.from_seqlens(q, k, device="cpu")), 1, sum(q), sum(k))
+        make(xb.BlockDiagonalMask.from_seqlens(q, k, device=device)), 1, sum(q), sum(k))
 
     def tensor_bias(shape):
-        return lambda: (torch.randn(shape), 2, shape[-2], shape[-1])
+        return lambda: (torch.randn(shape, device=device), 2, shape[-2], shape[-1])
 
     def tensor_and_causal(q, k):
-        return lambda: (xb.LowerTriangularMaskWithTensorBias(torch.randn(2, HEADS, q, k)), 2, q, k)
+        return lambda: (xb.LowerTriangularMaskWithTensorBias(torch.randn(2, HEADS, q, k, device=device)), 2, q, k)
 
     def padded(cls, q, padding, used, **window):
         def make():
             if window:
-                return cls.from_seqlens_local(q, padding, used, window["window_size"], device="cpu"), 1, sum(q), \
+                return cls.from_seqlens_local(q, padding, used, window["window_size"], device=device), 1, sum(q), \
                     padding * len(used)
-            return cls.from_seqlens(q, padding, used, device="cpu"), 1, sum(q), padding * len(used)
+            return cls.from_seqlens(q, padding, used, device=device), 1, sum(q), padding * len(used)
         return make
 
     def paged(paged_type):
         def make():
-            _, bias, physical_keys = paged_case(paged_type)
+            _, bias, physical_keys = paged_case(paged_type, device)
             return bias, 1, 6, physical_keys
         return make
 
@@ -229,13 +229,13 @@ def bias_cases():
 BIAS_CASES = bias_cases()
 
 
-def full_bias(bias, batch, num_heads, seqlen_q, seqlen_k):
+def full_bias(bias, batch, num_heads, seqlen_q, seqlen_k, device="cpu"):
     """The bias as a dense float32 (B, H, Mq, Mk) tensor."""
     if bias is None:
-        return torch.zeros(batch, num_heads, seqlen_q, seqlen_k)
+        return torch.zeros(batch, num_heads, seqlen_q, seqlen_k, device=device)
     if isinstance(bias, torch.Tensor):
         return bias.float().expand(batch, num_heads, seqlen_q, seqlen_k)
-    return bias.materialize((batch, num_heads, seqlen_q, seqlen_k))
+    return bias.materialize((batch, num_heads, seqlen_q, seqlen_k), device=device)
 
 
 def reference(query, key, value, bias_tensor, scale=None):
@@ -252,8 +252,8 @@ def reference(query, key, value, bias_tensor, scale=None):
     return torch.einsum("bhqk,bkhd->bqhd", probs, v), lse
 
 
-def random_qkv(batch, seqlen_q, seqlen_k, dtype, num_heads=HEADS, head_dim=HEAD_DIM):
-    make = lambda s: torch.randn(batch, s, num_heads, head_dim).to(dtype).requires_grad_()  # noqa: E731
+def random_qkv(batch, seqlen_q, seqlen_k, dtype, num_heads=HEADS, head_dim=HEAD_DIM, device="cpu"):
+    make = lambda s: torch.randn(batch, s, num_heads, head_dim, device=device).to(dtype).requires_grad_()  # noqa: E731
     return make(seqlen_q), make(seqlen_k), make(seqlen_k)
 
 
@@ -267,8 +267,8 @@ def is_paged(bias):
     return type(bias).__name__.startswith("Paged")
 
 
-def check_against_reference(bias, batch, seqlen_q, seqlen_k, dtype, scale=None):
-    q, k, v = random_qkv(batch, seqlen_q, seqlen_k, dtype)
+def check_against_reference(bias, batch, seqlen_q, seqlen_k, dtype, scale=None, device="cpu"):
+    q, k, v = random_qkv(batch, seqlen_q, seqlen_k, dtype, device=device)
     bias_leaf = None
     if isinstance(bias, torch.Tensor):
         bias = bias_leaf = bias.to(dtype).requires_grad_()
@@ -283,7 +283,7 @@ def check_against_reference(bias, batch, seqlen_q, seqlen_k, dtype, scale=None):
         # Paged caches serve inference: forward only (as in xFormers' paged operators).
         with pytest.raises(NotImplementedError, match="no backward"):
             torch.autograd.grad(out, leaves, dout)
-        expected, _ = reference(q.float(), k.float(), v.float(), full_bias(bias, batch, HEADS, seqlen_q, seqlen_k),
+        expected, _ = reference(q.float(), k.float(), v.float(), full_bias(bias, batch, HEADS, seqlen_q, seqlen_k, device),
                                 scale)
         assert_close("out", out, expected, FORWARD_TOLERANCE[dtype])
         return
@@ -291,11 +291,11 @@ def check_against_reference(bias, batch, seqlen_q, seqlen_k, dtype, scale=None):
 
     ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
     if bias_leaf is None:
-        ref_bias = full_bias(bias, batch, HEADS, seqlen_q, seqlen_k)
+        ref_bias = full_bias(bias, batch, HEADS, seqlen_q, seqlen_k, device)
     elif isinstance(bias, torch.Tensor):
         ref_bias = full_bias(ref_leaves[3], batch, HEADS, seqlen_q, seqlen_k)
     else:
-        ref_bias = full_bias(xb.LowerTriangularMask(), batch, HEADS, seqlen_q, seqlen_k) + ref_leaves[3]
+        ref_bias = full_bias(xb.LowerTriangularMask(), batch, HEADS, seqlen_q, seqlen_k, device) + ref_leaves[3]
     expected, _ = reference(*ref_leaves[:3], ref_bias, scale)
     ref_grads = torch.autograd.grad(expected, ref_leaves, dout.float())
     assert_close("out", out, expected, FORWARD_TOLERANCE[dtype])
@@ -312,12 +312,10 @@ ORACLE_CASES = ([(case, torch.float16) for case in BIAS_CASES]
 
 @pytest.mark.parametrize("case,dtype", ORACLE_CASES, ids=[f"{c[0]}-{DTYPE_IDS[d]}" for c, d in ORACLE_CASES])
 def test_memory_efficient_attention_matches_oracle(case, dtype):
-    torch.manual_seed(0)
     check_against_reference(*case[1](), dtype)
 
 
 def test_custom_scale_and_output_dtype():
-    torch.manual_seed(0)
     bias, batch, seqlen_q, seqlen_k = dict(BIAS_CASES)["causal-topleft-wide"]()
     check_against_reference(bias, batch, seqlen_q, seqlen_k, torch.float32, scale=0.37)
     q, k, v = random_qkv(1, 5, 6, torch.bfloat16)
@@ -352,7 +350,6 @@ def poison_unused_keys(key, value, used_positions):
 @pytest.mark.parametrize("case_id", ["padded", "padded-causal-offset", "paged-causal-offset"])
 def test_padded_keys_are_never_read(case_id):
     # xFormers' out-of-bounds check: NaN past each sequence's used keys must not change one bit.
-    torch.manual_seed(0)
     bias, batch, seqlen_q, seqlen_k = dict(BIAS_CASES)[case_id]()
     q, k, v = random_qkv(batch, seqlen_q, seqlen_k, torch.float16)
     used = torch.isfinite(full_bias(bias, 1, 1, seqlen_q, seqlen_k)[0, 0]).any(0)
@@ -372,7 +369,6 @@ def test_padded_keys_are_never_read(case_id):
 
 
 def test_three_dimensional_inputs_are_one_head():
-    torch.manual_seed(0)
     q, k, v = (torch.randn(2, m, HEAD_DIM) for m in (6, 8, 8))
     out = xf.memory_efficient_attention(q, k, v, attn_bias=xb.LowerTriangularMask())
     assert out.shape == (2, 6, HEAD_DIM)
@@ -398,7 +394,6 @@ def recorded_key_shapes(monkeypatch):
 
 
 def test_grouped_heads_expanded_along_h_run_as_gqa_without_copy(recorded_key_shapes):
-    torch.manual_seed(0)
     batch, groups, heads_per_group = 2, 2, 3
     q = torch.randn(batch, 7, groups, heads_per_group, HEAD_DIM, requires_grad=True)
     k0 = torch.randn(batch, 9, groups, 1, HEAD_DIM, requires_grad=True)
@@ -422,7 +417,6 @@ def test_grouped_heads_expanded_along_h_run_as_gqa_without_copy(recorded_key_sha
 
 
 def test_grouped_heads_not_expanded_run_as_independent_heads():
-    torch.manual_seed(0)
     q, k, v = (torch.randn(1, m, 2, 3, HEAD_DIM) for m in (5, 6, 6))
     out = xf.memory_efficient_attention(q, k, v)
     truth, _ = reference(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3), torch.zeros(1, 6, 5, 6))
@@ -430,7 +424,6 @@ def test_grouped_heads_not_expanded_run_as_independent_heads():
 
 
 def test_grouped_heads_with_a_tensor_bias_per_group():
-    torch.manual_seed(0)
     q, k, v = (torch.randn(2, m, 2, 3, HEAD_DIM) for m in (5, 6, 6))
     bias = torch.randn(1, 2, 1, 5, 6)  # one bias per group, broadcast over batch and heads
     out = xf.memory_efficient_attention(q, k, v, attn_bias=bias)
@@ -449,7 +442,6 @@ def test_mqa_written_as_an_expand_reaches_the_kernel_with_one_head(recorded_key_
 
 
 def test_from_tensor_list_and_split_round_trip():
-    torch.manual_seed(0)
     pieces = [torch.randn(1, 3, HEADS, HEAD_DIM), torch.randn(2, 4, HEADS, HEAD_DIM)]
     bias, packed = xb.BlockDiagonalMask.from_tensor_list(pieces)
     assert packed.shape == (1, 11, HEADS, HEAD_DIM) and bias.q_seqinfo.seqstart_py == [0, 3, 7, 11]
@@ -478,7 +470,6 @@ def partial_pair(q, parts):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 def test_partials_over_a_prefix_and_a_causal_suffix_merge_into_the_full_attention(dtype):
     # Prefix caching: 6 cached keys seen by every query, then 5 new keys under a causal mask.
-    torch.manual_seed(0)
     q, k, v = random_qkv(2, 5, 11, dtype)
     parts = [(k[:, :6], v[:, :6], None), (k[:, 6:], v[:, 6:], xb.LowerTriangularFromBottomRightMask())]
     outs, lses = partial_pair(q, parts)
@@ -500,7 +491,6 @@ def test_partials_over_a_prefix_and_a_causal_suffix_merge_into_the_full_attentio
 
 
 def test_partial_lse_layouts_and_empty_rows():
-    torch.manual_seed(0)
     # 5-D: lse [B, G, H, M].
     q, k, v = (torch.randn(1, m, 2, 3, HEAD_DIM) for m in (4, 6, 6))
     out, lse = xf.memory_efficient_attention_partial(q, k, v)
@@ -522,7 +512,6 @@ def test_partial_lse_layouts_and_empty_rows():
 
 
 def test_partial_with_block_diagonal_padded_keys():
-    torch.manual_seed(0)
     bias, _, seqlen_q, seqlen_k = dict(BIAS_CASES)["padded-causal-offset"]()
     q, k, v = random_qkv(1, seqlen_q, seqlen_k, torch.float32)
     out, lse = xf.memory_efficient_attention_partial(q, k, v, attn_bias=bias)
@@ -534,7 +523,6 @@ def test_partial_with_block_diagonal_padded_keys():
 
 
 def test_merge_attentions_forms_and_conventions():
-    torch.manual_seed(0)
     attn = torch.randn(3, 2, 5, 4, 8)          # [chunks, B, M, H, K]
     lse = torch.randn(3, 2, 4, 5)              # [chunks, B, H, M]
     lse[1, 0, 0, 0] = math.inf                 # flash-attn's "saw no key": weight 0, like -inf
@@ -555,7 +543,6 @@ def test_merge_attentions_forms_and_conventions():
 
 
 def test_merge_attentions_gradient_matches_autograd_of_the_formula():
-    torch.manual_seed(0)
     attn = torch.randn(2, 1, 3, 2, 4, dtype=torch.float64, requires_grad=True)
     lse = torch.randn(2, 1, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, s: merge_attentions(a, s), (attn, lse))
