@@ -6,7 +6,8 @@ causal), forward+backward, with keras.config.enable_flash_attention() alone vs f
 The same layer (same weights) is timed first with Keras's own flash path, then after
 flashtron.keras.enable(); both outputs are compared.
 """
-import os, sys, json
+import json
+import os
 os.environ["KERAS_BACKEND"] = "torch"
 import torch
 import keras

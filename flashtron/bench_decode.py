@@ -131,7 +131,8 @@ def run(config: DecodeConfig, command: str = "flashtron bench-decode") -> dict:
                 q, k_pages, v_pages, cache_seqlens=seqlens, block_table=table),
         }
         if cuda:
-            for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
+            for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
+                                  ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
                 def call(backend=backend):
                     with sdpa_kernel(backend):
                         return torch.nn.functional.scaled_dot_product_attention(q_sdpa, k_sdpa, v_sdpa,
@@ -152,7 +153,7 @@ def run(config: DecodeConfig, command: str = "flashtron bench-decode") -> dict:
                        else result["error"])
             print(f"    B={batch} Sk={seqlen} {name}: {summary}", file=sys.stderr, flush=True)
         print(f"    B={batch} Sk={seqlen}: paged vs contiguous max |diff| {agree:.2e}", file=sys.stderr)
-        del k, v, k_pages, v_pages
+        impls = q = k = v = k_pages = v_pages = None  # free the caches before the next case
         if cuda:
             torch.cuda.empty_cache()
     # The copy is measured before and after the cases; the larger figure (a warm GPU) is the yardstick.

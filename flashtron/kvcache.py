@@ -48,7 +48,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     paged = block_table is not None
     q_checked, k_cache, v_cache = validation.check_qkv(q, k_cache, v_cache, ("q", "k_cache", "v_cache"),
                                                        paged=True)
-    batch, seqlen_q = q.shape[0], q.shape[1]
+    batch = q.shape[0]
     if not paged and cache_batch_idx is None and k_cache.shape[0] != batch:
         raise ValueError(f"k_cache has {k_cache.shape[0]} batch rows but q has {batch}; pass cache_batch_idx to "
                          "pick cache rows, or a cache with one row per batch row")
@@ -76,8 +76,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         if index is not None:
             validation.check_index_tensor(name, index, batch, q.device)
     if cache_batch_idx is not None and (q.device.type == "cpu" or validation.sequence_checks_enabled()):
-        if not torch.compiler.is_compiling() and ((cache_batch_idx < 0) | (cache_batch_idx >= k_cache.shape[0])).any():
-            raise ValueError(f"cache_batch_idx entries must be in [0, {k_cache.shape[0]}), got {cache_batch_idx.tolist()}")
+        out_of_range = (cache_batch_idx < 0) | (cache_batch_idx >= k_cache.shape[0])
+        if not torch.compiler.is_compiling() and out_of_range.any():
+            raise ValueError(f"cache_batch_idx entries must be in [0, {k_cache.shape[0]}), "
+                             f"got {cache_batch_idx.tolist()}")
 
     if k is not None:
         update_kv_cache(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,

@@ -189,7 +189,8 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="does not fit"):
         flash_attn_with_kvcache(q, cache, cache.clone(), new, new, cache_seqlens=8)
     with pytest.raises(ValueError, match=r"cache_seqlens \+ 3 new tokens"):
-        flash_attn_with_kvcache(q, cache, cache.clone(), new, new, cache_seqlens=torch.tensor([1, 8], dtype=torch.int32))
+        flash_attn_with_kvcache(q, cache, cache.clone(), new, new,
+                                cache_seqlens=torch.tensor([1, 8], dtype=torch.int32))
     with pytest.raises(TypeError, match="k_cache has dtype"):
         flash_attn_with_kvcache(q, cache.float(), cache.float(), cache_seqlens=4)
     with pytest.raises(ValueError, match="head dims differ"):

@@ -283,8 +283,8 @@ def check_against_reference(bias, batch, seqlen_q, seqlen_k, dtype, scale=None, 
         # Paged caches serve inference: forward only (as in xFormers' paged operators).
         with pytest.raises(NotImplementedError, match="no backward"):
             torch.autograd.grad(out, leaves, dout)
-        expected, _ = reference(q.float(), k.float(), v.float(), full_bias(bias, batch, HEADS, seqlen_q, seqlen_k, device),
-                                scale)
+        expected, _ = reference(q.float(), k.float(), v.float(),
+                                full_bias(bias, batch, HEADS, seqlen_q, seqlen_k, device), scale)
         assert_close("out", out, expected, FORWARD_TOLERANCE[dtype])
         return
     grads = torch.autograd.grad(out, leaves, dout)

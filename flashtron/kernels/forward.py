@@ -29,7 +29,8 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 @triton.jit
 def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-                     block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+                     block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in,
+                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                      softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
                      start, end, full_lo, full_hi,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
@@ -185,13 +186,15 @@ def attention_forward_kernel(
         tail = tl.maximum(tail, lo)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+        block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in,
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         lo, band_end, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
         FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+        block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in,
+        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         tail, hi, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI,
         FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, INPUT_PRECISION, UPCAST)
