@@ -162,7 +162,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     num_m_blocks = triton.cdiv(q_layout.max_seqlen, cfg.block_m // rows_per_token)
     if num_splits != 1:
         num_splits = _num_splits(num_splits, num_m_blocks * q_layout.batch * num_heads // rows_per_token,
-                                 triton.cdiv(k_layout.max_seqlen, cfg.block_n), q.device)
+                                 triton.cdiv(k_layout.max_seqlen, cfg.block_n), q.device, paged)
     if num_splits > 1:
         # Split-KV: partials in float32, merged by combine_splits_kernel below.
         target_out = torch.empty((num_splits, *q.shape), dtype=torch.float32, device=q.device)
@@ -195,15 +195,18 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     return out, lse
 
 
-def _num_splits(requested: int, programs: int, key_blocks: int, device) -> int:
-    """How many programs share each tile's keys: `requested` when > 0, else enough for about two
-    programs per SM when the tiles alone leave SMs idle, each split keeping >= 4 key blocks."""
+def _num_splits(requested: int, programs: int, key_blocks: int, device, paged: bool) -> int:
+    """How many programs share each tile's keys: `requested` when > 0, else enough to bring the grid to
+    one program per SM (contiguous caches) or two (paged), each split keeping >= 4 key blocks.
+    Measured on an H200 (BENCHMARKS.md): a contiguous decode tile pipelines deep enough to own its SM,
+    so a second wave only queues behind the first; paged tiles wait on their page lookups, and a
+    second resident program per SM hides that."""
     if requested > 0:
         return max(1, min(requested, key_blocks))
-    sm_count = _sm_count(device)
-    if programs >= sm_count:
+    target = _sm_count(device) * (2 if paged else 1)
+    if programs >= target:
         return 1
-    return max(1, min(triton.cdiv(2 * sm_count, programs), key_blocks // 4, 128))
+    return max(1, min(target // programs, key_blocks // 4, 128))
 
 
 _SM_COUNTS = {}
