@@ -108,6 +108,15 @@ def shapes(config: BenchConfig) -> list:
     return found
 
 
+def print_header(env: dict, command: str, cuda: bool) -> None:
+    """The lines every benchmark starts with: where, with what, when, how run; a CPU run says it is
+    a functional check only."""
+    print(f"device: {env['device']}\ntorch {env['torch']}, triton {env['triton']}, "
+          f"python {env['python']}\ndate: {env['date']}\ncommand: {command}")
+    if not cuda:
+        print(f"*** {CPU_NOTE} ***")
+
+
 def environment(cuda: bool) -> dict:
     try:
         import triton
@@ -432,10 +441,7 @@ def run(config: BenchConfig, command: str = "flashtron bench") -> dict | None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     env = environment(cuda)
-    print(f"device: {env['device']}\ntorch {env['torch']}, triton {env['triton']}, "
-          f"python {env['python']}\ndate: {env['date']}\ncommand: {command}")
-    if not cuda:
-        print(f"*** {CPU_NOTE} ***")
+    print_header(env, command, cuda)
     print(f"dtype {config.dtype}, tokens B*S={config.tokens}, hidden H*D={config.hidden}\n", flush=True)
     dtype, rows = DTYPES[config.dtype], []
     todo = shapes(config)

@@ -108,10 +108,7 @@ def run(config: DecodeConfig, command: str = "flashtron bench-decode") -> dict:
     device = torch.device("cuda" if cuda else "cpu")
     dtype = bench.DTYPES[config.dtype]
     env = bench.environment(cuda)
-    print(f"device: {env['device']}\ntorch {env['torch']}, triton {env['triton']}\ndate: {env['date']}\n"
-          f"command: {command}")
-    if not cuda:
-        print(f"*** {bench.CPU_NOTE} ***")
+    bench.print_header(env, command, cuda)
     copy_before = copy_bandwidth(cuda)
     print(f"H={config.heads} Hk={config.heads_kv} D={config.headdim} {config.dtype}, one query token\n", flush=True)
     generator = torch.Generator().manual_seed(0)

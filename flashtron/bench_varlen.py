@@ -90,10 +90,7 @@ def run(config: VarlenConfig, command: str = "flashtron bench-varlen") -> dict:
     device = torch.device("cuda" if cuda else "cpu")
     dtype = bench.DTYPES[config.dtype]
     env = bench.environment(cuda)
-    print(f"device: {env['device']}\ntorch {env['torch']}, triton {env['triton']}\ndate: {env['date']}\n"
-          f"command: {command}")
-    if not cuda:
-        print(f"*** {bench.CPU_NOTE} ***")
+    bench.print_header(env, command, cuda)
     generator = torch.Generator().manual_seed(config.seed)
     lengths = torch.randint(config.min_len, config.max_len + 1, (config.batch,), generator=generator).tolist()
     total, longest = sum(lengths), max(lengths)
