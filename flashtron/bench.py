@@ -40,6 +40,8 @@ VARIANTS = {
     "flashtron-alibi": {"alibi_slopes": "geometric"},
     "flashtron-sinks": {"sinks": "random"},
     "flashtron-dropout": {"dropout_p": 0.1},
+    # float8_e4m3fn q, k, v (cast once, outside the timing), descales 1, bf16 out; forward only.
+    "flashtron-fp8": {"fp8": True},
 }
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -148,6 +150,8 @@ def _attention(impl: str, shape: Shape, device: torch.device):
             variant["alibi_slopes"] = torch.exp2(-8.0 * heads / shape.heads)
         if variant.get("sinks") == "random":
             variant["sinks"] = torch.randn(shape.heads, device=device, requires_grad=True)
+        if variant.pop("fp8", False):
+            return _fp8_attend(flash_attn_func, causal), False, contextlib.nullcontext
         return (lambda q, k, v: flash_attn_func(q, k, v, causal=causal, **variant)), False, contextlib.nullcontext
     if impl == "flex":
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -164,6 +168,20 @@ def _attention(impl: str, shape: Shape, device: torch.device):
         raise RuntimeError(f"SDPBackend.{_SDPA_BACKENDS[impl]} missing in torch {torch.__version__}")
     sdpa = torch.nn.functional.scaled_dot_product_attention
     return (lambda q, k, v: sdpa(q, k, v, is_causal=causal)), True, lambda: sdpa_kernel(backend)
+
+
+def _fp8_attend(flash_attn_func, causal):
+    """attend(q, k, v) on float8_e4m3fn copies of the inputs, made once per input set (the cast is not
+    part of what is timed)."""
+    copies = {}
+
+    def attend(q, k, v):
+        key = (q.data_ptr(), k.data_ptr(), v.data_ptr())
+        if key not in copies:
+            copies.clear()
+            copies[key] = tuple(t.detach().to(torch.float8_e4m3fn) for t in (q, k, v))
+        return flash_attn_func(*copies[key], causal=causal)
+    return attend
 
 
 def _time_cpu(step, inputs, warmup_ms, rep_ms) -> float:

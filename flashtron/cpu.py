@@ -249,8 +249,16 @@ def _sequence_args(b, alibi_slopes, dropout_seed):
 def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, softcap: float, alibi_slopes,
             sinks, dropout_p: float, dropout_seed, allow_tf32: bool, cu_seqlens_q=None, cu_seqlens_k=None,
             seqused_q=None, seqused_k=None, max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None,
-            block_table=None, cache_batch_idx=None, cache_leftpad=None, num_splits: int = 1, pack_gqa: bool = False):
+            block_table=None, cache_batch_idx=None, cache_leftpad=None, num_splits: int = 1, pack_gqa: bool = False,
+            descale=None):
     args = (softmax_scale, window_left, window_right, softcap)
+    if descale is not None:
+        # FP8: attention on the dequantised inputs in float32, output in bfloat16.
+        q, k, v = (dequantize(t, scale, cu_seqlens_q if t is q else cu_seqlens_k)
+                   for t, scale in zip((q, k, v), descale))
+        out, lse = forward(q, k, v, *args, alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32, cu_seqlens_q,
+                           cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k, attn_bias)
+        return out.to(torch.bfloat16), lse
     if block_table is not None or cache_batch_idx is not None or cache_leftpad is not None:
         # num_splits and pack_gqa only change how the kernels divide the work.
         return _cache_forward(q, k, v, *args, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table,
@@ -272,6 +280,17 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         else:
             lse[b, :, q_rows[1]] = lse_b[0]
     return out, lse
+
+
+def dequantize(t, scale, cu_seqlens=None):
+    """FP8 t (B, S, heads, D), or packed (total, heads, D) with cu_seqlens, times its (B, Hk) descale
+    factors (heads = Hk * G share their kv head's factor), in float32."""
+    heads = t.shape[-2]
+    per_head = scale.float().repeat_interleave(heads // scale.shape[1], dim=1)  # (B, heads)
+    if cu_seqlens is None:
+        return t.float() * per_head[:, None, :, None]
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    return t.float() * per_head.repeat_interleave(lengths, dim=0)[:, :, None]
 
 
 def _cache_keys(k, v, b, cu_seqlens_k, seqused_k, block_table, cache_batch_idx, cache_leftpad):

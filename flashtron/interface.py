@@ -13,7 +13,7 @@ from flashtron import ops, validation
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                     softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *, sinks=None,
-                    attn_bias=None):
+                    attn_bias=None, q_descale=None, k_descale=None, v_descale=None):
     """Exact attention softmax(q k^T * softmax_scale) v, computed blockwise.
 
     q: (batch, seqlen_q, num_heads, head_dim); k, v: (batch, seqlen_k, num_heads_k, head_dim),
@@ -26,6 +26,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     every row's softmax denominator; dropout_p drops probabilities (seeded from torch's generator);
     attn_bias (keyword), a float tensor broadcastable to (batch, num_heads, seqlen_q, seqlen_k), is
     added to the logits inside the kernels (after soft-capping; -inf masks) and gets its gradient.
+    FP8 (forward only, as in FlashAttention-3): q, k, v of dtype torch.float8_e4m3fn with q_descale,
+    k_descale, v_descale float32 (batch, num_heads_k) (true value = fp8 value x descale; None is 1);
+    the output is bfloat16.
     float32 inputs are computed in full float32 unless torch.set_float32_matmul_precision allows
     tf32 ("high" or "medium").  The backward is always deterministic.
 
@@ -35,11 +38,13 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     entries negated.
     """
     return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                      deterministic, return_attn_probs, sinks, names=("q", "k", "v"), attn_bias=attn_bias)
+                      deterministic, return_attn_probs, sinks, names=("q", "k", "v"), attn_bias=attn_bias,
+                      descales=(q_descale, k_descale, v_descale))
 
 
 def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-               deterministic, return_attn_probs, sinks, names, sequences=None, attn_bias=None, block_table=None):
+               deterministic, return_attn_probs, sinks, names, sequences=None, attn_bias=None, block_table=None,
+               descales=(None, None, None)):
     """The shared body.  sequences: None (dense), or the raw variable-length arguments
     (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k); block_table
     (variable-length only) pages k and v."""
@@ -66,6 +71,10 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     sinks = validation.check_sinks(sinks, q)
     if not varlen:
         attn_bias = validation.check_attn_bias(attn_bias, q, k)
+    descale = validation.check_descales(*descales, q, batch, k.shape[-2])
+    if descale is not None and (dropout_p > 0 or attn_bias is not None or block_table is not None):
+        raise NotImplementedError("float8_e4m3fn inputs support causal, windows, softcap, ALiBi, sinks, GQA and "
+                                  "varlen; not dropout_p > 0, attn_bias or block_table")
     validation.check_flag("deterministic", deterministic)
     validation.check_flag("return_attn_probs", return_attn_probs)
     # torch.set_float32_matmul_precision("high") sets this flag; reading it (unlike the
@@ -77,7 +86,7 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
                     else None)
     out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, softcap,
                                              alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32, **layout,
-                                             attn_bias=attn_bias)
+                                             attn_bias=attn_bias, descale=descale)
     if return_attn_probs:
         s_dmask = None
         if dropout_p > 0 and paged:
@@ -114,7 +123,7 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None, *, seqused_q=None,
-                           seqused_k=None, sinks=None):
+                           seqused_k=None, sinks=None, q_descale=None, k_descale=None, v_descale=None):
     """flash_attn_func on a batch of sequences of different lengths, packed without padding.
 
     q (total_q, H, D), k and v (total_k, Hk, D); sequence b holds rows [cu_seqlens_q[b], cu_seqlens_q[b+1])
@@ -128,12 +137,13 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     block_table (int32 (B, pages per sequence)) pages the keys: k and v are then
     (num_pages, page_size, Hk, D), any page_size >= 1, and key position p of sequence b is row
     p % page_size of page block_table[b, p // page_size]; cu_seqlens_k accumulates the key counts.
-    Paged calls are forward only (inference), as in flash-attn.
+    Paged calls are forward only (inference), as in flash-attn.  FP8 inputs (float8_e4m3fn, with
+    q_descale / k_descale / v_descale (batch, num_heads_k)) are forward only, as in flash_attn_func.
     """
     return _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
                       deterministic, return_attn_probs, sinks, names=("q", "k", "v"),
                       sequences=(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k),
-                      block_table=block_table)
+                      block_table=block_table, descales=(q_descale, k_descale, v_descale))
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,

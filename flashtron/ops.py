@@ -31,7 +31,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax
                       seqused_k: Optional[torch.Tensor] = None, max_seqlen_q: int = -1, max_seqlen_k: int = -1,
                       attn_bias: Optional[torch.Tensor] = None, block_table: Optional[torch.Tensor] = None,
                       cache_batch_idx: Optional[torch.Tensor] = None, cache_leftpad: Optional[torch.Tensor] = None,
-                      num_splits: int = 1, pack_gqa: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      num_splits: int = 1, pack_gqa: bool = False, descale: Optional[torch.Tensor] = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out, softmax_lse).  Dense: q (B, Sq, H, D), lse (B, H, Sq).  Variable-length (cu_seqlens
     given): q (total_q, H, D), lse (H, total_q), max_seqlen_* bound every sequence's length.
     seqused_q / seqused_k (int32 (B,)) cut each sequence to its first seqused[b] rows.  attn_bias
@@ -39,11 +40,12 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax
     only): block_table (B, pages per sequence) with k, v (pages, page_size, Hk, D); cache_batch_idx
     (B,), k's batch row of each sequence; cache_leftpad (B,), keys before it are padding;
     num_splits > 1 splits each tile's keys over that many programs (dense q), 0 picks a count; pack_gqa
-    puts a kv head's query heads in one tile (decoding: few queries, each group's keys read once)."""
+    puts a kv head's query heads in one tile (decoding: few queries, each group's keys read once).
+    descale (FP8 inputs, forward only): float32 (3, B, Hk), the q, k and v factors; out is bfloat16."""
     return _engine(q).forward(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
                               dropout_p, dropout_seed, allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q,
                               seqused_k, max_seqlen_q, max_seqlen_k, attn_bias, block_table, cache_batch_idx,
-                              cache_leftpad, num_splits, pack_gqa)
+                              cache_leftpad, num_splits, pack_gqa, descale)
 
 
 def _lse_shape(q, cu_seqlens_q):
@@ -54,8 +56,9 @@ def _lse_shape(q, cu_seqlens_q):
 def _(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, dropout_seed,
       allow_tf32, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None, max_seqlen_q=-1,
       max_seqlen_k=-1, attn_bias=None, block_table=None, cache_batch_idx=None, cache_leftpad=None, num_splits=1,
-      pack_gqa=False):
-    return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32)
+      pack_gqa=False, descale=None):
+    out_dtype = torch.bfloat16 if descale is not None else q.dtype
+    return q.new_empty(q.shape, dtype=out_dtype), q.new_empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32)
 
 
 @torch.library.custom_op("flashtron::attention_backward", mutates_args=())
@@ -89,9 +92,10 @@ def _(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right,
 def _setup_context(ctx, inputs, output):
     (q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, dropout_seed,
      allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k, attn_bias,
-     block_table, cache_batch_idx, cache_leftpad, _num_splits, _pack_gqa) = inputs
+     block_table, cache_batch_idx, cache_leftpad, _num_splits, _pack_gqa, descale) = inputs
     out, softmax_lse = output
     ctx.kv_cache = block_table is not None or cache_batch_idx is not None or cache_leftpad is not None
+    ctx.fp8 = descale is not None
     ctx.save_for_backward(q, k, v, out, softmax_lse, alibi_slopes, sinks, dropout_seed,
                           cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, attn_bias)
     ctx.params = (softmax_scale, window_left, window_right, softcap)
@@ -102,6 +106,8 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dout, _dlse):
+    if ctx.fp8:
+        raise NotImplementedError("float8_e4m3fn attention has no backward (forward only, as in FlashAttention-3)")
     if ctx.kv_cache:
         raise NotImplementedError("attention over a KV cache (block_table, cache_batch_idx or cache_leftpad) has "
                                   "no backward: it serves inference; pass tensors that do not require grad")
@@ -117,7 +123,7 @@ def _backward(ctx, dout, _dlse):
         bias_requires_grad)
     return (dq, dk, dv, None, None, None, None, None, None if sinks is None else dsinks, None, None, None,
             None, None, None, None, None, None, dbias if bias_requires_grad else None, None, None, None, None,
-            None)
+            None, None)
 
 
 # attention_forward's inputs, in order: attn_bias is the last of 19.

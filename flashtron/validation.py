@@ -12,6 +12,7 @@ import numbers
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8_DTYPE = torch.float8_e4m3fn
 MAX_HEAD_DIM = 256
 
 
@@ -59,8 +60,9 @@ def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False, paged: bool 
         raise ValueError(f"q, k and v must be on one device, got q on {q.device}, k on {k.device}, v on {v.device}")
     if q.device.type not in ("cuda", "cpu"):
         raise NotImplementedError(f"{q_name} is on device {q.device}; flashtron runs on CUDA GPUs and on the CPU")
-    if q.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{q_name} has dtype {q.dtype}; supported dtypes are float16, bfloat16 and float32")
+    if q.dtype not in SUPPORTED_DTYPES + (FP8_DTYPE,):
+        raise TypeError(f"{q_name} has dtype {q.dtype}; supported dtypes are float16, bfloat16, float32 and "
+                        "float8_e4m3fn (forward only)")
     for name, t in ((k_name, k), (v_name, v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype}, but {q_name} has dtype {q.dtype}; they must match")
@@ -270,6 +272,33 @@ def check_attn_bias(attn_bias, q: torch.Tensor, k: torch.Tensor):
         raise ValueError(f"attn_bias must broadcast to (batch, num_heads, seqlen_q, seqlen_k) = {target}, "
                          f"got shape {tuple(attn_bias.shape)}")
     return attn_bias.reshape(shape)
+
+
+def check_descales(q_descale, k_descale, v_descale, q: torch.Tensor, batch: int, num_heads_kv: int):
+    """FP8 descale factors (FlashAttention-3's convention: true value = fp8 value x descale), float32
+    (batch, num_heads_k) each, None meaning 1.  Returns None for non-FP8 inputs, else one float32
+    (3, batch, num_heads_k) tensor (q's, k's and v's factors) for the kernels."""
+    given = {"q_descale": q_descale, "k_descale": k_descale, "v_descale": v_descale}
+    if q.dtype != FP8_DTYPE:
+        for name, t in given.items():
+            if t is not None:
+                raise ValueError(f"{name} applies to float8_e4m3fn inputs only; q has dtype {q.dtype}")
+        return None
+    planes = []
+    for name, t in given.items():
+        if t is None:
+            planes.append(torch.ones(batch, num_heads_kv, dtype=torch.float32, device=q.device))
+            continue
+        _require_tensor(name, t)
+        if t.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32, got {t.dtype}")
+        if tuple(t.shape) != (batch, num_heads_kv):
+            raise ValueError(f"{name} must have shape (batch, num_heads_k) = ({batch}, {num_heads_kv}), "
+                             f"got {tuple(t.shape)}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+        planes.append(t)
+    return torch.stack(planes).contiguous()
 
 
 def check_sinks(sinks, q: torch.Tensor):

@@ -353,3 +353,11 @@ def test_scaled_dot_product_attention_gpu(case):
     assert_within_rule("out", ours, truth, plain, 2)
     for name, a, b, c in zip(("dq", "dk", "dv", "dmask"), our_grads, truth_grads, plain_grads):
         assert_within_rule(name, a, b, c, 3)
+
+
+@pytest.mark.parametrize("shape", [(2, 2048, 2048, 8, 2, 128), (1, 1000, 3000, 4, 4, 64), (2, 513, 777, 4, 1, 256)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_fp8_gpu(shape, causal):
+    from test_fp8 import check, fp8_inputs
+    check(*fp8_inputs(*shape, device="cuda"), causal=causal)

@@ -48,6 +48,13 @@ _HOPPER = {
 
 # Sliding windows on Hopper: short loops favour smaller query tiles (more programs, less tail).
 # benchmarks/tune.py --window 1024,0 at S = 16k, H200, 2026-11-21: forward +13% over the table above.
+# FP8 forward (element size 1) on Hopper: first guesses, to be tuned (BENCHMARKS.md).
+_HOPPER_FP8 = {
+    ("forward", 64, 1): KernelConfig(128, 64, 4, 3),
+    ("forward", 128, 1): KernelConfig(128, 128, 8, 3),
+    ("forward", 256, 1): KernelConfig(64, 64, 4, 3),
+}
+
 _HOPPER_WINDOWED = {
     ("forward", 128, 2): KernelConfig(64, 64, 4, 3),
 }
@@ -91,12 +98,14 @@ def select(kernel: str, tensor: torch.Tensor, block_d: int, windowed: bool = Fal
     if tensor.device.type != "cuda":
         return _INTERPRETER[kernel]
     key = (kernel, head_dim_bucket(block_d), tensor.element_size())
-    config = _GENERIC[key]
+    config = _GENERIC[key] if key in _GENERIC else _GENERIC[(kernel, key[1], 2)]
     if torch.cuda.get_device_capability(tensor.device)[0] == 9:
         if windowed and key in _HOPPER_WINDOWED:
             config = _HOPPER_WINDOWED[key]
         elif key in _HOPPER:
             config = _HOPPER[key]
+        elif key in _HOPPER_FP8:
+            config = _HOPPER_FP8[key]
     if dropout:
         config = dataclasses.replace(config, num_stages=max(1, config.num_stages - 1))
     return config

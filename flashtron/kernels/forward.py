@@ -37,7 +37,7 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                      HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
                      SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, BIAS: tl.constexpr, DROPOUT: tl.constexpr,
-                     PAGED: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                     PAGED: tl.constexpr, FP8: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
@@ -58,6 +58,10 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
         else:
             kt = tl.load(kt_ptrs)
             v = tl.load(v_ptrs)
+        if FP8:
+            # fp8 tiles are widened to bf16 in registers (exact) and multiplied on the bf16 path.
+            kt = kt.to(tl.bfloat16)
+            v = v.to(tl.bfloat16)
         scores = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
         if not FOLD_SCALE:
             bias = bias_tile(bias_ptrs, m_in, offs_n < seqlen_k, BIAS)
@@ -105,7 +109,7 @@ def attention_forward_kernel(
         Alibi, stride_alibi_b, Sinks, DropoutSeed, dropout_p,
         Bias, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
         LeftPadK, KVBatchIdx, BlockTable, stride_block_table, page_size,
-        num_splits, stride_o_split, stride_lse_split,
+        num_splits, stride_o_split, stride_lse_split, Descale, stride_descale,
         num_heads, kv_group_size, max_seqlen_q, max_seqlen_k, num_m_blocks,
         softmax_scale, qk_scale_log2, softcap, window_left, window_right,
         head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
@@ -114,7 +118,8 @@ def attention_forward_kernel(
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
         SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr,
         BIAS: tl.constexpr, LEFTPAD: tl.constexpr, KV_BATCH_IDX: tl.constexpr, PAGED: tl.constexpr,
-        SPLIT: tl.constexpr, PACK_GQA: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        SPLIT: tl.constexpr, PACK_GQA: tl.constexpr, FP8: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     pid = tl.program_id(0)
     split = pid * 0
     if SPLIT:
@@ -165,6 +170,17 @@ def attention_forward_kernel(
         bias_ptrs = (Bias + batch.to(tl.int64) * stride_bias_b + head.to(tl.int64) * stride_bias_h
                      + offs_m.to(tl.int64)[:, None] * stride_bias_m + offs_n[None, :] * stride_bias_n)
 
+    if FP8:
+        # q, k, v are float8_e4m3fn with per-(batch, kv head) descale factors: q's and k's fold into
+        # the score scale, v's is applied to the output.  The tiles are read as fp8 (half the bytes)
+        # and multiplied as bf16: Triton 3.6's fp8 dot on sm_90 measured wrong and 2x slower here
+        # (BENCHMARKS.md).
+        descale_qk = (tl.load(Descale + batch * num_heads // kv_group_size + head_kv)
+                      * tl.load(Descale + stride_descale + batch * num_heads // kv_group_size + head_kv))
+        softmax_scale = softmax_scale * descale_qk
+        qk_scale_log2 = qk_scale_log2 * descale_qk
+        q = q.to(tl.bfloat16)
+
     # FOLD_SCALE (a positive scale, no soft-capping, ALiBi or bias): the row max is taken on raw
     # scores and scaled once per row.  Otherwise the logits are formed tile-wise first.
     if FOLD_SCALE:
@@ -190,14 +206,14 @@ def attention_forward_kernel(
         offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         lo, band_end, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
-        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, INPUT_PRECISION, UPCAST)
+        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, FP8, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
         block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in,
         offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         tail, hi, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI,
-        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, INPUT_PRECISION, UPCAST)
+        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, FP8, INPUT_PRECISION, UPCAST)
 
     # A row saw nothing when every key was masked (by the band or by -inf in the bias).
     saw_nothing = row_max == float("-inf")
@@ -214,6 +230,8 @@ def attention_forward_kernel(
     out = acc / row_sum[:, None]
     if DROPOUT:
         out = out * (1.0 / (1.0 - dropout_p))
+    if FP8:
+        out = out * tl.load(Descale + 2 * stride_descale + batch * num_heads // kv_group_size + head_kv)
     lse = tl.where(saw_nothing, float("inf"), (row_max + tl.math.log2(row_sum)) * LN2)
 
     o_ptrs = (Out + split.to(tl.int64) * stride_o_split

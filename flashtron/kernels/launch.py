@@ -47,7 +47,7 @@ def _input_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
 
 
 def _upcast(dtype: torch.dtype) -> bool:
-    return INTERPRET and dtype == torch.bfloat16
+    return INTERPRET and dtype in (torch.bfloat16, torch.float8_e4m3fn)
 
 
 def _grid(num_blocks: int, batch_heads: int) -> tuple:
@@ -125,15 +125,17 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
             alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
             cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
             max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None, block_table=None,
-            cache_batch_idx=None, cache_leftpad=None, num_splits: int = 1, pack_gqa: bool = False):
+            cache_batch_idx=None, cache_leftpad=None, num_splits: int = 1, pack_gqa: bool = False, descale=None):
     """Dense or variable-length attention; block_table (paged k and v as (pages, page_size, Hk, D)),
     cache_batch_idx (k's batch row of each query row), cache_leftpad (keys before it are padding)
-    and num_splits > 1 (split-KV, dense q only) serve KV-cache decoding."""
+    and num_splits > 1 (split-KV, dense q only) serve KV-cache decoding.  descale (float32 (3, B, Hk)):
+    q, k, v are float8_e4m3fn and out is bfloat16."""
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_heads_kv = k.shape[-2]
     varlen = cu_seqlens_q is not None
     paged = block_table is not None
-    out = _new_output(q.shape, q.dtype, q.device)
+    fp8 = descale is not None
+    out = _new_output(q.shape, torch.bfloat16 if fp8 else q.dtype, q.device)
     lse = _new_output((num_heads, q.shape[0]) if varlen else (q.shape[0], num_heads, q.shape[1]),
                       torch.float32, q.device)
     if seqused_q is not None:
@@ -181,6 +183,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         *q_layout.strides(q), *k_strides, *v_strides, *out_strides,
         *lse_strides, *layout_args[2:], *_alibi_args(alibi_slopes, q), q if sinks is None else sinks,
         q if dropout_seed is None else dropout_seed, dropout_p, *_bias_args(attn_bias, q), *cache_args,
+        q if descale is None else descale, 0 if descale is None else descale.stride(0),
         num_heads, group, q_layout.max_seqlen, k_layout.max_seqlen, num_m_blocks,
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
         head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
@@ -188,7 +191,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None and attn_bias is None,
         SINKS=sinks is not None, BIAS=attn_bias is not None, LEFTPAD=cache_leftpad is not None,
         KV_BATCH_IDX=cache_batch_idx is not None, PAGED=paged, SPLIT=num_splits > 1, PACK_GQA=rows_per_token,
-        INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
+        FP8=fp8, INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if num_splits > 1:
         _combine_splits(target_out, target_lse, out, lse)
