@@ -50,7 +50,7 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     (variable-length only) pages k and v."""
     varlen = sequences is not None
     paged = block_table is not None
-    q, k, v = validation.check_qkv(q, k, v, names, varlen=varlen, paged=paged)
+    q, k, v = validation.check_qkv(q, k, v, names, varlen=varlen, paged=paged, allow_fp8=True)
     layout = {}
     batch = q.shape[0]
     if varlen:

@@ -40,11 +40,14 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
 
-def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False, paged: bool = False):
+def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False, paged: bool = False,
+              allow_fp8: bool = False):
     """Validate q (B, Sq, H, D), k and v (B, Sk, Hk, D), or with varlen q (total_q, H, D) and k, v
     (total_k, Hk, D); return them with unit head-dim stride.
 
-    `names` are what the caller passed (qkv or kv for the packed forms), for the messages.
+    `names` are what the caller passed (qkv or kv for the packed forms), for the messages.  paged: k
+    and v are (num_pages, page_size, Hk, D).  allow_fp8: float8_e4m3fn inputs are accepted (the
+    forward-only FP8 path of flash_attn_func and flash_attn_varlen_func).
     """
     q_name, k_name, v_name = names
     for name, t in zip(names, (q, k, v)):
@@ -60,6 +63,9 @@ def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False, paged: bool 
         raise ValueError(f"q, k and v must be on one device, got q on {q.device}, k on {k.device}, v on {v.device}")
     if q.device.type not in ("cuda", "cpu"):
         raise NotImplementedError(f"{q_name} is on device {q.device}; flashtron runs on CUDA GPUs and on the CPU")
+    if q.dtype == FP8_DTYPE and not allow_fp8:
+        raise TypeError(f"{q_name} has dtype float8_e4m3fn, which only flash_attn_func and flash_attn_varlen_func "
+                        "take (forward only); use float16, bfloat16 or float32 here")
     if q.dtype not in SUPPORTED_DTYPES + (FP8_DTYPE,):
         raise TypeError(f"{q_name} has dtype {q.dtype}; supported dtypes are float16, bfloat16, float32 and "
                         "float8_e4m3fn (forward only)")

@@ -107,6 +107,9 @@ def test_fp8_errors():
         flash_attn_func(q, k.to(torch.bfloat16), v)
     with pytest.raises(NotImplementedError, match="not dropout_p"):
         flash_attn_func(q, k, v, dropout_p=0.1)
+    from flashtron import flash_attn_with_kvcache
+    with pytest.raises(TypeError, match="only flash_attn_func and flash_attn_varlen_func"):
+        flash_attn_with_kvcache(q, k, v, cache_seqlens=4)
     leaf = q.float().requires_grad_()
     out = flash_attn_func(leaf.to(FP8), k, v)
     with pytest.raises(NotImplementedError, match="no backward"):
