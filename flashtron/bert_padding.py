@@ -22,6 +22,8 @@ import numbers
 
 import torch
 
+from flashtron.validation import require_tensor
+
 __all__ = ["index_first_axis", "index_put_first_axis", "unpad_input", "pad_input"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -31,13 +33,8 @@ _INDEX_DTYPES = (torch.int32, torch.int64)
 # Argument checks: shapes, dtypes and devices only, so no device-to-host copies.
 # ---------------------------------------------------------------------------------------------
 
-def _require_tensor(name, t):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-
-
 def _check_indices(name, indices, other_name, other):
-    _require_tensor(name, indices)
+    require_tensor(name, indices)
     if indices.dim() != 1:
         raise ValueError(f"{name} must be 1-D (n,), got shape {tuple(indices.shape)}")
     if indices.dtype not in _INDEX_DTYPES:
@@ -49,7 +46,7 @@ def _check_indices(name, indices, other_name, other):
 
 def _check_scatter_args(name, values, indices):
     """values (n, ...) and indices (n,), for the scatters; `name` is what the caller calls values."""
-    _require_tensor(name, values)
+    require_tensor(name, values)
     if values.dim() < 1:
         raise ValueError(f"{name} must have at least one dimension (n, ...), got a 0-d tensor")
     _check_indices("indices", indices, name, values)
@@ -70,7 +67,7 @@ def _check_size(name, value):
 
 
 def _check_mask(name, mask, hidden_states):
-    _require_tensor(name, mask)
+    require_tensor(name, mask)
     batch, seqlen = hidden_states.shape[:2]
     if mask.dim() != 2 or mask.shape[0] != batch or mask.shape[1] != seqlen:
         raise ValueError(f"{name} must be (batch, seqlen) matching hidden_states' first two dims "
@@ -131,7 +128,7 @@ def index_first_axis(input, indices):
     device, each in [0, N). Returns (n, ...) contiguous, input's dtype. The gradient w.r.t.
     input is zero except at the gathered rows.
     """
-    _require_tensor("input", input)
+    require_tensor("input", input)
     if input.dim() < 1:
         raise ValueError("input must have at least one dimension (N, ...), got a 0-d tensor")
     _check_indices("indices", indices, "input", input)
@@ -172,7 +169,7 @@ def unpad_input(hidden_states, attention_mask, unused_mask=None):
     - seqused: (batch,) int32, the attention_mask tokens of each sequence (equal to the
       per-sequence lengths when unused_mask is None).
     """
-    _require_tensor("hidden_states", hidden_states)
+    require_tensor("hidden_states", hidden_states)
     if hidden_states.dim() < 2:
         raise ValueError(f"hidden_states must be (batch, seqlen, ...), "
                          f"got shape {tuple(hidden_states.shape)}")

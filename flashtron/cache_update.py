@@ -21,6 +21,7 @@ from torch import Tensor
 
 from flashtron.kernels import cache_update as kernels
 from flashtron.rotary import SUPPORTED_DTYPES, check_cos_sin, host_checks_enabled, rotate_torch, use_triton
+from flashtron.validation import require_tensor
 
 _DENSE = "(batch_cache, seqlen_cache, nheads_k, headdim)"
 _PAGED = "(num_blocks, page_size, nheads_k, headdim) (block_table given)"
@@ -75,13 +76,8 @@ def _(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, blo
 # ----------------------------------------------------------------------------------------------
 # Checks.
 
-def _require_tensor(name: str, t) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-
-
 def _check_index(name: str, t, shape: tuple, what: str, device: torch.device) -> Tensor:
-    _require_tensor(name, t)
+    require_tensor(name, t)
     if t.dtype != torch.int32:
         raise TypeError(f"{name} must be int32, got {t.dtype}")
     if tuple(t.shape) != shape:
@@ -94,7 +90,7 @@ def _check_index(name: str, t, shape: tuple, what: str, device: torch.device) ->
 def _check_tensors(k_cache, v_cache, k, v, paged: bool) -> None:
     layout = _PAGED if paged else _DENSE
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v)):
-        _require_tensor(name, t)
+        require_tensor(name, t)
         if t.dim() != 4:
             what = layout if name.endswith("cache") else "(batch, seqlen_new, nheads_k, headdim)"
             raise ValueError(f"{name} must have 4 dimensions {what}, got shape {tuple(t.shape)}")
@@ -182,7 +178,7 @@ def update_kv_cache(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, cach
         if cache_batch_idx is not None:
             raise ValueError("cache_batch_idx and block_table cannot be used together: a paged cache (block_table) "
                              "addresses pages per sequence, not cache rows; pass one of them")
-        _require_tensor("block_table", block_table)
+        require_tensor("block_table", block_table)
         if block_table.dim() != 2 or block_table.shape[0] != batch or block_table.shape[1] < 1:
             raise ValueError(f"block_table must have shape (batch, max_blocks_per_seq) = ({batch}, >= 1), got "
                              f"{tuple(block_table.shape)}")

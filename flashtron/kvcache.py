@@ -42,9 +42,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     Returns out (batch, seqlen_q, H, D), and with return_softmax_lse=True also softmax_lse float32
     (batch, H, seqlen_q).  Forward only (inference).
     """
-    _require_tensor("q", q)
-    _require_tensor("k_cache", k_cache)
-    _require_tensor("v_cache", v_cache)
     paged = block_table is not None
     q_checked, k_cache, v_cache = validation.check_qkv(q, k_cache, v_cache, ("q", "k_cache", "v_cache"),
                                                        paged=True)
@@ -101,11 +98,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, num_splits=int(num_splits),
         pack_gqa=True)
     return (out, softmax_lse) if return_softmax_lse else out
-
-
-def _require_tensor(name, t):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
 
 def _cache_seqlens(cache_seqlens, batch: int, cache_rows: int, seqlen_new: int, device):

@@ -151,11 +151,6 @@ def _(x, cos, sin, seqlen_offsets, seqlen_offset, cu_seqlens, max_seqlen, interl
 # ----------------------------------------------------------------------------------------------
 # Checks.
 
-def _require_tensor(name: str, t) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-
-
 def _is_int(value) -> bool:
     return isinstance(value, (numbers.Integral, torch.SymInt)) and not isinstance(value, bool)
 
@@ -166,7 +161,7 @@ def check_cos_sin(cos, sin, head_dim: int, dtype: torch.dtype, device: torch.dev
     Returns them contiguous."""
     cos_name, sin_name = names
     for name, t in zip(names, (cos, sin)):
-        _require_tensor(name, t)
+        validation.require_tensor(name, t)
         if t.dim() != 2:
             raise ValueError(f"{name} must have 2 dimensions (seqlen_rotary, rotary_dim / 2), got shape "
                              f"{tuple(t.shape)}")
@@ -188,7 +183,7 @@ def check_cos_sin(cos, sin, head_dim: int, dtype: torch.dtype, device: torch.dev
 
 
 def _check_x(x, varlen: bool, name: str = "x") -> None:
-    _require_tensor(name, x)
+    validation.require_tensor(name, x)
     rank, layout = (3, "(total_seqlen, nheads, headdim)") if varlen else (4, "(batch, seqlen, nheads, headdim)")
     if x.dim() != rank:
         extra = " (cu_seqlens given)" if varlen else ""
@@ -226,7 +221,7 @@ def _check_offsets(seqlen_offsets, batch: int, seqlen: int, seqlen_ro: int, devi
 
 
 def _check_cu_seqlens(cu_seqlens, max_seqlen, device) -> int:
-    _require_tensor("cu_seqlens", cu_seqlens)
+    validation.require_tensor("cu_seqlens", cu_seqlens)
     if cu_seqlens.dtype != torch.int32:
         raise TypeError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
     if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 1:
@@ -317,7 +312,7 @@ apply_rotary_emb_func = apply_rotary_emb
 
 
 def _check_packed(name: str, t, expected_rank_layout: str):
-    _require_tensor(name, t)
+    validation.require_tensor(name, t)
     if t.dim() not in (4, 5):
         raise ValueError(f"{name} must have shape {expected_rank_layout}, got {tuple(t.shape)}")
 
@@ -359,7 +354,7 @@ def apply_rotary_emb_qkv_(qkv: Tensor, cos: Tensor, sin: Tensor, cos_k: Optional
 def apply_rotary_emb_kv_(kv: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False,
                          seqlen_offsets: Union[int, Tensor] = 0) -> Tensor:
     """Rotate k of a packed kv (batch, seqlen, 2, nheads, headdim) in place; v is untouched.  Returns kv."""
-    _require_tensor("kv", kv)
+    validation.require_tensor("kv", kv)
     if kv.dim() != 5 or kv.shape[2] != 2:
         raise ValueError(f"kv must have shape (batch, seqlen, 2, nheads, headdim), got {tuple(kv.shape)}")
     _apply(kv[:, :, 0], cos, sin, interleaved, True, seqlen_offsets, None, None, name="k (of kv)")
@@ -443,7 +438,7 @@ class RotaryEmbedding(torch.nn.Module):
         or q (batch, seqlen, nheads, headdim) when kv (batch, seqlen, 2, nheads_k, headdim) is given.
         seqlen_offset: int, or tensor (batch,), in which case pass max_seqlen to size the tables.
         Rotates in place; returns qkv, or (q, kv)."""
-        _require_tensor("qkv", qkv)
+        validation.require_tensor("qkv", qkv)
         seqlen = qkv.shape[1]
         if max_seqlen is not None:
             self._update_cos_sin_cache(max_seqlen, device=qkv.device, dtype=qkv.dtype)

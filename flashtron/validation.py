@@ -16,7 +16,7 @@ FP8_DTYPE = torch.float8_e4m3fn
 MAX_HEAD_DIM = 256
 
 
-def _require_tensor(name: str, t) -> None:
+def require_tensor(name: str, t) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
@@ -28,7 +28,7 @@ def _require_rank(name: str, t: torch.Tensor, rank: int, layout: str) -> None:
 
 def check_packed(name: str, t, rank: int, packed_dim: int, count: int, layout: str) -> None:
     """For qkv (B, S, 3, H, D) and kv (B, S, 2, Hk, D)."""
-    _require_tensor(name, t)
+    require_tensor(name, t)
     _require_rank(name, t, rank, layout)
     if t.shape[packed_dim] != count:
         raise ValueError(f"{name} must have size {count} in dimension {packed_dim} {layout}, "
@@ -51,7 +51,7 @@ def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False, paged: bool 
     """
     q_name, k_name, v_name = names
     for name, t in zip(names, (q, k, v)):
-        _require_tensor(name, t)
+        require_tensor(name, t)
     rank, layout = ((3, "(total_tokens, num_heads, head_dim)") if varlen
                     else (4, "(batch, seqlen, num_heads, head_dim)"))
     _require_rank(q_name, q, rank, layout)
@@ -112,7 +112,7 @@ def sequence_checks_enabled() -> bool:
 
 
 def check_index_tensor(name: str, t, length: int, device: torch.device) -> None:
-    _require_tensor(name, t)
+    require_tensor(name, t)
     if t.dtype != torch.int32:
         raise TypeError(f"{name} must be int32, got {t.dtype}")
     if t.dim() != 1 or t.shape[0] != length:
@@ -126,7 +126,7 @@ def check_sequences(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q, k
     """Validate a variable-length batch: cu_seqlens int32 (B + 1,), max_seqlen ints >= 0, seqused int32
     (B,) or None.  Returns (batch, max_seqlen_q, max_seqlen_k, cu_q, cu_k, used_q, used_k), contiguous.
     With paged keys, cu_seqlens_k accumulates key lengths but indexes no packed tensor."""
-    _require_tensor("cu_seqlens_q", cu_seqlens_q)
+    require_tensor("cu_seqlens_q", cu_seqlens_q)
     if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape[0] < 1:
         raise ValueError(f"cu_seqlens_q must have shape (batch + 1,), got {tuple(cu_seqlens_q.shape)}")
     batch = cu_seqlens_q.shape[0] - 1
@@ -179,7 +179,7 @@ def check_block_table(block_table, k, batch: int, max_seqlen_k: int, name: str =
     """A paged cache's page table: int32 (batch, pages per sequence) on k's device, enough pages for
     max_seqlen_k keys; its entries (checked where cu_seqlens are, see set_sequence_checks) index k's
     pages.  Returns it contiguous."""
-    _require_tensor(name, block_table)
+    require_tensor(name, block_table)
     if block_table.dtype != torch.int32:
         raise TypeError(f"{name} must be int32, got {block_table.dtype}")
     if block_table.dim() != 2 or block_table.shape[0] != batch:
@@ -249,7 +249,7 @@ def check_alibi_slopes(alibi_slopes, q: torch.Tensor, batch: int):
     """None, or float32 slopes of shape (H,) or (B, H) on q's device, made contiguous."""
     if alibi_slopes is None:
         return None
-    _require_tensor("alibi_slopes", alibi_slopes)
+    require_tensor("alibi_slopes", alibi_slopes)
     num_heads = q.shape[-2]
     if tuple(alibi_slopes.shape) not in ((num_heads,), (batch, num_heads)):
         raise ValueError(f"alibi_slopes must have shape ({num_heads},) or ({batch}, {num_heads}), "
@@ -266,7 +266,7 @@ def check_attn_bias(attn_bias, q: torch.Tensor, k: torch.Tensor):
     kept: the launcher gives them stride 0, so a broadcast bias is never copied)."""
     if attn_bias is None:
         return None
-    _require_tensor("attn_bias", attn_bias)
+    require_tensor("attn_bias", attn_bias)
     target = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
     if attn_bias.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"attn_bias must be float16, bfloat16 or float32 (additive; turn a boolean mask into "
@@ -295,7 +295,7 @@ def check_descales(q_descale, k_descale, v_descale, q: torch.Tensor, batch: int,
         if t is None:
             planes.append(torch.ones(batch, num_heads_kv, dtype=torch.float32, device=q.device))
             continue
-        _require_tensor(name, t)
+        require_tensor(name, t)
         if t.dtype != torch.float32:
             raise TypeError(f"{name} must be float32, got {t.dtype}")
         if tuple(t.shape) != (batch, num_heads_kv):
@@ -311,7 +311,7 @@ def check_sinks(sinks, q: torch.Tensor):
     """None, or float32 logits of shape (H,) on q's device, made contiguous."""
     if sinks is None:
         return None
-    _require_tensor("sinks", sinks)
+    require_tensor("sinks", sinks)
     num_heads = q.shape[-2]
     if tuple(sinks.shape) != (num_heads,):
         raise ValueError(f"sinks must have shape ({num_heads},) (one logit per query head), got {tuple(sinks.shape)}")

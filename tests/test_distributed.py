@@ -443,6 +443,21 @@ def test_ring_variants(workers, name):
     run_ring(workers, world_size, **spec)
 
 
+def check_dropout_result(result, truth_out, plain_out, truth_grads, plain_grads, truth_lse):
+    """A dropout ring run (forward, gradients and lse of its first draw; a repeat; the next draw)
+    against the reference that used the same mask."""
+    out, dq, dk, dv, lse = result["first"]
+    assert_within_rule("out", out, truth_out, plain_out, 2)
+    for name, ours, truth, plain in zip(("dq", "dk", "dv"), (dq, dk, dv), truth_grads, plain_grads):
+        assert_within_rule(name, ours, truth, plain, 3)
+    assert max_error(lse, truth_lse) < 1e-4, "dropout leaves the lse alone"
+
+    # torch.manual_seed reproduces forward and backward bit for bit; the next draw differs.
+    for first, again in zip(result["first"], result["again"]):
+        assert torch.equal(first, again)
+    assert not torch.equal(result["first"][0], result["next"][0])
+
+
 @pytest.mark.parametrize("world_size,layout,causal,heads", [(2, "zigzag", True, (4, 2)),
                                                             (3, "contiguous", False, (2, 1))])
 def test_dropout(workers, world_size, layout, causal, heads):
@@ -472,16 +487,7 @@ def test_dropout(workers, world_size, layout, causal, heads):
     truth_probabilities, _ = attention_reference(q, k, identity, causal=causal, **variants)
     assert max_error(result["probabilities"], truth_probabilities) < 1e-5
     plain_out, _, plain_grads = reference_and_grads(q, k, v, dout, causal, False, **variants)
-    out, dq, dk, dv, lse = result["first"]
-    assert_within_rule("out", out, truth_out, plain_out, 2)
-    for name, ours, truth, plain in zip(("dq", "dk", "dv"), (dq, dk, dv), truth_grads, plain_grads):
-        assert_within_rule(name, ours, truth, plain, 3)
-    assert max_error(lse, truth_lse) < 1e-4, "dropout leaves the lse alone"
-
-    # torch.manual_seed reproduces forward and backward bit for bit; the next draw differs.
-    for first, again in zip(result["first"], result["again"]):
-        assert torch.equal(first, again)
-    assert not torch.equal(result["first"][0], result["next"][0])
+    check_dropout_result(result, truth_out, plain_out, truth_grads, plain_grads, truth_lse)
 
 
 @pytest.mark.parametrize("world_size,layout,lengths,message", [
@@ -598,16 +604,7 @@ def test_varlen_dropout(workers):
     identity = varlen_global_inputs(dict(spec, one_hot_v=True))[2]
     truth_probabilities = packed_reference(q, k, identity, dout, lengths, True, True, **masks)[0]
     assert max_error(result["probabilities"], truth_probabilities) < 1e-5
-    out, dq, dk, dv, lse = result["first"]
-    assert_within_rule("out", out, truth_out, plain_out, 2)
-    for name, ours, truth, plain in zip(("dq", "dk", "dv"), (dq, dk, dv), truth_grads, plain_grads):
-        assert_within_rule(name, ours, truth, plain, 3)
-    assert max_error(lse, truth_lse) < 1e-4, "dropout leaves the lse alone"
-
-    # torch.manual_seed reproduces forward and backward bit for bit; the next draw differs.
-    for first, again in zip(result["first"], result["again"]):
-        assert torch.equal(first, again)
-    assert not torch.equal(result["first"][0], result["next"][0])
+    check_dropout_result(result, truth_out, plain_out, truth_grads, plain_grads, truth_lse)
 
 
 @pytest.mark.parametrize("cu_seqlens,max_seqlen,message", [
