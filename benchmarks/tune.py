@@ -66,6 +66,8 @@ def main():
     parser.add_argument("--kernels", default="forward,dkdv,dq")
     parser.add_argument("--window", default=None,
                         help="L,R: sweep a sliding window instead of full/causal (FLOPs counted as causal)")
+    parser.add_argument("--tma", default="off", choices=("off", "on", "both"),
+                        help="candidates with TMA tiles off, on, or each both ways")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     dtype = torch.bfloat16
@@ -87,7 +89,8 @@ def main():
             out, lse = launch.forward(q, k, v, scale, *window, *variants, False)
             for kernel in args.kernels.split(","):
                 candidates = {"forward": FORWARD_CANDIDATES, "dkdv": DKDV_CANDIDATES, "dq": DQ_CANDIDATES}[kernel]
-                for cand in candidates:
+                tma_modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.tma]
+                for cand in [(*c, t) for c in candidates for t in tma_modes]:
                     if head_dim == 256 and cand[0] * cand[1] > 64 * 128:
                         continue
                     cfg = KernelConfig(*cand)
@@ -115,12 +118,12 @@ def main():
     with open(os.path.join(args.out, "tune.json"), "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                        date=time.strftime("%Y-%m-%d"), seqlen=args.seqlen, results=results), f, indent=1)
-    print(f"\n{'kernel':8} {'D':>4} {'causal':>6} {'config':>20} {'TFLOP/s':>8} {'err':>9}")
+    print(f"\n{'kernel':8} {'D':>4} {'causal':>6} {'config':>26} {'TFLOP/s':>8} {'err':>9}")
     for row in results:
         tf = f"{row['tflops']:.0f}" if row.get("tflops") else "-"
         err = row.get("max_error")
         err = f"{err:.2e}" if isinstance(err, float) else str(err)[:30] if err is not None else ""
-        print(f"{row['kernel'][:8]:8} {row['head_dim']:>4} {str(row['causal']):>6} {str(row['config']):>20} "
+        print(f"{row['kernel'][:8]:8} {row['head_dim']:>4} {str(row['causal']):>6} {str(row['config']):>26} "
               f"{tf:>8} {err:>9}")
 
 

@@ -55,13 +55,14 @@ def attention_backward_preprocess(
 
 @triton.jit
 def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile,
-                  stride_qm, stride_dom, bias_ptrs, dbias_ptrs, stride_bias_m, stride_dbias_m, n_in,
+                  stride_qm, stride_dom, QDesc, DODesc, q_row, do_row, col,
+                  bias_ptrs, dbias_ptrs, stride_bias_m, stride_dbias_m, n_in,
                   offs_n, key_start, offs_d, seqlen_q, diagonal, window_left, window_right,
                   softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, start, end,
                   full_lo, full_hi, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                   HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                  BIAS: tl.constexpr, BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr,
+                  BIAS: tl.constexpr, BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr,
                   INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Tiles here are transposed: rows are keys (this program's), columns are queries.
     offs_m_tile = tl.arange(0, BLOCK_M)
@@ -79,7 +80,11 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
             lse = tl.load(lse_base + offs_m, mask=m_in, other=0.0)
             delta = tl.load(delta_base + offs_m, mask=m_in, other=0.0)
         else:
-            if not EVEN_D:
+            if TMA:
+                # Whole blocks inside the sequence: boxes from the copy engine (see tma).
+                qt = tl.trans(QDesc.load([q_row + start_m, col]))
+                do = DODesc.load([do_row + start_m, col])
+            elif not EVEN_D:
                 qt = tl.load(qt_ptrs, mask=d_in[:, None], other=0.0)
                 do = tl.load(do_ptrs, mask=d_in[None, :], other=0.0)
             else:
@@ -118,8 +123,9 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
         if SOFTCAP:
             ds_t = ds_t * cap_slope_t
         dk = mma(downcast(ds_t, qt.dtype, UPCAST), tl.trans(qt), dk, INPUT_PRECISION, UPCAST)
-        qt_ptrs += BLOCK_M * stride_qm
-        do_ptrs += BLOCK_M * stride_dom
+        if not (TMA and MASK == BAND_MASK):
+            qt_ptrs += BLOCK_M * stride_qm
+            do_ptrs += BLOCK_M * stride_dom
         bias_ptrs += BLOCK_M * stride_bias_m
         dbias_ptrs += BLOCK_M * stride_dbias_m
     return dk, dv
@@ -127,7 +133,7 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
 
 @triton.jit
 def attention_backward_dkdv(
-        Q, K, V, DOut, Lse, Delta, DK, DV,
+        Q, K, V, DOut, QDesc, DODesc, Lse, Delta, DK, DV,
         stride_qb, stride_qm, stride_qh,
         stride_kb, stride_kn, stride_kh,
         stride_vb, stride_vn, stride_vh,
@@ -145,7 +151,7 @@ def attention_backward_dkdv(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         VARLEN: tl.constexpr, SEQUSED_Q: tl.constexpr, SEQUSED_K: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-        BIAS: tl.constexpr, BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr,
+        BIAS: tl.constexpr, BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Under causal (HAS_HI) early key tiles see the most queries and already come first;
     # a left window bound (HAS_LO) alone makes the late ones heavy.
@@ -179,6 +185,9 @@ def attention_backward_dkdv(
     diagonal = seqlen_q - seqlen_k
     lo, full_lo, full_hi, tail, hi = inner_block_range(start_n, seqlen_q, diagonal, window_right, window_left,
                                                        BLOCK_N, BLOCK_M, HAS_HI, HAS_LO)
+    # TMA: where this sequence's queries start in the (rows, heads * headdim) views of Q and dO.
+    q_row = (batch * (stride_qb // stride_qm) + q_start).to(tl.int32) if TMA else 0
+    do_row = (batch * (stride_dob // stride_dom) + q_start).to(tl.int32) if TMA else 0
     for group_member in range(kv_group_size):
         head = head_kv * kv_group_size + group_member
         batch_head = batch * num_heads + head
@@ -201,18 +210,18 @@ def attention_backward_dkdv(
                           + offs_n.to(tl.int64)[:, None] * stride_dbias_n + offs_m[None, :] * stride_dbias_m)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
-            bias_ptrs, dbias_ptrs, stride_bias_m, stride_dbias_m, n_in,
+            QDesc, DODesc, q_row, do_row, head * head_dim, bias_ptrs, dbias_ptrs, stride_bias_m, stride_dbias_m, n_in,
             offs_n, start_n, offs_d, seqlen_q, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, tail, full_lo, full_hi,
             BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, BIAS, BIAS_GRAD,
-            DROPOUT, INPUT_PRECISION, UPCAST)
+            DROPOUT, TMA, INPUT_PRECISION, UPCAST)
         dk, dv = _dkdv_segment(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, do_tile, stride_qm, stride_dom,
-            bias_ptrs, dbias_ptrs, stride_bias_m, stride_dbias_m, n_in,
+            QDesc, DODesc, q_row, do_row, head * head_dim, bias_ptrs, dbias_ptrs, stride_bias_m, stride_dbias_m, n_in,
             offs_n, start_n, offs_d, seqlen_q, diagonal, window_left, window_right,
             softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, tail, hi, full_lo, full_hi,
             BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI, SOFTCAP, ALIBI, BIAS, BIAS_GRAD,
-            DROPOUT, INPUT_PRECISION, UPCAST)
+            DROPOUT, TMA, INPUT_PRECISION, UPCAST)
 
     dk = dk * softmax_scale
     tl.store(DK + batch.to(tl.int64) * stride_dkb + head_kv.to(tl.int64) * stride_dkh
@@ -225,12 +234,14 @@ def attention_backward_dkdv(
 
 @triton.jit
 def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
+                KDesc, VDesc, k_row, v_row, col,
                 bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                 softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, start, end,
                 full_lo, full_hi, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                 BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                 HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                BIAS: tl.constexpr, DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                BIAS: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
@@ -238,7 +249,11 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
     bias_ptrs += tl.cast(start, tl.int64) * stride_bias_n
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + offs_n_tile
-        if MASK == FULL_MASK:
+        if TMA and MASK == BAND_MASK:
+            # Whole blocks inside the sequence: boxes from the copy engine (see tma).
+            kt = tl.trans(KDesc.load([k_row + start_n, col]))
+            vt = tl.trans(VDesc.load([v_row + start_n, col]))
+        elif MASK == FULL_MASK:
             tile_mask = d_in[:, None] & (offs_n < seqlen_k)[None, :]
             kt = tl.load(kt_ptrs, mask=tile_mask, other=0.0)
             vt = tl.load(vt_ptrs, mask=tile_mask, other=0.0)
@@ -268,15 +283,16 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
         if SOFTCAP:
             ds = ds * cap_slope
         dq = mma(downcast(ds, kt.dtype, UPCAST), tl.trans(kt), dq, INPUT_PRECISION, UPCAST)
-        kt_ptrs += BLOCK_N * stride_kn
-        vt_ptrs += BLOCK_N * stride_vn
+        if not (TMA and MASK == BAND_MASK):
+            kt_ptrs += BLOCK_N * stride_kn
+            vt_ptrs += BLOCK_N * stride_vn
         bias_ptrs += BLOCK_N * stride_bias_n
     return dq
 
 
 @triton.jit
 def attention_backward_dq(
-        Q, K, V, DOut, Lse, Delta, DQ,
+        Q, K, V, DOut, KDesc, VDesc, Lse, Delta, DQ,
         stride_qb, stride_qm, stride_qh,
         stride_kb, stride_kn, stride_kh,
         stride_vb, stride_vn, stride_vh,
@@ -292,7 +308,8 @@ def attention_backward_dq(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         VARLEN: tl.constexpr, SEQUSED_Q: tl.constexpr, SEQUSED_K: tl.constexpr,
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-        BIAS: tl.constexpr, DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        BIAS: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr):
     m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, HAS_HI)
     head_kv = head // kv_group_size
     start_m = m_block * BLOCK_M
@@ -323,6 +340,9 @@ def attention_backward_dq(
               + k_start.to(tl.int64) * stride_vn)
     kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
     vt_tile = offs_d[:, None] + offs_n[None, :] * stride_vn
+    # TMA: where this sequence's keys start in the (rows, heads * headdim) views of K and V.
+    k_row = (batch * (stride_kb // stride_kn) + k_start).to(tl.int32) if TMA else 0
+    v_row = (batch * (stride_vb // stride_vn) + k_start).to(tl.int32) if TMA else 0
 
     slope = alibi_slope(Alibi, stride_alibi_b, batch, head, ALIBI)
     seed = dropout_seed(DropoutSeed, DROPOUT)
@@ -335,15 +355,17 @@ def attention_backward_dq(
     lo, full_lo, full_hi, tail, hi = inner_block_range(start_m, seqlen_k, diagonal, window_left, window_right,
                                                        BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
+                     KDesc, VDesc, k_row, v_row, head_kv * head_dim,
                      bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                      softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, lo, tail,
                      full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
-                     SOFTCAP, ALIBI, BIAS, DROPOUT, INPUT_PRECISION, UPCAST)
+                     SOFTCAP, ALIBI, BIAS, DROPOUT, TMA, INPUT_PRECISION, UPCAST)
     dq = _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, stride_kn, stride_vn,
+                     KDesc, VDesc, k_row, v_row, head_kv * head_dim,
                      bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                      softmax_scale, qk_scale_log2, softcap, slope, seed, batch_head, dropout_p, tail, hi,
                      full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI,
-                     SOFTCAP, ALIBI, BIAS, DROPOUT, INPUT_PRECISION, UPCAST)
+                     SOFTCAP, ALIBI, BIAS, DROPOUT, TMA, INPUT_PRECISION, UPCAST)
     dq = dq * softmax_scale
     tl.store(DQ + batch.to(tl.int64) * stride_dqb + head.to(tl.int64) * stride_dqh
              + query_rows * stride_dqm + row_tile * stride_dqm + offs_d[None, :],

@@ -23,40 +23,40 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    tma: bool = False  # stream the loop's tiles through TMA descriptors where the layout allows (kernels/tma.py)
 
 
+# TMA on under the interpreter too, so the CPU suite runs the descriptor path (fp32 and odd head
+# dims still take pointer loads there).
 _INTERPRETER = {
-    "forward": KernelConfig(32, 16, 4, 1),
-    "dkdv": KernelConfig(16, 32, 4, 1),
-    "dq": KernelConfig(32, 16, 4, 1),
+    "forward": KernelConfig(32, 16, 4, 1, tma=True),
+    "dkdv": KernelConfig(16, 32, 4, 1, tma=True),
+    "dq": KernelConfig(32, 16, 4, 1, tma=True),
 }
 
 # (kernel, padded head dim upper bound, element size) -> config, for Hopper (sm90).
 # Winners of benchmarks/tune.py on an H200, 2026-11-21 (BENCHMARKS.md): D = 64 and 128 at
-# S = 4k and 8k; D = 256 at S = 4k, where most larger tiles exceed shared memory.
+# S = 4k and 8k; D = 256 at S = 4k, where most larger tiles exceed shared memory.  TMA where an
+# on/off comparison of device time measured it faster (H200, 2026-11-22, BENCHMARKS.md): the
+# forward at D = 128 (+4% to +16%) and 256 (+28%), the backward at D = 128 (+0% to +5%); D = 64
+# measured slower with it.
 _HOPPER = {
     ("forward", 64, 2): KernelConfig(64, 64, 4, 3),
-    ("forward", 128, 2): KernelConfig(128, 128, 8, 3),
-    ("forward", 256, 2): KernelConfig(64, 64, 4, 3),
+    ("forward", 128, 2): KernelConfig(128, 128, 8, 3, tma=True),
+    ("forward", 256, 2): KernelConfig(64, 64, 4, 3, tma=True),
     ("dkdv", 64, 2): KernelConfig(64, 64, 4, 3),
-    ("dkdv", 128, 2): KernelConfig(64, 128, 8, 3),
+    ("dkdv", 128, 2): KernelConfig(64, 128, 8, 3, tma=True),
     ("dkdv", 256, 2): KernelConfig(32, 128, 8, 3),
     ("dq", 64, 2): KernelConfig(64, 64, 4, 3),
-    ("dq", 128, 2): KernelConfig(128, 64, 8, 3),
+    ("dq", 128, 2): KernelConfig(128, 64, 8, 3, tma=True),
     ("dq", 256, 2): KernelConfig(128, 32, 4, 3),
 }
 
-# Sliding windows on Hopper: short loops favour smaller query tiles (more programs, less tail).
-# benchmarks/tune.py --window 1024,0 at S = 16k, H200, 2026-11-21: forward +13% over the table above.
 # FP8 forward (element size 1) on Hopper: first guesses, to be tuned (BENCHMARKS.md).
 _HOPPER_FP8 = {
     ("forward", 64, 1): KernelConfig(128, 64, 4, 3),
     ("forward", 128, 1): KernelConfig(128, 128, 8, 3),
     ("forward", 256, 1): KernelConfig(64, 64, 4, 3),
-}
-
-_HOPPER_WINDOWED = {
-    ("forward", 128, 2): KernelConfig(64, 64, 4, 3),
 }
 
 # Any other GPU, and fp32 everywhere: smaller tiles that fit ~100 KB of shared memory.
@@ -88,10 +88,8 @@ def head_dim_bucket(block_d: int) -> int:
     return 64 if block_d <= 64 else 128 if block_d <= 128 else 256
 
 
-def select(kernel: str, tensor: torch.Tensor, block_d: int, windowed: bool = False,
-           dropout: bool = False) -> KernelConfig:
-    """windowed: the band has a lower bound (a sliding window), so each tile visits few blocks.
-    dropout: the RNG's interleaving of Philox outputs needs shared memory of its own, so the
+def select(kernel: str, tensor: torch.Tensor, block_d: int, dropout: bool = False) -> KernelConfig:
+    """dropout: the RNG's interleaving of Philox outputs needs shared memory of its own, so the
     pipeline is one stage shallower."""
     if kernel in _overrides:
         return _overrides[kernel]
@@ -100,9 +98,7 @@ def select(kernel: str, tensor: torch.Tensor, block_d: int, windowed: bool = Fal
     key = (kernel, head_dim_bucket(block_d), tensor.element_size())
     config = _GENERIC[key] if key in _GENERIC else _GENERIC[(kernel, key[1], 2)]
     if torch.cuda.get_device_capability(tensor.device)[0] == 9:
-        if windowed and key in _HOPPER_WINDOWED:
-            config = _HOPPER_WINDOWED[key]
-        elif key in _HOPPER:
+        if key in _HOPPER:
             config = _HOPPER[key]
         elif key in _HOPPER_FP8:
             config = _HOPPER_FP8[key]

@@ -29,15 +29,16 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 @triton.jit
 def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-                     block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in,
-                     offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+                     KDesc, VDesc, k_row, v_row, col, block_table_row, page_size, stride_kb, stride_vb,
+                     bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                      softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
                      start, end, full_lo, full_hi,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, head_dim,
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                      HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
                      SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, BIAS: tl.constexpr, DROPOUT: tl.constexpr,
-                     PAGED: tl.constexpr, FP8: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                     PAGED: tl.constexpr, FP8: tl.constexpr, TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                     UPCAST: tl.constexpr):
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
     kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
@@ -49,7 +50,11 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
             page, slot = paged_position(block_table_row, offs_n, seqlen_k, page_size)
             kt_ptrs = k_base + (page * stride_kb + slot * stride_kn)[None, :] + offs_d[:, None]
             v_ptrs = v_base + (page * stride_vb + slot * stride_vn)[:, None] + offs_d[None, :]
-        if MASK == FULL_MASK:
+        if TMA and MASK == BAND_MASK:
+            # Whole blocks inside the sequence: boxes from the copy engine (see tma).
+            kt = tl.trans(KDesc.load([k_row + start_n, col]))
+            v = VDesc.load([v_row + start_n, col])
+        elif MASK == FULL_MASK:
             kt = tl.load(kt_ptrs, mask=d_in[:, None] & (offs_n < seqlen_k)[None, :], other=0.0)
             v = tl.load(v_ptrs, mask=(offs_n < seqlen_k)[:, None] & d_in[None, :], other=0.0)
         elif not EVEN_D:
@@ -91,15 +96,16 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
             p = tl.where(dropout_keep(seed, batch_head, offs_m, start_n, dropout_p, BLOCK_N), p, 0.0)
         acc = mma(downcast(p, v.dtype, UPCAST), v, acc * rescale[:, None], INPUT_PRECISION, UPCAST)
         row_max = new_max
-        kt_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
+        if not (TMA and MASK == BAND_MASK):
+            kt_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
         bias_ptrs += BLOCK_N * stride_bias_n
     return acc, row_max, row_sum
 
 
 @triton.jit
 def attention_forward_kernel(
-        Q, K, V, Out, Lse,
+        Q, K, V, KDesc, VDesc, Out, Lse,
         stride_qb, stride_qm, stride_qh,
         stride_kb, stride_kn, stride_kh,
         stride_vb, stride_vn, stride_vh,
@@ -118,7 +124,7 @@ def attention_forward_kernel(
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
         SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr,
         BIAS: tl.constexpr, LEFTPAD: tl.constexpr, KV_BATCH_IDX: tl.constexpr, PAGED: tl.constexpr,
-        SPLIT: tl.constexpr, PACK_GQA: tl.constexpr, FP8: tl.constexpr,
+        SPLIT: tl.constexpr, PACK_GQA: tl.constexpr, FP8: tl.constexpr, TMA: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     pid = tl.program_id(0)
     split = pid * 0
@@ -163,6 +169,10 @@ def attention_forward_kernel(
                   + k_start.to(tl.int64) * stride_vn)
     kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
     v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
+    # TMA: where this sequence's keys start in the (rows, heads * headdim) views of K and V.
+    k_row = (kv_batch * (stride_kb // stride_kn) + k_start).to(tl.int32) if TMA else 0
+    v_row = (kv_batch * (stride_vb // stride_vn) + k_start).to(tl.int32) if TMA else 0
+    col = head_kv * head_dim
 
     bias_ptrs = Bias
     if BIAS:
@@ -202,18 +212,18 @@ def attention_forward_kernel(
         tail = tl.maximum(tail, lo)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+        KDesc, VDesc, k_row, v_row, col, block_table_row, page_size, stride_kb, stride_vb,
+        bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         lo, band_end, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
-        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, FP8, INPUT_PRECISION, UPCAST)
+        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, FP8, TMA, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
-        block_table_row, page_size, stride_kb, stride_vb, bias_ptrs, stride_bias_n, m_in,
-        offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
+        KDesc, VDesc, k_row, v_row, col, block_table_row, page_size, stride_kb, stride_vb,
+        bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         tail, hi, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI,
-        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, FP8, INPUT_PRECISION, UPCAST)
+        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, FP8, TMA, INPUT_PRECISION, UPCAST)
 
     # A row saw nothing when every key was masked (by the band or by -inf in the bias).
     saw_nothing = row_max == float("-inf")

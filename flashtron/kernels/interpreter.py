@@ -5,7 +5,7 @@ them into loop bounds with int(array), which numpy >= 2.4 refuses ("only
 0-dimensional arrays can be converted to Python scalars").  `install()`
 wraps the interpreter's tensor patching so that conversion takes the single
 element explicitly; with older numpy it changes nothing observable.  The other
-known trap, tl.dot on bf16 operands, is handled in `kernels.matmul`.
+known trap, tl.dot on bf16 operands, is handled in `kernels.precision`.
 """
 
 import functools

@@ -12,7 +12,7 @@ import os
 import torch
 import triton
 
-from flashtron.kernels import configs, interpreter
+from flashtron.kernels import configs, interpreter, tma
 from flashtron.sinks import sink_gradient
 from flashtron.kernels.dropout import dropout_mask_kernel
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
@@ -159,7 +159,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     if pack:
         cfg = configs.select_decode(q, block_d, q_layout.max_seqlen * group)
     else:
-        cfg = configs.select("forward", q, block_d, windowed=window_left >= 0, dropout=dropout_p > 0)
+        cfg = configs.select("forward", q, block_d, dropout=dropout_p > 0)
     rows_per_token = group if pack else 1
     num_m_blocks = triton.cdiv(q_layout.max_seqlen, cfg.block_m // rows_per_token)
     if num_splits != 1:
@@ -175,11 +175,14 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     else:
         target_out, target_lse = out, lse
         out_strides, lse_strides, split_strides = q_layout.strides(out), layout_args[:2], (0, 0)
+    # TMA boxes for K and V (not for paged caches, whose tiles gather rows from several pages, nor fp8).
+    k_tiles, v_tiles, use_tma = tma.operand_pair(k, v, k_layout.varlen, cfg.block_n, block_d,
+                                                 cfg.tma and not paged and not fp8, INTERPRET)
     cache_args = (q if cache_leftpad is None else cache_leftpad, q if cache_batch_idx is None else cache_batch_idx,
                   q if block_table is None else block_table, 0 if block_table is None else block_table.stride(0),
                   k.shape[1] if paged else 1, num_splits, *split_strides)
     attention_forward_kernel[_grid(num_m_blocks * num_splits, q_layout.batch * num_heads // rows_per_token)](
-        q, k, v, target_out, target_lse,
+        q, k, v, k_tiles, v_tiles, target_out, target_lse,
         *q_layout.strides(q), *k_strides, *v_strides, *out_strides,
         *lse_strides, *layout_args[2:], *_alibi_args(alibi_slopes, q), q if sinks is None else sinks,
         q if dropout_seed is None else dropout_seed, dropout_p, *_bias_args(attn_bias, q), *cache_args,
@@ -192,7 +195,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None and attn_bias is None and not fp8,
         SINKS=sinks is not None, BIAS=attn_bias is not None, LEFTPAD=cache_leftpad is not None,
         KV_BATCH_IDX=cache_batch_idx is not None, PAGED=paged, SPLIT=num_splits > 1, PACK_GQA=rows_per_token,
-        FP8=fp8, INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
+        FP8=fp8, TMA=use_tma, INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if num_splits > 1:
         _combine_splits(target_out, target_lse, out, lse)
@@ -283,14 +286,16 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     if k_layout.max_seqlen > 0:
         cfg = configs.select("dkdv", q, block_d, dropout=dropout_p > 0)
         num_n_blocks = triton.cdiv(k_layout.max_seqlen, cfg.block_n)
+        q_tiles, do_tiles, use_tma = tma.operand_pair(q, dout, q_layout.varlen, cfg.block_m, block_d, cfg.tma,
+                                                      INTERPRET)
         attention_backward_dkdv[_grid(num_n_blocks, q_layout.batch * num_heads_kv)](
-            q, k, v, dout, lse, delta, dk, dv,
+            q, k, v, dout, q_tiles, do_tiles, lse, delta, dk, dv,
             *q_layout.strides(q), *k_layout.strides(k), *k_layout.strides(v), *q_layout.strides(dout),
             *k_layout.strides(dk), *k_layout.strides(dv), *extras,
             *(_bias_args(dbias_full, q) if dbias_full is None else (dbias_full, *dbias_full.stride())),
             num_heads, num_heads_kv, group, q_layout.max_seqlen, k_layout.max_seqlen, num_n_blocks,
             softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BIAS_GRAD=dbias_full is not None, **common,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BIAS_GRAD=dbias_full is not None, TMA=use_tma, **common,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif dk.numel() > 0:
         dk.zero_()
@@ -298,12 +303,13 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
 
     cfg = configs.select("dq", q, block_d, dropout=dropout_p > 0)
     num_m_blocks = triton.cdiv(q_layout.max_seqlen, cfg.block_m)
+    k_tiles, v_tiles, use_tma = tma.operand_pair(k, v, k_layout.varlen, cfg.block_n, block_d, cfg.tma, INTERPRET)
     attention_backward_dq[_grid(num_m_blocks, q_layout.batch * num_heads)](
-        q, k, v, dout, lse, delta, dq,
+        q, k, v, dout, k_tiles, v_tiles, lse, delta, dq,
         *q_layout.strides(q), *k_layout.strides(k), *k_layout.strides(v), *q_layout.strides(dout),
         *q_layout.strides(dq), *extras, num_heads, group, q_layout.max_seqlen, k_layout.max_seqlen, num_m_blocks,
         softmax_scale, softmax_scale * LOG2E, softcap, window_left, window_right,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **common,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TMA=use_tma, **common,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(dbias_full, attn_bias, lse)
 
