@@ -66,6 +66,8 @@ def main():
     parser.add_argument("--kernels", default="forward,dkdv,dq")
     parser.add_argument("--window", default=None,
                         help="L,R: sweep a sliding window instead of full/causal (FLOPs counted as causal)")
+    parser.add_argument("--configs", default=None,
+                        help="candidates to sweep instead of the built-in lists: m,n,warps,stages;m,n,warps,stages;...")
     parser.add_argument("--tma", default="off", choices=("off", "on", "both"),
                         help="candidates with TMA tiles off, on, or each both ways")
     args = parser.parse_args()
@@ -89,9 +91,11 @@ def main():
             out, lse = launch.forward(q, k, v, scale, *window, *variants, False)
             for kernel in args.kernels.split(","):
                 candidates = {"forward": FORWARD_CANDIDATES, "dkdv": DKDV_CANDIDATES, "dq": DQ_CANDIDATES}[kernel]
+                if args.configs:
+                    candidates = [tuple(int(x) for x in c.split(",")) for c in args.configs.split(";")]
                 tma_modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.tma]
                 for cand in [(*c, t) for c in candidates for t in tma_modes]:
-                    if head_dim == 256 and cand[0] * cand[1] > 64 * 128:
+                    if head_dim == 256 and cand[0] * cand[1] > 64 * 128 and not args.configs:
                         continue
                     cfg = KernelConfig(*cand)
                     with configs.override(**{kernel: cfg}):

@@ -103,7 +103,8 @@ def test_descriptor_and_pointer_paths_agree(case):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", ["dense", "packed", "varlen", "kvcache"])
+@pytest.mark.parametrize("head_dim", [128, 256])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_descriptor_and_pointer_paths_agree_gpu(case, dtype):
-    fn = _cases("cuda", dtype, 128, 7)[case]
-    _both_paths(lambda: (torch.manual_seed(1), fn())[1], "cuda", 128)
+def test_descriptor_and_pointer_paths_agree_gpu(case, head_dim, dtype):
+    fn = _cases("cuda", dtype, head_dim, 7)[case]
+    _both_paths(lambda: (torch.manual_seed(1), fn())[1], "cuda", head_dim)

@@ -38,18 +38,20 @@ _INTERPRETER = {
 # Winners of benchmarks/tune.py on an H200, 2026-11-21 (BENCHMARKS.md): D = 64 and 128 at
 # S = 4k and 8k; D = 256 at S = 4k, where most larger tiles exceed shared memory.  TMA where an
 # on/off comparison of device time measured it faster (H200, 2026-11-22, BENCHMARKS.md): the
-# forward at D = 128 (+4% to +16%) and 256 (+28%), the backward at D = 128 (+0% to +5%); D = 64
-# measured slower with it.
+# forward at D = 128 (+4% to +16%) and 256 (+28%), the backward at D = 128 (+0% to +5%) and 256
+# (+1% to +12%); D = 64 measured slower with it.  The D = 256 backward tiles keep each thread's
+# accumulators at 128 fp32 registers (the earlier ones held 256 and spilled): 2026-11-22 sweep,
+# backward 78 -> ~250 TFLOP/s.
 _HOPPER = {
     ("forward", 64, 2): KernelConfig(64, 64, 4, 3),
     ("forward", 128, 2): KernelConfig(128, 128, 8, 3, tma=True),
     ("forward", 256, 2): KernelConfig(64, 64, 4, 3, tma=True),
     ("dkdv", 64, 2): KernelConfig(64, 64, 4, 3),
     ("dkdv", 128, 2): KernelConfig(64, 128, 8, 3, tma=True),
-    ("dkdv", 256, 2): KernelConfig(32, 128, 8, 3),
+    ("dkdv", 256, 2): KernelConfig(64, 64, 8, 2, tma=True),
     ("dq", 64, 2): KernelConfig(64, 64, 4, 3),
     ("dq", 128, 2): KernelConfig(128, 64, 8, 3, tma=True),
-    ("dq", 256, 2): KernelConfig(128, 32, 4, 3),
+    ("dq", 256, 2): KernelConfig(64, 32, 4, 3, tma=True),
 }
 
 # FP8 forward (element size 1) on Hopper: first guesses, to be tuned (BENCHMARKS.md).
