@@ -5,8 +5,9 @@ bandwidth, so the figure of merit is bytes of K and V read per second, set
 against the device-to-device copy bandwidth measured in the same run (bytes
 read + written per second of a large clone).  Each case (batch, cache length)
 runs flashtron's flash_attn_with_kvcache on a contiguous cache and on a paged
-one (page size 16, pages scattered at random), and torch SDPA's flash and
-cuDNN backends on the contiguous cache (enable_gqa).  Every call is captured
+one (page size 16; pages scattered at random, or in order with --page-order
+sequential), and torch SDPA's flash and cuDNN backends on the contiguous cache
+(enable_gqa).  Every call is captured
 once in a CUDA graph of `calls` back-to-back calls and timed on replay, so
 host overhead (argument checks, launches) is not counted for anyone.
 """
@@ -30,6 +31,7 @@ class DecodeConfig:
     heads_kv: int = 8
     headdim: int = 128
     page_size: int = 16
+    page_order: str = "random"
     dtype: str = "bf16"
     calls: int = 20
     reps: int = 10
@@ -85,10 +87,12 @@ def copy_bandwidth(cuda: bool) -> float:
     return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
-def page_table(batch: int, seqlen: int, page_size: int, generator, device):
-    """int32 (batch, pages per sequence): every page used once, in random order."""
+def page_table(batch: int, seqlen: int, page_size: int, generator, device, order: str = "random"):
+    """int32 (batch, pages per sequence): every page used once, in random order (a long-running
+    server's fragmented pool) or in sequence (a fresh one)."""
     per_seq = -(-seqlen // page_size)
-    return torch.randperm(batch * per_seq, generator=generator).reshape(batch, per_seq).to(device, torch.int32)
+    pages = torch.randperm(batch * per_seq, generator=generator) if order == "random" else torch.arange(batch * per_seq)
+    return pages.reshape(batch, per_seq).to(device, torch.int32)
 
 
 def to_pages(cache, table, page_size: int):
@@ -119,7 +123,7 @@ def run(config: DecodeConfig, command: str = "flashtron bench-decode") -> dict:
         v = torch.randn_like(k)
         kv_bytes = 2 * k.numel() * k.element_size()
         seqlens = torch.full((batch,), seqlen, dtype=torch.int32, device=device)
-        table = page_table(batch, seqlen, config.page_size, generator, device)
+        table = page_table(batch, seqlen, config.page_size, generator, device, config.page_order)
         k_pages, v_pages = to_pages(k, table, config.page_size), to_pages(v, table, config.page_size)
         q_sdpa, k_sdpa, v_sdpa = (t.transpose(1, 2) for t in (q, k, v))
         impls = {

@@ -108,6 +108,8 @@ def _add_bench_decode(commands) -> None:
     p.add_argument("--heads-kv", dest="heads_kv", type=int, help="key/value heads (default 8)")
     p.add_argument("--headdim", type=int, help="head dim (default 128)")
     p.add_argument("--page-size", dest="page_size", type=int, help="page size of the paged cache (default 16)")
+    p.add_argument("--page-order", dest="page_order", choices=("random", "sequential"),
+                   help="how the paged cache's pages are laid out: scattered at random (default) or in order")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="element type (default bf16; fp32 on CPU)")
     p.add_argument("--out", metavar="DIR", help="where bench-decode.json goes (default ./bench-out)")
     p.set_defaults(handler=_run_bench_decode)
