@@ -136,3 +136,18 @@ def test_cpu_bench_decode_end_to_end(tmp_path, capsys, monkeypatch):
     assert impls == {"flashtron", "flashtron-paged3"}
     assert all(r["ms"] > 0 for r in report["results"])
     assert main(["bench-decode", "--cases", "2by40"]) == 2
+
+
+@pytest.mark.parametrize("order", ["random", "sequential"])
+def test_bench_decode_page_tables(order):
+    from flashtron.bench_decode import page_table, to_pages
+    table = page_table(3, 40, 16, torch.Generator().manual_seed(0), "cpu", order)
+    assert table.shape == (3, 3) and table.dtype == torch.int32
+    assert sorted(table.flatten().tolist()) == list(range(9))  # every page used once
+    if order == "sequential":
+        assert table.flatten().tolist() == list(range(9))
+    cache = torch.randn(3, 40, 2, 8)
+    pages = to_pages(cache, table, 16)
+    for b in range(3):
+        rows = torch.cat([pages[p] for p in table[b].tolist()])[:40]
+        assert torch.equal(rows, cache[b])
