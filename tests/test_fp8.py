@@ -56,7 +56,11 @@ def check(q, k, v, descales, causal=False, window=(-1, -1), softcap=0.0):
     assert_within_rule("out", out.cpu(), truth.cpu(), plain.cpu(), 2)
     seen = torch.isfinite(truth_lse)
     assert torch.equal(torch.isinf(lse), ~seen)
-    assert (lse[seen] - truth_lse[seen]).abs().max().item() < 1e-3
+    # The scores come from fp8 tensor cores, whose accumulation keeps ~13 mantissa bits (as in
+    # FlashAttention-3): lse is good to ~1e-3 of its magnitude, not to fp32's 1e-6.  The output's
+    # rule above is unaffected, since the same scores normalise it.
+    scale = max(1.0, truth_lse[seen].abs().max().item()) if seen.any() else 1.0
+    assert (lse[seen] - truth_lse[seen]).abs().max().item() < 1e-3 * scale
     return out
 
 

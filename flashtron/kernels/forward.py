@@ -49,7 +49,7 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
         if PAGED:
             page, slot = paged_position(block_table_row, offs_n, seqlen_k, page_size)
             kt_ptrs = k_base + (page * stride_kb + slot * stride_kn)[None, :] + offs_d[:, None]
-            v_ptrs = v_base + (page * stride_vb + slot * stride_vn)[:, None] + offs_d[None, :]
+            v_ptrs = v_base + (page * stride_vb + slot * stride_vn)[:, None] + offs_d[None, :] * stride_vd
         if TMA and MASK == BAND_MASK:
             # Whole blocks inside the sequence: boxes from the copy engine (see tma).
             kt = tl.trans(KDesc.load([k_row + start_n, col]))
@@ -63,10 +63,7 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
         else:
             kt = tl.load(kt_ptrs)
             v = tl.load(v_ptrs)
-        if FP8:
-            # fp8 tiles are widened to bf16 in registers (exact) and multiplied on the bf16 path.
-            kt = kt.to(tl.bfloat16)
-            v = v.to(tl.bfloat16)
+        # (FP8: q and kt are fp8 and the dot runs on the fp8 tensor cores.)
         scores = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
         if not FOLD_SCALE:
             bias = bias_tile(bias_ptrs, m_in, offs_n < seqlen_k, BIAS)
@@ -94,7 +91,15 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
             # The denominator keeps every probability; only the weights applied to V are dropped
             # (their 1 / (1 - dropout_p) scale is applied once, at the end).
             p = tl.where(dropout_keep(seed, batch_head, offs_m, start_n, dropout_p, BLOCK_N), p, 0.0)
-        acc = mma(downcast(p, v.dtype, UPCAST), v, acc * rescale[:, None], INPUT_PRECISION, UPCAST)
+        if FP8:
+            # P in fp8 against v's fp8 tile (stored keys-contiguous: see the launcher).  Each block's
+            # product starts from zero and is added in fp32, so the tensor cores' reduced-precision
+            # fp8 accumulation never carries across blocks.
+            acc = acc * rescale[:, None] + mma(downcast(p, v.dtype, UPCAST), v,
+                                               tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), INPUT_PRECISION,
+                                               UPCAST)
+        else:
+            acc = mma(downcast(p, v.dtype, UPCAST), v, acc * rescale[:, None], INPUT_PRECISION, UPCAST)
         row_max = new_max
         if not (TMA and MASK == BAND_MASK):
             kt_ptrs += BLOCK_N * stride_kn
@@ -108,7 +113,7 @@ def attention_forward_kernel(
         Q, K, V, KDesc, VDesc, Out, Lse,
         stride_qb, stride_qm, stride_qh,
         stride_kb, stride_kn, stride_kh,
-        stride_vb, stride_vn, stride_vh,
+        stride_vb, stride_vn, stride_vh, stride_vd,
         stride_ob, stride_om, stride_oh,
         stride_lse_b, stride_lse_h,
         CuSeqlensQ, CuSeqlensK, SeqUsedQ, SeqUsedK,
@@ -168,7 +173,7 @@ def attention_forward_kernel(
         v_base = (V + kv_batch.to(tl.int64) * stride_vb + head_kv.to(tl.int64) * stride_vh
                   + k_start.to(tl.int64) * stride_vn)
     kt_tile = offs_d[:, None] + offs_n[None, :] * stride_kn
-    v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
+    v_tile = offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     # TMA: where this sequence's keys start in the (rows, heads * headdim) views of K and V.
     k_row = (kv_batch * (stride_kb // stride_kn) + k_start).to(tl.int32) if TMA else 0
     v_row = (kv_batch * (stride_vb // stride_vn) + k_start).to(tl.int32) if TMA else 0
@@ -182,14 +187,11 @@ def attention_forward_kernel(
 
     if FP8:
         # q, k, v are float8_e4m3fn with per-(batch, kv head) descale factors: q's and k's fold into
-        # the score scale, v's is applied to the output.  The tiles are read as fp8 (half the bytes)
-        # and multiplied as bf16: Triton 3.6's fp8 dot on sm_90 measured wrong and 2x slower here
-        # (BENCHMARKS.md).
+        # the score scale, v's is applied to the output.
         descale_qk = (tl.load(Descale + batch * num_heads // kv_group_size + head_kv)
                       * tl.load(Descale + stride_descale + batch * num_heads // kv_group_size + head_kv))
         softmax_scale = softmax_scale * descale_qk
         qk_scale_log2 = qk_scale_log2 * descale_qk
-        q = q.to(tl.bfloat16)
 
     # FOLD_SCALE (a positive scale, no soft-capping, ALiBi or bias): the row max is taken on raw
     # scores and scaled once per row.  Otherwise the logits are formed tile-wise first.

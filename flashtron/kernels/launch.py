@@ -150,6 +150,10 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         return out, lse
     # A paged k or v is (pages, page_size, heads, headdim): its "batch" stride is the page stride.
     k_strides = (k.stride(0), k.stride(1), k.stride(2)) if paged else k_layout.strides(k)
+    if fp8:
+        # fp8 tensor cores read both operands of P @ V with the reduction (key) dim contiguous: v is
+        # copied keys-innermost once, and viewed back in its own shape (head-dim stride = keys).
+        v = v.movedim(-3, -1).contiguous().movedim(-1, -3)
     v_strides = (v.stride(0), v.stride(1), v.stride(2)) if paged else k_layout.strides(v)
     block_d = _padded_head_dim(head_dim)
     group = num_heads // num_heads_kv
@@ -183,7 +187,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
                   k.shape[1] if paged else 1, num_splits, *split_strides)
     attention_forward_kernel[_grid(num_m_blocks * num_splits, q_layout.batch * num_heads // rows_per_token)](
         q, k, v, k_tiles, v_tiles, target_out, target_lse,
-        *q_layout.strides(q), *k_strides, *v_strides, *out_strides,
+        *q_layout.strides(q), *k_strides, *v_strides, v.stride(-1), *out_strides,
         *lse_strides, *layout_args[2:], *_alibi_args(alibi_slopes, q), q if sinks is None else sinks,
         q if dropout_seed is None else dropout_seed, dropout_p, *_bias_args(attn_bias, q), *cache_args,
         q if descale is None else descale, 0 if descale is None else descale.stride(0),
