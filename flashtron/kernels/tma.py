@@ -61,7 +61,6 @@ def matrix_view(t: torch.Tensor, varlen: bool, block_rows: int, block_d: int,
     return TensorDescriptor(t, [rows, heads * head_dim], [row_stride, 1], [block_rows, block_d])
 
 
-
 def operand_pair(a: torch.Tensor, b: torch.Tensor, varlen: bool, block_rows: int, block_d: int, wanted: bool,
                  interpret: bool) -> tuple:
     """The kernel arguments for the two streamed operands of a loop, and the TMA switch: (descriptor
