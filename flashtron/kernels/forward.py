@@ -28,7 +28,7 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
+def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn, stride_vd,
                      KDesc, VDesc, k_row, v_row, col, block_table_row, page_size, stride_kb, stride_vb,
                      bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
                      softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
@@ -213,14 +213,14 @@ def attention_forward_kernel(
         band_end = tl.minimum(tail, hi)
         tail = tl.maximum(tail, lo)
     acc, row_max, row_sum = _forward_segment(
-        acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
+        acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn, stride_vd,
         KDesc, VDesc, k_row, v_row, col, block_table_row, page_size, stride_kb, stride_vb,
         bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         lo, band_end, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
         FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, FP8, TMA, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
-        acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn,
+        acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn, stride_vd,
         KDesc, VDesc, k_row, v_row, col, block_table_row, page_size, stride_kb, stride_vb,
         bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
