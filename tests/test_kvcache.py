@@ -148,6 +148,13 @@ def test_paged_cache_any_page_size(page_size):
     run_case(paged=True, page_size=page_size, seqlen_q=3, seqlen_new=3)
 
 
+@pytest.mark.parametrize("page_size", [1, 3])
+def test_paged_cache_crosses_block_table_chunks(page_size):
+    # The kernel reads the block table in chunks (32 entries under the interpreter, 512 on GPUs): one
+    # program over 230 keys crosses several, and with 3-row pages a chunk starts inside a page.
+    run_case(paged=True, page_size=page_size, cache_len=230, seqlen_q=1, seqlen_new=1, num_splits=1)
+
+
 @pytest.mark.parametrize("num_splits", [1, 3, 0])
 def test_split_kv(num_splits):
     run_case(batch=1, seqlen_q=1, seqlen_new=1, cache_len=150, num_splits=num_splits, causal=False)

@@ -20,11 +20,61 @@ from flashtron.kernels.dropout import dropout_keep, dropout_seed
 from flashtron.kernels.precision import downcast, mma
 from flashtron.kernels.score_mod import LOG2E, alibi_slope, bias_tile, logits_log2
 from flashtron.kernels.pack_gqa import tile_rows
-from flashtron.kernels.paged_kv import paged_position
+from flashtron.kernels.paged_kv import chunk_length, load_page_chunk, paged_position
 from flashtron.kernels.seqlen_info import key_extent, sequence_extent
 from flashtron.kernels.tile_scheduler import tile_of_program
 
 LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _attend_block(acc, row_max, row_sum, q, kt, v, bias_ptrs, m_in, offs_m, offs_n, start_n, seqlen_k, diagonal,
+                  window_left, window_right, softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed,
+                  batch_head, dropout_p, full_lo, full_hi,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASK: tl.constexpr,
+                  HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
+                  SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, BIAS: tl.constexpr, DROPOUT: tl.constexpr,
+                  FP8: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """One key block of the online softmax: fold the scores of q against kt (and the values v) into
+    (acc, row_max, row_sum)."""
+    # (FP8: q and kt are fp8 and the dot runs on the fp8 tensor cores.)
+    scores = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
+    if not FOLD_SCALE:
+        bias = bias_tile(bias_ptrs, m_in, offs_n < seqlen_k, BIAS)
+        scores, _ = logits_log2(scores, offs_m[:, None], offs_n[None, :], diagonal, softmax_scale,
+                                qk_scale_log2, softcap, slope, bias, SOFTCAP, ALIBI, BIAS)
+    if MASK == FULL_MASK:
+        keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
+        scores = tl.where(keep, scores, float("-inf"))
+    elif HAS_LO or HAS_HI:
+        if (start_n < full_lo) | (start_n >= full_hi):
+            keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI,
+                           False)
+            scores = tl.where(keep, scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, 1) * score_scale)
+    reference = new_max
+    if (MASK == FULL_MASK) or HAS_LO or HAS_HI or BIAS:
+        # A row with nothing visible yet keeps its max at -inf; subtract 0 instead so exp2
+        # gives 0, not NaN.  The -inf itself is kept: a later real max must replace it.
+        reference = tl.where(new_max == float("-inf"), 0.0, new_max)
+    # One FMA per score: the scale is applied here, not to the whole tile beforehand.
+    p = tl.math.exp2(scores * score_scale - reference[:, None])
+    rescale = tl.math.exp2(row_max - reference)
+    row_sum = row_sum * rescale + tl.sum(p, 1)
+    if DROPOUT:
+        # The denominator keeps every probability; only the weights applied to V are dropped
+        # (their 1 / (1 - dropout_p) scale is applied once, at the end).
+        p = tl.where(dropout_keep(seed, batch_head, offs_m, start_n, dropout_p, BLOCK_N), p, 0.0)
+    if FP8:
+        # P in fp8 against v's fp8 tile (stored keys-contiguous: see the launcher).  Each block's
+        # product starts from zero and is added in fp32, so the tensor cores' reduced-precision
+        # fp8 accumulation never carries across blocks.
+        acc = acc * rescale[:, None] + mma(downcast(p, v.dtype, UPCAST), v,
+                                           tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), INPUT_PRECISION,
+                                           UPCAST)
+    else:
+        acc = mma(downcast(p, v.dtype, UPCAST), v, acc * rescale[:, None], INPUT_PRECISION, UPCAST)
+    return acc, new_max, row_sum
 
 
 @triton.jit
@@ -37,74 +87,65 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, MASK: tl.constexpr,
                      HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
                      SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, BIAS: tl.constexpr, DROPOUT: tl.constexpr,
-                     PAGED: tl.constexpr, FP8: tl.constexpr, TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                     UPCAST: tl.constexpr):
+                     PAGED: tl.constexpr, PAGE_CHUNK: tl.constexpr, FP8: tl.constexpr, TMA: tl.constexpr,
+                     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """The key blocks [start, end) of one tile, loaded by stride increments (dense), TMA boxes (dense,
+    blocks inside the sequence) or through the block table (paged)."""
     offs_n_tile = tl.arange(0, BLOCK_N)
     d_in = head_dim_mask(offs_d, head_dim, EVEN_D)
-    kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
-    v_ptrs = v_base + tl.cast(start, tl.int64) * stride_vn + v_tile
-    bias_ptrs += tl.cast(start, tl.int64) * stride_bias_n
-    for start_n in range(start, end, BLOCK_N):
-        offs_n = start_n + offs_n_tile
-        if PAGED:
-            page, slot = paged_position(block_table_row, offs_n, seqlen_k, page_size)
-            kt_ptrs = k_base + (page * stride_kb + slot * stride_kn)[None, :] + offs_d[:, None]
-            v_ptrs = v_base + (page * stride_vb + slot * stride_vn)[:, None] + offs_d[None, :] * stride_vd
-        if TMA and MASK == BAND_MASK:
-            # Whole blocks inside the sequence: boxes from the copy engine (see tma).
-            kt = tl.trans(KDesc.load([k_row + start_n, col]))
-            v = VDesc.load([v_row + start_n, col])
-        elif MASK == FULL_MASK:
-            kt = tl.load(kt_ptrs, mask=d_in[:, None] & (offs_n < seqlen_k)[None, :], other=0.0)
-            v = tl.load(v_ptrs, mask=(offs_n < seqlen_k)[:, None] & d_in[None, :], other=0.0)
-        elif not EVEN_D:
-            kt = tl.load(kt_ptrs, mask=d_in[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=d_in[None, :], other=0.0)
-        else:
-            kt = tl.load(kt_ptrs)
-            v = tl.load(v_ptrs)
-        # (FP8: q and kt are fp8 and the dot runs on the fp8 tensor cores.)
-        scores = mma(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), INPUT_PRECISION, UPCAST)
-        if not FOLD_SCALE:
-            bias = bias_tile(bias_ptrs, m_in, offs_n < seqlen_k, BIAS)
-            scores, _ = logits_log2(scores, offs_m[:, None], offs_n[None, :], diagonal, softmax_scale,
-                                    qk_scale_log2, softcap, slope, bias, SOFTCAP, ALIBI, BIAS)
-        if MASK == FULL_MASK:
-            keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI)
-            scores = tl.where(keep, scores, float("-inf"))
-        elif HAS_LO or HAS_HI:
-            if (start_n < full_lo) | (start_n >= full_hi):
-                keep = visible(offs_m, offs_n, seqlen_k, diagonal, window_left, window_right, HAS_LO, HAS_HI,
-                               False)
-                scores = tl.where(keep, scores, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(scores, 1) * score_scale)
-        reference = new_max
-        if (MASK == FULL_MASK) or HAS_LO or HAS_HI or BIAS:
-            # A row with nothing visible yet keeps its max at -inf; subtract 0 instead so exp2
-            # gives 0, not NaN.  The -inf itself is kept: a later real max must replace it.
-            reference = tl.where(new_max == float("-inf"), 0.0, new_max)
-        # One FMA per score: the scale is applied here, not to the whole tile beforehand.
-        p = tl.math.exp2(scores * score_scale - reference[:, None])
-        rescale = tl.math.exp2(row_max - reference)
-        row_sum = row_sum * rescale + tl.sum(p, 1)
-        if DROPOUT:
-            # The denominator keeps every probability; only the weights applied to V are dropped
-            # (their 1 / (1 - dropout_p) scale is applied once, at the end).
-            p = tl.where(dropout_keep(seed, batch_head, offs_m, start_n, dropout_p, BLOCK_N), p, 0.0)
-        if FP8:
-            # P in fp8 against v's fp8 tile (stored keys-contiguous: see the launcher).  Each block's
-            # product starts from zero and is added in fp32, so the tensor cores' reduced-precision
-            # fp8 accumulation never carries across blocks.
-            acc = acc * rescale[:, None] + mma(downcast(p, v.dtype, UPCAST), v,
-                                               tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), INPUT_PRECISION,
-                                               UPCAST)
-        else:
-            acc = mma(downcast(p, v.dtype, UPCAST), v, acc * rescale[:, None], INPUT_PRECISION, UPCAST)
-        row_max = new_max
-        if not (TMA and MASK == BAND_MASK):
-            kt_ptrs += BLOCK_N * stride_kn
-            v_ptrs += BLOCK_N * stride_vn
-        bias_ptrs += BLOCK_N * stride_bias_n
+    if PAGED:
+        # The block table is read once per chunk of keys and looked up in registers: a lookup
+        # loaded inside the key loop would put a load in front of every tile's address, which the
+        # software pipeline can only run one block ahead (see paged_kv).
+        chunk_keys = chunk_length(page_size, BLOCK_N, PAGE_CHUNK)
+        for chunk_start in range(start, end, chunk_keys):
+            first_page, pages = load_page_chunk(block_table_row, chunk_start, seqlen_k, page_size, PAGE_CHUNK)
+            chunk_bias_ptrs = bias_ptrs + tl.cast(chunk_start, tl.int64) * stride_bias_n
+            for start_n in range(chunk_start, tl.minimum(chunk_start + chunk_keys, end), BLOCK_N):
+                offs_n = start_n + offs_n_tile
+                page, row = paged_position(pages, first_page, offs_n, seqlen_k, page_size)
+                kt_ptrs = k_base + (page * stride_kb + row * stride_kn)[None, :] + offs_d[:, None]
+                v_ptrs = v_base + (page * stride_vb + row * stride_vn)[:, None] + offs_d[None, :] * stride_vd
+                if MASK == FULL_MASK:
+                    kt = tl.load(kt_ptrs, mask=d_in[:, None] & (offs_n < seqlen_k)[None, :], other=0.0)
+                    v = tl.load(v_ptrs, mask=(offs_n < seqlen_k)[:, None] & d_in[None, :], other=0.0)
+                else:
+                    kt = tl.load(kt_ptrs, mask=d_in[:, None], other=0.0)
+                    v = tl.load(v_ptrs, mask=d_in[None, :], other=0.0)
+                acc, row_max, row_sum = _attend_block(
+                    acc, row_max, row_sum, q, kt, v, chunk_bias_ptrs, m_in, offs_m, offs_n, start_n, seqlen_k,
+                    diagonal, window_left, window_right, softmax_scale, qk_scale_log2, score_scale, softcap,
+                    slope, seed, batch_head, dropout_p, full_lo, full_hi, BLOCK_M, BLOCK_N, BLOCK_D, MASK,
+                    HAS_LO, HAS_HI, FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, FP8, INPUT_PRECISION, UPCAST)
+                chunk_bias_ptrs += BLOCK_N * stride_bias_n
+    else:
+        kt_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + kt_tile
+        v_ptrs = v_base + tl.cast(start, tl.int64) * stride_vn + v_tile
+        bias_ptrs += tl.cast(start, tl.int64) * stride_bias_n
+        for start_n in range(start, end, BLOCK_N):
+            offs_n = start_n + offs_n_tile
+            if TMA and MASK == BAND_MASK:
+                # Whole blocks inside the sequence: boxes from the copy engine (see tma).
+                kt = tl.trans(KDesc.load([k_row + start_n, col]))
+                v = VDesc.load([v_row + start_n, col])
+            elif MASK == FULL_MASK:
+                kt = tl.load(kt_ptrs, mask=d_in[:, None] & (offs_n < seqlen_k)[None, :], other=0.0)
+                v = tl.load(v_ptrs, mask=(offs_n < seqlen_k)[:, None] & d_in[None, :], other=0.0)
+            elif not EVEN_D:
+                kt = tl.load(kt_ptrs, mask=d_in[:, None], other=0.0)
+                v = tl.load(v_ptrs, mask=d_in[None, :], other=0.0)
+            else:
+                kt = tl.load(kt_ptrs)
+                v = tl.load(v_ptrs)
+            acc, row_max, row_sum = _attend_block(
+                acc, row_max, row_sum, q, kt, v, bias_ptrs, m_in, offs_m, offs_n, start_n, seqlen_k, diagonal,
+                window_left, window_right, softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed,
+                batch_head, dropout_p, full_lo, full_hi, BLOCK_M, BLOCK_N, BLOCK_D, MASK, HAS_LO, HAS_HI,
+                FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, FP8, INPUT_PRECISION, UPCAST)
+            if not (TMA and MASK == BAND_MASK):
+                kt_ptrs += BLOCK_N * stride_kn
+                v_ptrs += BLOCK_N * stride_vn
+            bias_ptrs += BLOCK_N * stride_bias_n
     return acc, row_max, row_sum
 
 
@@ -129,6 +170,7 @@ def attention_forward_kernel(
         HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, FOLD_SCALE: tl.constexpr,
         SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr,
         BIAS: tl.constexpr, LEFTPAD: tl.constexpr, KV_BATCH_IDX: tl.constexpr, PAGED: tl.constexpr,
+        PAGE_CHUNK: tl.constexpr,
         SPLIT: tl.constexpr, PACK_GQA: tl.constexpr, FP8: tl.constexpr, TMA: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     pid = tl.program_id(0)
@@ -218,14 +260,14 @@ def attention_forward_kernel(
         bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         lo, band_end, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, BAND_MASK, HAS_LO, HAS_HI,
-        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, FP8, TMA, INPUT_PRECISION, UPCAST)
+        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, PAGE_CHUNK, FP8, TMA, INPUT_PRECISION, UPCAST)
     acc, row_max, row_sum = _forward_segment(
         acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, stride_kn, stride_vn, stride_vd,
         KDesc, VDesc, k_row, v_row, col, block_table_row, page_size, stride_kb, stride_vb,
         bias_ptrs, stride_bias_n, m_in, offs_m, offs_d, seqlen_k, diagonal, window_left, window_right,
         softmax_scale, qk_scale_log2, score_scale, softcap, slope, seed, batch_head, dropout_p,
         tail, hi, full_lo, full_hi, BLOCK_M, BLOCK_N, head_dim, BLOCK_D, EVEN_D, FULL_MASK, HAS_LO, HAS_HI,
-        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, FP8, TMA, INPUT_PRECISION, UPCAST)
+        FOLD_SCALE, SOFTCAP, ALIBI, BIAS, DROPOUT, PAGED, PAGE_CHUNK, FP8, TMA, INPUT_PRECISION, UPCAST)
 
     # A row saw nothing when every key was masked (by the band or by -inf in the bias).
     saw_nothing = row_max == float("-inf")

@@ -12,7 +12,7 @@ import os
 import torch
 import triton
 
-from flashtron.kernels import configs, interpreter, tma
+from flashtron.kernels import configs, interpreter, paged_kv, tma
 from flashtron.sinks import sink_gradient
 from flashtron.kernels.dropout import dropout_mask_kernel
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
@@ -161,7 +161,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     pack = (pack_gqa and not varlen and 1 < group <= 64 and group & (group - 1) == 0 and attn_bias is None
             and dropout_p == 0)
     if pack:
-        cfg = configs.select_decode(q, block_d, q_layout.max_seqlen * group)
+        cfg = configs.select_decode(q, block_d, q_layout.max_seqlen * group, paged)
     else:
         cfg = configs.select("forward", q, block_d, dropout=dropout_p > 0)
     rows_per_token = group if pack else 1
@@ -198,7 +198,9 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
         # Folding the scale into the row max needs a positive scale; FP8's descales multiply it in-kernel.
         FOLD_SCALE=softmax_scale > 0 and softcap == 0 and alibi_slopes is None and attn_bias is None and not fp8,
         SINKS=sinks is not None, BIAS=attn_bias is not None, LEFTPAD=cache_leftpad is not None,
-        KV_BATCH_IDX=cache_batch_idx is not None, PAGED=paged, SPLIT=num_splits > 1, PACK_GQA=rows_per_token,
+        KV_BATCH_IDX=cache_batch_idx is not None, PAGED=paged,
+        PAGE_CHUNK=paged_kv.PAGE_CHUNK_INTERPRETER if INTERPRET else paged_kv.PAGE_CHUNK,
+        SPLIT=num_splits > 1, PACK_GQA=rows_per_token,
         FP8=fp8, TMA=use_tma, INPUT_PRECISION=_input_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if num_splits > 1:
