@@ -38,7 +38,7 @@ def load_page_chunk(block_table_row, chunk_start, seqlen_k, page_size, PAGE_CHUN
     the sequence's last page read as 0 and are never used for a visible key."""
     first_page = chunk_start // page_size
     index = first_page + tl.arange(0, PAGE_CHUNK)
-    pages = tl.load(block_table_row + index, mask=index * page_size < seqlen_k, other=0)
+    pages = tl.load(block_table_row + index, mask=index < tl.cdiv(seqlen_k, page_size), other=0)
     return first_page, pages
 
 
