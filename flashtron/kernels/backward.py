@@ -131,7 +131,9 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
     return dk, dv
 
 
-@triton.jit
+# A one-row query (max_seqlen_q == 1, specialised as a constant) made ptxas 13.0 crash on this kernel's
+# TMA variant (sm_90a, Triton 3.6); the length stays a runtime value.
+@triton.jit(do_not_specialize=["max_seqlen_q"])
 def attention_backward_dkdv(
         Q, K, V, DOut, QDesc, DODesc, Lse, Delta, DK, DV,
         stride_qb, stride_qm, stride_qh,
