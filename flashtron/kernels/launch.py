@@ -12,7 +12,7 @@ import os
 import torch
 import triton
 
-from flashtron.kernels import configs, interpreter, paged_kv, tma
+from flashtron.kernels import configs, hopper_forward, interpreter, paged_kv, tma
 from flashtron.sinks import sink_gradient
 from flashtron.kernels.dropout import dropout_mask_kernel
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
@@ -147,6 +147,13 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     if paged and not varlen:
         k_layout.max_seqlen = block_table.shape[1] * k.shape[1]
     if out.numel() == 0 or q_layout.batch == 0 or q_layout.max_seqlen == 0:
+        return out, lse
+    dense = not (varlen or paged or fp8 or pack_gqa or num_splits != 1 or attn_bias is not None
+                 or cache_batch_idx is not None or cache_leftpad is not None or seqused_k is not None
+                 or k.shape[1] == 0)
+    if hopper_forward.unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes,
+                                         sinks, dropout_p, dense) is None:
+        hopper_forward.forward(q, k, v, out, lse, softmax_scale, causal=window_right == 0)
         return out, lse
     # A paged k or v is (pages, page_size, heads, headdim): its "batch" stride is the page stride.
     k_strides = (k.stride(0), k.stride(1), k.stride(2)) if paged else k_layout.strides(k)

@@ -1,0 +1,407 @@
+"""The forward on Hopper (sm_90), in Gluon: warp-specialised, with the softmax hidden behind the matmuls.
+
+Triton's own pipeliner waits on every wgmma as soon as it is issued, so in the portable kernel
+(forward.py) the tensor cores idle while the softmax runs.  This kernel is written in Gluon
+(`triton.experimental.gluon`, part of Triton), which exposes Hopper's asynchronous wgmma, mbarriers,
+the TMA copy engine and warp specialisation, and takes FlashAttention-3's structure:
+
+- A producer partition (one warpgroup, 24 registers per thread) copies Q once per tile, then K and V
+  block by block into shared-memory rings.  Each ring slot has a "full" mbarrier (completed by the
+  copy's transaction bytes) and an "empty" one (one arrival per consumer warpgroup).
+- Two consumer partitions (one warpgroup each, 240 registers) own 64 of the tile's 128 query rows.
+  For key block j a consumer issues S_j = Q K_j^T, then O += P_{j-1} V_{j-1}, waits for S_j only and
+  computes block j's softmax while P_{j-1} V_{j-1} still runs; then it waits for that too.  Nothing
+  asynchronous crosses the loop's back-edge (ptxas would otherwise serialise every wgmma).  The two
+  consumers are not synchronised with each other, so one's matmuls can fill the other's softmax.
+- Persistent: one program per SM takes tiles in turn (see `_my_tile_count`), so the producer loads
+  the next tile while the consumers finish this one; each consumer writes its output through shared
+  memory and one TMA box.
+
+Tensors are read and written through 3-D TMA boxes over (batch, seqlen, heads * headdim): rows past a
+sequence's end read as zeros and are not written, so no box touches a neighbouring batch entry.  This kernel covers the common
+training shapes (see `unsupported_reason`); everything else, and every other device, takes forward.py.
+It is checked on the GPU against forward.py (Gluon has no interpreter).
+"""
+
+import functools
+import os
+from typing import Optional
+
+import torch
+
+try:  # Gluon ships with Triton >= 3.5.
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    _GLUON = True
+except ImportError:  # pragma: no cover - older Triton
+    _GLUON = False
+
+_DISABLED = os.environ.get("FLASHTRON_GLUON", "1") in ("", "0")
+BLOCK_M = 128  # query rows per tile: two consumer warpgroups of 64
+BLOCK_N = 128  # keys per block
+HEAD_DIMS = (128, )
+K_STAGES, V_STAGES = 2, 2
+CONSUMER_REGISTERS = 240
+LOG2E = 1.4426950408889634
+
+
+def _box_view(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """t (batch, seqlen, heads, headdim) as (batch, seqlen, heads * headdim), or None where its strides do
+    not allow a TMA box (unit stride on headdim, heads side by side, 16-byte aligned rows and batches)."""
+    batch, seqlen, heads, head_dim = t.shape
+    if t.stride(3) != 1 or t.stride(2) != head_dim or t.data_ptr() % 16:
+        return None
+    if t.stride(1) < heads * head_dim or (batch > 1 and t.stride(0) < seqlen * t.stride(1)):
+        return None  # rows or batch entries overlap (an expanded tensor)
+    if (t.stride(1) * t.element_size()) % 16 or (t.stride(0) * t.element_size()) % 16:
+        return None
+    return t.as_strided((batch, seqlen, heads * head_dim), (t.stride(0), t.stride(1), 1))
+
+
+def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
+                       dense: bool) -> Optional[str]:
+    """None when this kernel computes the call, else why the portable kernel does."""
+    if not _GLUON or _DISABLED:
+        return "Gluon unavailable or disabled (FLASHTRON_GLUON=0)"
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
+        return "not an sm_90 GPU"
+    if not dense:
+        return "variable-length, paged, split or cache layouts"
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in HEAD_DIMS:
+        return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {HEAD_DIMS})"
+    causal = window_left < 0 and window_right == 0
+    if not (causal or (window_left < 0 and window_right < 0)):
+        return "sliding window"
+    if softcap > 0 or alibi_slopes is not None or sinks is not None or dropout_p > 0 or not softmax_scale > 0:
+        return "softcap, ALiBi, sinks, dropout or a non-positive scale"
+    if any(_box_view(t) is None for t in (q, k, v)):
+        return "strides do not allow TMA boxes"
+    return None
+
+
+if _GLUON:
+    from triton.language.core import _aggregate as aggregate
+
+    @aggregate
+    class _Shared:
+        """What every partition of one CTA sees: descriptors, rings, barriers and the problem's shape."""
+        q_desc: tma.tensor_descriptor
+        k_desc: tma.tensor_descriptor
+        v_desc: tma.tensor_descriptor
+        q_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, headdim)
+        k_smem: gl.shared_memory_descriptor  # (K ring, 1, keys, headdim)
+        v_smem: gl.shared_memory_descriptor  # (V ring, 1, keys, headdim)
+        o_desc: tma.tensor_descriptor
+        o_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, headdim): the output's way out
+        q_full: gl.shared_memory_descriptor
+        q_empty: gl.shared_memory_descriptor
+        k_full: gl.shared_memory_descriptor
+        k_empty: gl.shared_memory_descriptor
+        v_full: gl.shared_memory_descriptor
+        v_empty: gl.shared_memory_descriptor
+        Lse: gl.tensor
+        num_heads: gl.tensor
+        group: gl.tensor
+        seqlen_q: gl.tensor
+        seqlen_k: gl.tensor
+        num_m_blocks: gl.tensor
+        num_tiles: gl.tensor
+        qk_scale_log2: gl.tensor
+        CAUSAL: gl.constexpr
+        ACROSS_HEADS: gl.constexpr
+
+        @gluon.constexpr_function
+        def __init__(self, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full,
+                     k_empty, v_full, v_empty, Lse, num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles,
+                     qk_scale_log2, CAUSAL, ACROSS_HEADS):
+            self.q_desc = q_desc
+            self.k_desc = k_desc
+            self.v_desc = v_desc
+            self.q_smem = q_smem
+            self.k_smem = k_smem
+            self.v_smem = v_smem
+            self.o_desc = o_desc
+            self.o_smem = o_smem
+            self.q_full = q_full
+            self.q_empty = q_empty
+            self.k_full = k_full
+            self.k_empty = k_empty
+            self.v_full = v_full
+            self.v_empty = v_empty
+            self.Lse = Lse
+            self.num_heads = num_heads
+            self.group = group
+            self.seqlen_q = seqlen_q
+            self.seqlen_k = seqlen_k
+            self.num_m_blocks = num_m_blocks
+            self.num_tiles = num_tiles
+            self.qk_scale_log2 = qk_scale_log2
+            self.CAUSAL = gl.constexpr(CAUSAL)
+            self.ACROSS_HEADS = gl.constexpr(ACROSS_HEADS)
+
+    @gluon.jit
+    def _my_tile_count(a):
+        """How many tiles this program computes.  Programs take tiles in rounds of num_programs, in
+        snake order (round r runs forward when r is even, backward when odd): with tiles sorted heaviest
+        first, every program's sum of work is then within one tile of the others'."""
+        programs = gl.num_programs(0)
+        pid = gl.program_id(0)
+        rounds = a.num_tiles // programs
+        remaining = a.num_tiles - rounds * programs
+        position = gl.where(rounds % 2 == 0, pid, programs - 1 - pid)
+        return rounds + gl.where(position < remaining, 1, 0)
+
+    @gluon.jit
+    def _tile_of(i):
+        """This program's i-th tile (see _my_tile_count)."""
+        programs = gl.num_programs(0)
+        pid = gl.program_id(0)
+        return i * programs + gl.where(i % 2 == 0, pid, programs - 1 - pid)
+
+    @gluon.jit
+    def _tile(a, tile):
+        """(batch, head, first query row, key blocks to visit) of a tile.  Tiles are numbered block-fastest
+        (one head's tiles share K and V in L2), or under causal with ACROSS_HEADS, head-fastest; causal
+        numbers the heaviest (last) query blocks first, so programs taking tiles in turn finish together."""
+        TILE_ROWS: gl.constexpr = 2 * a.q_desc.block_type.shape[1]
+        KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
+        if a.CAUSAL and a.ACROSS_HEADS:
+            batch_heads = a.num_tiles // a.num_m_blocks
+            m_block = tile // batch_heads
+            batch_head = tile % batch_heads
+        else:
+            m_block = tile % a.num_m_blocks
+            batch_head = tile // a.num_m_blocks
+        n_blocks = gl.cdiv(a.seqlen_k, KEYS)
+        if a.CAUSAL:
+            m_block = a.num_m_blocks - 1 - m_block
+            # Causal is aligned bottom-right: row r sees keys up to r + seqlen_k - seqlen_q.  At least one
+            # block is visited: rows that see nothing come out of it masked (output 0, lse +inf).
+            last_key = gl.minimum((m_block + 1) * TILE_ROWS, a.seqlen_q) - 1 + a.seqlen_k - a.seqlen_q
+            n_blocks = gl.minimum(n_blocks, gl.maximum(last_key, 0) // KEYS + 1)
+        return batch_head // a.num_heads, batch_head % a.num_heads, m_block * TILE_ROWS, n_blocks
+
+    @gluon.jit
+    def _producer(a, WG: gl.constexpr):
+        K_RING: gl.constexpr = a.k_smem.type.shape[0]
+        V_RING: gl.constexpr = a.v_smem.type.shape[0]
+        ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
+        HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
+        KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
+        block_count = 0  # key blocks loaded so far: ring slot and phase
+        for i in range(_my_tile_count(a)):
+            batch, head, start_m, n_blocks = _tile(a, _tile_of(i))
+            q_col = head * HEAD_DIM
+            kv_col = (head // a.group) * HEAD_DIM
+            mbarrier.wait(a.q_empty, (i & 1) ^ 1)
+            mbarrier.expect(a.q_full, 2 * a.q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(a.q_desc, [batch, start_m, q_col], a.q_full, a.q_smem.index(0))
+            tma.async_copy_global_to_shared(a.q_desc, [batch, start_m + ROWS, q_col], a.q_full, a.q_smem.index(1))
+            for j in range(n_blocks):
+                count = block_count + j
+                slot = count % K_RING
+                mbarrier.wait(a.k_empty.index(slot), ((count // K_RING) & 1) ^ 1)
+                mbarrier.expect(a.k_full.index(slot), a.k_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(a.k_desc, [batch, j * KEYS, kv_col], a.k_full.index(slot),
+                                                a.k_smem.index(slot))
+                slot = count % V_RING
+                mbarrier.wait(a.v_empty.index(slot), ((count // V_RING) & 1) ^ 1)
+                mbarrier.expect(a.v_full.index(slot), a.v_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(a.v_desc, [batch, j * KEYS, kv_col], a.v_full.index(slot),
+                                                a.v_smem.index(slot))
+            block_count += n_blocks
+
+    @gluon.jit
+    def _online_softmax(scores, row_max, row_sum, qk_scale_log2, first_key, key_limit, seqlen_k,
+                        MASK: gl.constexpr, CAUSAL: gl.constexpr):
+        """Block probabilities (base 2, scale folded in: the scale is positive), the factor that rescales
+        the output so far, and the new row max and sum.  key_limit[r]: the last key row r sees (causal)."""
+        layout: gl.constexpr = scores.type.layout
+        if MASK:
+            keys = first_key + gl.arange(0, scores.type.shape[1], layout=gl.SliceLayout(0, layout))
+            keep = (keys < seqlen_k)[None, :]
+            if CAUSAL:
+                keep = keep & (keys[None, :] <= key_limit[:, None])
+            scores = gl.where(keep, scores, float("-inf"))
+        new_max = gl.maximum(row_max, gl.max(scores, 1) * qk_scale_log2)
+        # A row with nothing visible yet keeps its max at -inf; subtract 0 instead so exp2 gives 0, not NaN.
+        reference = gl.where(new_max == float("-inf"), 0.0, new_max)
+        probs = gl.exp2(scores * qk_scale_log2 - reference[:, None])
+        alpha = gl.exp2(row_max - reference)
+        row_sum = row_sum * alpha + gl.sum(probs, 1)
+        return probs, alpha, new_max, row_sum
+
+    @gluon.jit
+    def _softmax_block(a, scores, row_max, row_sum, j, full_blocks, key_limit):
+        KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
+        if j >= full_blocks:  # the sequence's end or the causal diagonal crosses this block
+            return _online_softmax(scores, row_max, row_sum, a.qk_scale_log2, j * KEYS, key_limit, a.seqlen_k,
+                                   True, a.CAUSAL)
+        else:
+            return _online_softmax(scores, row_max, row_sum, a.qk_scale_log2, j * KEYS, key_limit, a.seqlen_k,
+                                   False, a.CAUSAL)
+
+    @gluon.jit
+    def _consumer(a, WG: gl.constexpr):
+        K_RING: gl.constexpr = a.k_smem.type.shape[0]
+        V_RING: gl.constexpr = a.v_smem.type.shape[0]
+        ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
+        HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
+        KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
+        dtype: gl.constexpr = a.q_desc.dtype
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, KEYS, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+        orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+        q_tile = a.q_smem.index(WG).reshape([ROWS, HEAD_DIM])
+        zero_scores = gl.zeros([ROWS, KEYS], gl.float32, layout=s_layout)
+        key_shift = a.seqlen_k - a.seqlen_q
+        block_count = 0
+        for i in range(_my_tile_count(a)):
+            batch, head, start_m, n_blocks = _tile(a, _tile_of(i))
+            first_row = start_m + WG * ROWS
+            rows = first_row + gl.arange(0, ROWS, layout=row_layout)
+            key_limit = rows + key_shift
+            # Blocks before full_blocks need no mask for any of this warpgroup's rows.
+            full_blocks = a.seqlen_k // KEYS
+            if a.CAUSAL:
+                full_blocks = gl.minimum(full_blocks, gl.maximum(first_row + key_shift + 1, 0) // KEYS)
+            acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
+            row_max = gl.full([ROWS], float("-inf"), gl.float32, layout=row_layout)
+            row_sum = gl.zeros([ROWS], gl.float32, layout=row_layout)
+
+            mbarrier.wait(a.q_full, i & 1)
+            # Key block 0: its scores, alone.
+            slot = block_count % K_RING
+            mbarrier.wait(a.k_full.index(slot), (block_count // K_RING) & 1)
+            scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
+                                   zero_scores, use_acc=False, is_async=True)
+            scores = warpgroup_mma_wait(0, deps=(scores, ))
+            mbarrier.arrive(a.k_empty.index(slot))
+            mbarrier.arrive(a.q_empty, pred=n_blocks == 1)
+            probs, alpha, row_max, row_sum = _softmax_block(a, scores, row_max, row_sum, 0, full_blocks, key_limit)
+            p_op = gl.convert_layout(probs.to(dtype), p_layout)
+            for j in range(1, n_blocks):
+                # S_j = Q K_j^T and O += P_{j-1} V_{j-1} on the tensor cores; block j's softmax runs under
+                # the second.
+                count = block_count + j
+                slot = count % K_RING
+                mbarrier.wait(a.k_full.index(slot), (count // K_RING) & 1)
+                scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
+                                       zero_scores, use_acc=False, is_async=True)
+                acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
+                v_slot = (count - 1) % V_RING
+                mbarrier.wait(a.v_full.index(v_slot), ((count - 1) // V_RING) & 1)
+                acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
+                scores = warpgroup_mma_wait(1, deps=(scores, ))
+                mbarrier.arrive(a.k_empty.index(slot))
+                mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
+                probs, alpha, row_max, row_sum = _softmax_block(a, scores, row_max, row_sum, j, full_blocks,
+                                                                key_limit)
+                acc = warpgroup_mma_wait(0, deps=(acc, ))
+                mbarrier.arrive(a.v_empty.index(v_slot))
+                p_op = gl.convert_layout(probs.to(dtype), p_layout)
+            # The last block's P V.
+            count = block_count + n_blocks - 1
+            acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
+            v_slot = count % V_RING
+            mbarrier.wait(a.v_full.index(v_slot), (count // V_RING) & 1)
+            acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=(acc, ))
+            mbarrier.arrive(a.v_empty.index(v_slot))
+
+            # A row that saw no key (causal, seqlen_q > seqlen_k) gets output 0 and lse +inf.
+            saw_nothing = row_sum == 0.0
+            lse = gl.where(saw_nothing, float("inf"), (row_max + gl.log2(row_sum)) * 0.6931471805599453)
+            scale = gl.convert_layout(gl.where(saw_nothing, 0.0, 1.0 / row_sum), orow_layout)
+            out = (acc * scale[:, None]).to(dtype)
+            # Out through shared memory and one TMA box (clipped at the sequence's end); the previous
+            # tile's box must have left shared memory first.
+            o_tile = a.o_smem.index(WG)
+            tma.store_wait(0)
+            o_tile.reshape([ROWS, HEAD_DIM]).store(out)
+            fence_async_shared()
+            tma.async_copy_shared_to_global(a.o_desc, [batch, first_row, head * HEAD_DIM], o_tile)
+            lse_ptrs = a.Lse + (batch * a.num_heads + head).to(gl.int64) * a.seqlen_q + rows
+            gl.store(lse_ptrs, lse, mask=rows < a.seqlen_q)
+            block_count += n_blocks
+        tma.store_wait(0)
+
+    # Integer arguments equal to 1 would otherwise become constants, which the aggregate's typed fields refuse.
+    @gluon.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "num_m_blocks", "num_tiles"])
+    def hopper_forward_kernel(q_desc, k_desc, v_desc, o_desc, Lse, num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, CAUSAL: gl.constexpr,
+                              K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                              ACROSS_HEADS: gl.constexpr):
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_RING] + k_desc.block_type.shape, k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_RING] + v_desc.block_type.shape, v_desc.layout)
+        o_smem = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape, o_desc.layout)
+        q_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_full = gl.allocate_shared_memory(gl.int64, [K_RING, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [K_RING, 1], mbarrier.MBarrierLayout())
+        v_full = gl.allocate_shared_memory(gl.int64, [V_RING, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [V_RING, 1], mbarrier.MBarrierLayout())
+        # "full": the copy's transaction bytes complete it.  "empty": one arrival per consumer warpgroup
+        # (an arrive is issued by one thread, after its warpgroup's collective wgmma wait).
+        mbarrier.init(q_full, count=1)
+        mbarrier.init(q_empty, count=2)
+        for i in gl.static_range(K_RING):
+            mbarrier.init(k_full.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)
+        for i in gl.static_range(V_RING):
+            mbarrier.init(v_full.index(i), count=1)
+            mbarrier.init(v_empty.index(i), count=2)
+        fence_async_shared()
+        a = _Shared(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full, k_empty,
+                    v_full, v_empty, Lse, num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles,
+                    qk_scale_log2, CAUSAL, ACROSS_HEADS)
+        gl.warp_specialize([(_producer, (a, 0)), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
+                           [CONSUMER_REGS, CONSUMER_REGS])
+
+
+
+
+@functools.lru_cache(maxsize=None)
+def _box_layout(box: tuple, dtype: torch.dtype):
+    return gl.NVMMASharedLayout.get_default_for(list(box), gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def forward(q, k, v, out, lse, softmax_scale: float, causal: bool) -> None:
+    """out = attention(q, k, v) and lse (B, H, Sq), for a call `unsupported_reason` accepted."""
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+    q_box = [1, BLOCK_M // 2, head_dim]
+    kv_box = [1, BLOCK_N, head_dim]
+    q_layout = _box_layout(tuple(q_box), q.dtype)
+    q_desc = TensorDescriptor.from_tensor(_box_view(q), q_box, q_layout)
+    o_desc = TensorDescriptor.from_tensor(_box_view(out), q_box, q_layout)
+    kv_layout = _box_layout(tuple(kv_box), q.dtype)
+    k_desc = TensorDescriptor.from_tensor(_box_view(k), kv_box, kv_layout)
+    v_desc = TensorDescriptor.from_tensor(_box_view(v), kv_box, kv_layout)
+    num_m_blocks = -(-seqlen_q // BLOCK_M)
+    num_tiles = num_m_blocks * batch * num_heads
+    # Persistent: one program per SM, taking tiles in turn, so the producer loads the next tile's
+    # Q, K and V while the consumers finish this one.
+    programs = min(num_tiles, _sm_count(q.device.index))
+    # Causal tiles differ in work.  Taken one head after another, a round of `programs` tiles spans
+    # every block size when a head has many blocks, and the programs drift apart (0.86x of cuDNN at
+    # 16k on an H200); heaviest-first across heads keeps them level.  With few blocks per head, one
+    # head after another keeps its K and V in L2 instead (0.99x against 0.83x at 1k).
+    across_heads = causal and 4 * num_m_blocks > programs
+    hopper_forward_kernel[(programs, )](
+        q_desc, k_desc, v_desc, o_desc, lse, num_heads,
+        num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
+        CAUSAL=causal, K_RING=K_STAGES, V_RING=V_STAGES, CONSUMER_REGS=CONSUMER_REGISTERS, ACROSS_HEADS=across_heads,
+        num_warps=4)

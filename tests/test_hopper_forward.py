@@ -1,0 +1,128 @@
+"""The Hopper forward (kernels/hopper_forward.py): which calls it takes, and that it keeps the contract.
+
+The kernel is Gluon, which has no interpreter: its numerical tests need an sm_90 GPU (marked `gpu`).
+Every GPU test checks that the call really went through the Hopper kernel, so a silent fallback to
+the portable kernel cannot pass for it.
+"""
+
+import pytest
+import torch
+
+from flashtron import flash_attn_func, flash_attn_qkvpacked_func
+from flashtron.kernels import hopper_forward
+from test_flash_attn import check_against_oracle, random_inputs
+
+
+def _reason(q, k, v, causal=False, window=(-1, -1), dense=True, **variants):
+    window_right = 0 if causal else window[1]
+    return hopper_forward.unsupported_reason(q, k, v, q.shape[-1] ** -0.5, window[0], window_right,
+                                             variants.get("softcap", 0.0), variants.get("alibi_slopes"),
+                                             variants.get("sinks"), variants.get("dropout_p", 0.0), dense)
+
+
+def test_cpu_tensors_take_the_portable_kernel():
+    q, k, v = random_inputs((1, 9, 9, 2, 2, 128), torch.bfloat16)
+    assert _reason(q, k, v) is not None
+
+
+def test_box_view_needs_heads_side_by_side():
+    t = torch.randn(2, 37, 4, 128, dtype=torch.bfloat16)
+    view = hopper_forward._box_view(t)
+    assert view.shape == (2, 37, 512) and view.stride() == (37 * 512, 512, 1)
+    # k of a packed qkv: rows 3 * H * D apart.
+    k = torch.randn(2, 37, 3, 4, 128, dtype=torch.bfloat16)[:, :, 1]
+    assert hopper_forward._box_view(k).stride() == (37 * 3 * 512, 3 * 512, 1)
+    assert hopper_forward._box_view(torch.randn(2, 4, 37, 128).transpose(1, 2)) is None
+    assert hopper_forward._box_view(torch.randn(2, 37, 4, 130)[..., :128]) is None
+    # Batch entries sharing their keys (expand) cannot be boxes.
+    assert hopper_forward._box_view(torch.randn(1, 37, 4, 128).expand(3, 37, 4, 128)) is None
+
+
+on_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                               reason="needs an sm_90 GPU")
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Counts the Hopper kernel's launches."""
+    calls = []
+    original = hopper_forward.forward
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hopper_forward, "forward", counting)
+    return calls
+
+
+# (batch, seqlen_q, seqlen_k, num_heads, num_heads_kv, head_dim): tails of every size, Sq < Sk and
+# Sq > Sk (causal rows that see nothing), GQA and MQA, one key block and many.
+HOPPER_SHAPES = [
+    (2, 1000, 3000, 4, 2, 128),
+    (1, 4097, 1023, 2, 2, 128),
+    (3, 511, 511, 6, 3, 128),
+    (2, 2048, 2049, 4, 1, 128),
+    (4, 113, 257, 8, 8, 128),
+    (1, 3000, 17, 2, 2, 128),
+    (2, 1, 700, 4, 4, 128),
+    (1, 8192, 8192, 2, 1, 128),
+]
+
+
+@pytest.mark.gpu
+@on_hopper
+@pytest.mark.parametrize("shape", HOPPER_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_matches_oracle(shape, causal, dtype, launches):
+    check_against_oracle(*random_inputs(shape, dtype, "cuda"), causal)
+    assert launches, "the call did not take the Hopper kernel"
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.gpu
+@on_hopper
+# Under causal, the first shape's tiles are taken one head after another (12 query blocks per head), the
+# second's heaviest-first across heads (40 blocks per head, more than a quarter of the programs).
+@pytest.mark.parametrize("shape", [(3, 1500, 1700, 8, 2, 128), (1, 5000, 4000, 2, 1, 128)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_equals_portable_kernel(shape, launches, monkeypatch):
+    q, k, v = random_inputs(shape, torch.bfloat16, "cuda")
+    for causal in (False, True):
+        out, lse, _ = flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
+        monkeypatch.setattr(hopper_forward, "_DISABLED", True)
+        count = len(launches)
+        ref_out, ref_lse, _ = flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
+        assert len(launches) == count
+        monkeypatch.setattr(hopper_forward, "_DISABLED", False)
+        # Same arithmetic up to the order of the online softmax's rescaling.
+        torch.testing.assert_close(out, ref_out, atol=2e-3, rtol=0)
+        torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+    assert len(launches) == 2
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_packed_qkv_and_custom_scale(launches):
+    qkv = torch.randn(2, 999, 3, 4, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    out = flash_attn_qkvpacked_func(qkv, causal=True, softmax_scale=0.05)
+    assert launches
+    q, k, v = (qkv[:, :, i].detach().clone().requires_grad_() for i in range(3))
+    check_against_oracle(q, k, v, True, softmax_scale=0.05)
+    ref = flash_attn_func(q, k, v, causal=True, softmax_scale=0.05)
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_unsupported_calls_fall_back(launches):
+    q, k, v = random_inputs((1, 300, 300, 2, 2, 128), torch.bfloat16, "cuda")
+    check_against_oracle(q, k, v, True, window_size=(64, -1))
+    check_against_oracle(q, k, v, False, softcap=5.0)
+    q64, k64, v64 = random_inputs((1, 300, 300, 2, 2, 64), torch.bfloat16, "cuda")
+    check_against_oracle(q64, k64, v64, False)
+    strided = [t.detach().transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+    assert _reason(*strided) is not None
+    flash_attn_func(*strided)
+    assert not launches
