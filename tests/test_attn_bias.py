@@ -56,8 +56,13 @@ def check_with_bias(q, k, v, bias, causal=False, **variants):
         results[upcast] = (ref_out, ref_lse, [g.nan_to_num(0.0) for g in ref_grads])
     (truth_out, truth_lse, truth_grads), (plain_out, _, plain_grads) = results[True], results[False]
     assert_within_rule("out", out, truth_out, plain_out, 2)
+    # A broadcast bias's gradient is a sum over the broadcast dims, kept in fp32 and rounded once to the
+    # bias's dtype: up to half a unit of its last place, relative to the sum's size, which PyTorch's
+    # differently rounded computation can beat by chance on some element (as for dsinks).
+    reduced = bias.numel() < q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1] and bias.dtype != torch.float32
     for name, ours, truth, plain in zip(("dq", "dk", "dv", "dbias"), grads, truth_grads, plain_grads):
-        assert_within_rule(name, ours, truth, plain, 3)
+        slack = torch.finfo(bias.dtype).eps if name == "dbias" and reduced else 1e-5
+        assert_within_rule(name, ours, truth, plain, 3, slack=slack)
     sees_nothing = torch.isinf(truth_lse)
     assert torch.equal(torch.isinf(lse), sees_nothing), "lse must be +inf exactly where a row sees no key"
     assert max_error(lse[~sees_nothing], truth_lse[~sees_nothing]) < 1e-4
