@@ -185,7 +185,7 @@ if _GLUON:
         return batch_head // a.num_heads, batch_head % a.num_heads, m_block * TILE_ROWS, n_blocks
 
     @gluon.jit
-    def _producer(a, WG: gl.constexpr):
+    def _producer(a):
         K_RING: gl.constexpr = a.k_smem.type.shape[0]
         V_RING: gl.constexpr = a.v_smem.type.shape[0]
         ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
@@ -335,9 +335,9 @@ if _GLUON:
 
     # Integer arguments equal to 1 would otherwise become constants, which the aggregate's typed fields refuse.
     @gluon.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "num_m_blocks", "num_tiles"])
-    def hopper_forward_kernel(q_desc, k_desc, v_desc, o_desc, Lse, num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, CAUSAL: gl.constexpr,
-                              K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                              ACROSS_HEADS: gl.constexpr):
+    def hopper_forward_kernel(q_desc, k_desc, v_desc, o_desc, Lse, num_heads, group, seqlen_q, seqlen_k,
+                              num_m_blocks, num_tiles, qk_scale_log2, CAUSAL: gl.constexpr, K_RING: gl.constexpr,
+                              V_RING: gl.constexpr, CONSUMER_REGS: gl.constexpr, ACROSS_HEADS: gl.constexpr):
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_RING] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_RING] + v_desc.block_type.shape, v_desc.layout)
@@ -362,10 +362,8 @@ if _GLUON:
         a = _Shared(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full, k_empty,
                     v_full, v_empty, Lse, num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles,
                     qk_scale_log2, CAUSAL, ACROSS_HEADS)
-        gl.warp_specialize([(_producer, (a, 0)), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
+        gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
                            [CONSUMER_REGS, CONSUMER_REGS])
-
-
 
 
 @functools.lru_cache(maxsize=None)
