@@ -339,7 +339,9 @@ def _cache_forward(q, k, v, softmax_scale, window_left, window_right, softcap, a
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
              softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
              cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
-             max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None, bias_requires_grad: bool = False):
+             max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None, bias_requires_grad: bool = False,
+             deterministic: bool = False):
+    """deterministic: accepted for the common signature; this path is always deterministic."""
     args = (softmax_scale, window_left, window_right, softcap)
     if cu_seqlens_q is None and seqused_q is None and seqused_k is None:
         return _dense_backward(dout, q, k, v, out, lse, *args, alibi_slopes, sinks, dropout_p, dropout_seed,

@@ -30,7 +30,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     k_descale, v_descale float32 (batch, num_heads_k) (true value = fp8 value x descale; None is 1);
     the output is bfloat16.
     float32 inputs are computed in full float32 unless torch.set_float32_matmul_precision allows
-    tf32 ("high" or "medium").  The backward is always deterministic.
+    tf32 ("high" or "medium").  On Hopper GPUs the default backward sums dQ with float32 atomics (its
+    last bits may differ between runs); deterministic=True gives bit-for-bit reproducible gradients.
 
     Returns out (the shape and dtype of q); with return_attn_probs=True, (out, softmax_lse, S_dmask)
     where softmax_lse is float32 (batch, num_heads, seqlen_q) in natural log (+inf where a query
@@ -86,7 +87,7 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
                     else None)
     out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, softcap,
                                              alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32, **layout,
-                                             attn_bias=attn_bias, descale=descale)
+                                             attn_bias=attn_bias, descale=descale, deterministic=deterministic)
     if return_attn_probs:
         s_dmask = None
         if dropout_p > 0 and paged:

@@ -32,7 +32,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax
                       attn_bias: Optional[torch.Tensor] = None, block_table: Optional[torch.Tensor] = None,
                       cache_batch_idx: Optional[torch.Tensor] = None, cache_leftpad: Optional[torch.Tensor] = None,
                       num_splits: int = 1, pack_gqa: bool = False, descale: Optional[torch.Tensor] = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out, softmax_lse).  Dense: q (B, Sq, H, D), lse (B, H, Sq).  Variable-length (cu_seqlens
     given): q (total_q, H, D), lse (H, total_q), max_seqlen_* bound every sequence's length.
     seqused_q / seqused_k (int32 (B,)) cut each sequence to its first seqused[b] rows.  attn_bias
@@ -41,7 +41,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax
     (B,), k's batch row of each sequence; cache_leftpad (B,), keys before it are padding;
     num_splits > 1 splits each tile's keys over that many programs (dense q), 0 picks a count; pack_gqa
     puts a kv head's query heads in one tile (decoding: few queries, each group's keys read once).
-    descale (FP8 inputs, forward only): float32 (3, B, Hk), the q, k and v factors; out is bfloat16."""
+    descale (FP8 inputs, forward only): float32 (3, B, Hk), the q, k and v factors; out is bfloat16.
+    deterministic only reaches the backward: it asks for bit-for-bit reproducible gradients."""
     return _engine(q).forward(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
                               dropout_p, dropout_seed, allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q,
                               seqused_k, max_seqlen_q, max_seqlen_k, attn_bias, block_table, cache_batch_idx,
@@ -56,7 +57,7 @@ def _lse_shape(q, cu_seqlens_q):
 def _(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, dropout_seed,
       allow_tf32, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None, max_seqlen_q=-1,
       max_seqlen_k=-1, attn_bias=None, block_table=None, cache_batch_idx=None, cache_leftpad=None, num_splits=1,
-      pack_gqa=False, descale=None):
+      pack_gqa=False, descale=None, deterministic=False):
     out_dtype = torch.bfloat16 if descale is not None else q.dtype
     return q.new_empty(q.shape, dtype=out_dtype), q.new_empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32)
 
@@ -70,20 +71,20 @@ def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                        cu_seqlens_q: Optional[torch.Tensor] = None, cu_seqlens_k: Optional[torch.Tensor] = None,
                        seqused_q: Optional[torch.Tensor] = None, seqused_k: Optional[torch.Tensor] = None,
                        max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias: Optional[torch.Tensor] = None,
-                       bias_requires_grad: bool = False,
+                       bias_requires_grad: bool = False, deterministic: bool = False,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dq, dk, dv, dsinks, dbias); dsinks is empty when there are no sinks, dbias (the shape and
-    dtype of attn_bias) unless bias_requires_grad."""
+    dtype of attn_bias) unless bias_requires_grad.  deterministic: no float atomics (the same bits every run)."""
     return _engine(q).backward(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right,
                                softcap, alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32,
                                cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k,
-                               attn_bias, bias_requires_grad)
+                               attn_bias, bias_requires_grad, deterministic)
 
 
 @attention_backward.register_fake
 def _(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
       dropout_p, dropout_seed, allow_tf32, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
-      max_seqlen_q=-1, max_seqlen_k=-1, attn_bias=None, bias_requires_grad=False):
+      max_seqlen_q=-1, max_seqlen_k=-1, attn_bias=None, bias_requires_grad=False, deterministic=False):
     dsinks = softmax_lse.new_empty(0) if sinks is None else sinks.new_empty(sinks.shape)
     dbias = attn_bias.new_empty(attn_bias.shape) if bias_requires_grad else softmax_lse.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsinks, dbias
@@ -92,7 +93,7 @@ def _(dout, q, k, v, out, softmax_lse, softmax_scale, window_left, window_right,
 def _setup_context(ctx, inputs, output):
     (q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, dropout_seed,
      allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k, attn_bias,
-     block_table, cache_batch_idx, cache_leftpad, _num_splits, _pack_gqa, descale) = inputs
+     block_table, cache_batch_idx, cache_leftpad, _num_splits, _pack_gqa, descale, deterministic) = inputs
     out, softmax_lse = output
     ctx.kv_cache = block_table is not None or cache_batch_idx is not None or cache_leftpad is not None
     ctx.fp8 = descale is not None
@@ -101,6 +102,7 @@ def _setup_context(ctx, inputs, output):
     ctx.params = (softmax_scale, window_left, window_right, softcap)
     ctx.dropout_p = dropout_p
     ctx.allow_tf32 = allow_tf32
+    ctx.deterministic = deterministic
     ctx.max_seqlens = (max_seqlen_q, max_seqlen_k)
     ctx.mark_non_differentiable(softmax_lse)
 
@@ -120,10 +122,10 @@ def _backward(ctx, dout, _dlse):
     dq, dk, dv, dsinks, dbias = attention_backward(
         dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, sinks, ctx.dropout_p, dropout_seed,
         ctx.allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, *ctx.max_seqlens, attn_bias,
-        bias_requires_grad)
+        bias_requires_grad, ctx.deterministic)
     return (dq, dk, dv, None, None, None, None, None, None if sinks is None else dsinks, None, None, None,
             None, None, None, None, None, None, dbias if bias_requires_grad else None, None, None, None, None,
-            None, None)
+            None, None, None)
 
 
 # attention_forward's inputs, in order: attn_bias is the last of 19.

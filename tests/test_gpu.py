@@ -97,7 +97,8 @@ def test_repeat_is_bit_identical(causal):
     q, k, v = random_inputs((2, 1531, 1531, 8, 2, 128), torch.bfloat16, "cuda")
     dout = torch.randn_like(q)
     first = flash_attn_func(q, k, v, causal=causal)
-    first_grads = torch.autograd.grad(first, (q, k, v), dout)
+    # The default backward may sum dQ with float32 atomics (Hopper); deterministic=True may not.
+    first_grads = torch.autograd.grad(flash_attn_func(q, k, v, causal=causal, deterministic=True), (q, k, v), dout)
     for _ in range(100):
         assert torch.equal(flash_attn_func(q, k, v, causal=causal), first)
     for _ in range(50):
@@ -195,9 +196,9 @@ def test_peak_memory_is_linear_in_seqlen():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - baseline
     tensor_bytes = q.numel() * q.element_size()
-    # out, dq, dk, dv plus lse and delta: a handful of input-sized tensors, nowhere near
-    # the 8 GiB a (heads, seqlen, seqlen) bf16 score matrix would take.
-    assert extra < 6 * tensor_bytes, f"extra memory {extra / 2**20:.0f} MiB"
+    # out, dq, dk, dv, lse, delta and (Hopper) a float32 dQ buffer: a handful of input-sized tensors,
+    # nowhere near the 8 GiB a (heads, seqlen, seqlen) bf16 score matrix would take.
+    assert extra < 8 * tensor_bytes, f"extra memory {extra / 2**20:.0f} MiB"
 
 
 GPU_VARLEN_CASES = [

@@ -7,7 +7,7 @@ import torch
 
 from flashtron import (flash_attn_func, flash_attn_qkvpacked_func, flash_attn_varlen_func,
                        flash_attn_with_kvcache)
-from flashtron.kernels import configs, tma
+from flashtron.kernels import configs, hopper_backward, tma
 from flashtron.kernels.configs import KernelConfig
 
 from conftest import INTERPRET
@@ -105,6 +105,8 @@ def test_descriptor_and_pointer_paths_agree(case):
 @pytest.mark.parametrize("case", ["dense", "packed", "varlen", "kvcache"])
 @pytest.mark.parametrize("head_dim", [128, 256])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_descriptor_and_pointer_paths_agree_gpu(case, head_dim, dtype):
+def test_descriptor_and_pointer_paths_agree_gpu(case, head_dim, dtype, monkeypatch):
+    # The portable kernels' two paths; the Hopper backward (float32 atomics for dQ) is not bitwise repeatable.
+    monkeypatch.setattr(hopper_backward, "_DISABLED", True)
     fn = _cases("cuda", dtype, head_dim, 7)[case]
     _both_paths(lambda: (torch.manual_seed(1), fn())[1], "cuda", head_dim)

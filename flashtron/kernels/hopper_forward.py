@@ -368,7 +368,8 @@ if _GLUON:
 
 @functools.lru_cache(maxsize=None)
 def _box_layout(box: tuple, dtype: torch.dtype):
-    return gl.NVMMASharedLayout.get_default_for(list(box), gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+    element = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}[dtype]
+    return gl.NVMMASharedLayout.get_default_for(list(box), element)
 
 
 @functools.lru_cache(maxsize=None)

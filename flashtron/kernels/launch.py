@@ -12,7 +12,7 @@ import os
 import torch
 import triton
 
-from flashtron.kernels import configs, hopper_forward, interpreter, paged_kv, tma
+from flashtron.kernels import configs, hopper_backward, hopper_forward, interpreter, paged_kv, tma
 from flashtron.sinks import sink_gradient
 from flashtron.kernels.dropout import dropout_mask_kernel
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
@@ -254,7 +254,11 @@ def _combine_splits(out_accum, lse_accum, out, lse):
 def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int,
              softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
              cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
-             max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None, bias_requires_grad: bool = False):
+             max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None, bias_requires_grad: bool = False,
+             deterministic: bool = False):
+    """dq, dk, dv, dsinks, dbias.  The Hopper kernel sums dQ with float32 atomics; deterministic=True (or any
+    call it does not cover) takes the portable kernels, whose every output element is written by one
+    program in a fixed order."""
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_heads_kv = k.shape[-2]
     dq = _new_output(q.shape, q.dtype, q.device)
@@ -295,6 +299,13 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         cu_seqlens_q_arg, seqused_q_arg, num_heads, q_layout.max_seqlen, num_pre_blocks, head_dim,
         BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=pre_block_m,
         VARLEN=layout_switches["VARLEN"], SEQUSED_Q=layout_switches["SEQUSED_Q"])
+
+    dense = not (q_layout.varlen or seqused_q is not None or seqused_k is not None or attn_bias is not None
+                 or k.shape[1] == 0 or deterministic)
+    if hopper_backward.unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap,
+                                          alibi_slopes, sinks, dropout_p, dense) is None:
+        hopper_backward.backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale, causal=window_right == 0)
+        return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(None, attn_bias, lse)
 
     if k_layout.max_seqlen > 0:
         cfg = configs.select("dkdv", q, block_d, dropout=dropout_p > 0)

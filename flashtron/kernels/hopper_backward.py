@@ -1,0 +1,324 @@
+"""The backward on Hopper (sm_90), in Gluon: dK, dV and dQ in one pass over the key blocks.
+
+backward.py recomputes the probabilities twice (once for dK/dV, once for dQ: 7 matmuls per block
+pair) so that it needs no atomics.  This kernel does FlashAttention-2/3's 5 matmuls: each program owns
+128 keys, loops over the query blocks that see them, and adds its share of dQ into a float32 buffer
+with TMA reduce-adds.
+
+- The producer partition (one warpgroup, 24 registers) copies K and V once, then Q and dO block by
+  block into a two-slot ring ("full": the copy's bytes; "empty": one arrival per consumer).
+- Two consumer partitions (one warpgroup each, 240 registers) own 64 of the program's keys.  Per query
+  block of 64 rows a consumer issues S = Q K^T and dP = dO V^T, forms P = exp2(S * scale - lse) and
+  dS = P * (dP - delta), writes P and dS (16-bit) to shared memory and issues dQ_part = dS K,
+  dV += P^T dO and dK += dS^T Q.  Its dQ part goes out through shared memory and one TMA reduce-add
+  (float32, summed in L2), while dV and dK still run.  The two consumers are not synchronised with
+  each other, so one's matmuls fill the other's elementwise work.
+- dQ is scaled and rounded to the input dtype afterwards (`backward`).  The float32 sums make dQ's
+  last bits depend on the order the reduce-adds land in: `deterministic=True` takes backward.py.
+
+Like hopper_forward, it covers dense fp16/bf16 calls at head dim 128, causal or not, GQA/MQA, any Sq
+and Sk; everything else takes backward.py.  It is checked on the GPU against backward.py and the
+float64 oracle (Gluon has no interpreter).
+"""
+
+import torch
+
+from flashtron.kernels import hopper_forward
+from flashtron.kernels.hopper_forward import _GLUON, _box_layout, _box_view
+
+if _GLUON:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton._C.libtriton import ir as _ir
+    from triton.experimental.gluon.language._core import builtin
+    from triton.language.core import _aggregate as aggregate
+
+_DISABLED = False  # A/B switch for experiments and tests; FLASHTRON_GLUON=0 turns off both Hopper kernels
+ROWS = 64  # query rows per block, and keys per consumer
+STAGES = 2  # Q/dO ring depth
+CONSUMER_REGISTERS = 240
+# Shorter sequences keep backward.py: there the one-program-per-key-block grid is short and (causal)
+# unbalanced, and the float32 dQ buffer's zeroing and rounding are not repaid.  Measured on an H200
+# (BENCHMARKS.md, session 8), backward alone against backward.py: non-causal 0.95x at 1k, 1.00x at 2k,
+# 1.04x-1.05x from 4k; causal 0.79x at 1k and 2k, 0.98x at 4k, 1.08x-1.10x from 8k.
+MIN_SEQLEN = {False: 4096, True: 8192}
+LOG2E = 1.4426950408889634
+
+
+def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
+                       dropout_p, dense: bool):
+    """None when this kernel computes the call's gradients, else why the portable kernels do.  dense:
+    no variable lengths, bias or deterministic=True."""
+    if _DISABLED:
+        return "disabled"
+    reason = hopper_forward.unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap,
+                                               alibi_slopes, sinks, dropout_p, dense)
+    if reason is None and _box_view(dout) is None:
+        return "dout's strides do not allow TMA boxes"
+    if reason is None and max(q.shape[1], k.shape[1]) < MIN_SEQLEN[window_right == 0]:
+        return "short sequences (backward.py is as fast or faster there)"
+    return reason
+
+
+if _GLUON:
+    _LOG2E = gl.constexpr(LOG2E)
+
+    @builtin
+    def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+        """global[box at coord] += src, by the TMA engine (cp.reduce.async.bulk.tensor ... add): Triton builds
+        this op for `tensor_descriptor.atomic_add`, Gluon 3.6 does not expose it.  Completes like a TMA store
+        (tma.store_wait)."""
+        coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+        _semantic.builder.create_async_tma_reduce(_ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord,
+                                                  src.handle)
+
+    @aggregate
+    class _Shared:
+        """What every partition of one CTA sees."""
+        q_desc: tma.tensor_descriptor
+        k_desc: tma.tensor_descriptor
+        v_desc: tma.tensor_descriptor
+        do_desc: tma.tensor_descriptor
+        dq_desc: tma.tensor_descriptor  # float32 (batch, seqlen_q, heads * headdim)
+        q_smem: gl.shared_memory_descriptor  # (STAGES, 1, 64 rows, headdim)
+        do_smem: gl.shared_memory_descriptor  # (STAGES, 1, 64 rows, headdim)
+        k_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
+        v_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
+        p_smem: gl.shared_memory_descriptor  # (2 consumers, 64 rows, 64 keys)
+        ds_smem: gl.shared_memory_descriptor  # (2 consumers, 64 rows, 64 keys)
+        dq_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, headdim) float32: dQ's way out
+        kv_full: gl.shared_memory_descriptor
+        qdo_full: gl.shared_memory_descriptor
+        qdo_empty: gl.shared_memory_descriptor
+        Lse: gl.tensor
+        Delta: gl.tensor
+        DK: gl.tensor
+        DV: gl.tensor
+        num_heads: gl.tensor
+        group: gl.tensor
+        seqlen_q: gl.tensor
+        seqlen_k: gl.tensor
+        num_n_blocks: gl.tensor
+        qk_scale_log2: gl.tensor
+        softmax_scale: gl.tensor
+        CAUSAL: gl.constexpr
+
+        @gluon.constexpr_function
+        def __init__(self, q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem,
+                     dq_smem, kv_full, qdo_full, qdo_empty, Lse, Delta, DK, DV, num_heads,
+                     group, seqlen_q, seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, CAUSAL):
+            self.q_desc = q_desc
+            self.k_desc = k_desc
+            self.v_desc = v_desc
+            self.do_desc = do_desc
+            self.dq_desc = dq_desc
+            self.q_smem = q_smem
+            self.do_smem = do_smem
+            self.k_smem = k_smem
+            self.v_smem = v_smem
+            self.p_smem = p_smem
+            self.ds_smem = ds_smem
+            self.dq_smem = dq_smem
+            self.kv_full = kv_full
+            self.qdo_full = qdo_full
+            self.qdo_empty = qdo_empty
+            self.Lse = Lse
+            self.Delta = Delta
+            self.DK = DK
+            self.DV = DV
+            self.num_heads = num_heads
+            self.group = group
+            self.seqlen_q = seqlen_q
+            self.seqlen_k = seqlen_k
+            self.num_n_blocks = num_n_blocks
+            self.qk_scale_log2 = qk_scale_log2
+            self.softmax_scale = softmax_scale
+            self.CAUSAL = gl.constexpr(CAUSAL)
+
+    @gluon.jit
+    def _tile(a):
+        """(batch, kv head, key block) of this program.  Under causal the key blocks seen by the most
+        query rows (the first ones) come first, across heads; otherwise one head's blocks are adjacent,
+        so concurrent programs share its Q and dO in L2."""
+        pid = gl.program_id(0)
+        batch_heads = gl.num_programs(0) // a.num_n_blocks
+        if a.CAUSAL:
+            n_block = pid // batch_heads
+            batch_head = pid % batch_heads
+        else:
+            n_block = pid % a.num_n_blocks
+            batch_head = pid // a.num_n_blocks
+        num_heads_kv = a.num_heads // a.group
+        return batch_head // num_heads_kv, batch_head % num_heads_kv, n_block
+
+    @gluon.jit
+    def _query_blocks(a, n_block):
+        """The query blocks [first, count) whose rows see any of the key block's keys."""
+        ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
+        KEYS: gl.constexpr = 2 * ROWS
+        count = gl.cdiv(a.seqlen_q, ROWS)
+        first = 0
+        if a.CAUSAL:
+            # Causal is aligned bottom-right: row r sees keys up to r + seqlen_k - seqlen_q.
+            first_row = gl.maximum(n_block * KEYS - (a.seqlen_k - a.seqlen_q), 0)
+            first = gl.minimum(first_row // ROWS, count)
+        return first, count
+
+    @gluon.jit
+    def _producer(a):
+        ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
+        HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
+        RING: gl.constexpr = a.q_smem.type.shape[0]
+        batch, head_kv, n_block = _tile(a)
+        first_key = n_block * 2 * ROWS
+        kv_col = head_kv * HEAD_DIM
+        mbarrier.expect(a.kv_full, 4 * a.k_desc.block_type.nbytes)
+        for w in gl.static_range(2):
+            tma.async_copy_global_to_shared(a.k_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
+                                            a.k_smem.index(w))
+            tma.async_copy_global_to_shared(a.v_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
+                                            a.v_smem.index(w))
+        first_m, count_m = _query_blocks(a, n_block)
+        per_head = count_m - first_m
+        steps = a.group * per_head
+        for step in range(steps):
+            head = head_kv * a.group + step // per_head
+            m_block = first_m + step % per_head
+            slot = step % RING
+            mbarrier.wait(a.qdo_empty.index(slot), ((step // RING) & 1) ^ 1)
+            mbarrier.expect(a.qdo_full.index(slot), 2 * a.q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(a.q_desc, [batch, m_block * ROWS, head * HEAD_DIM],
+                                            a.qdo_full.index(slot), a.q_smem.index(slot))
+            tma.async_copy_global_to_shared(a.do_desc, [batch, m_block * ROWS, head * HEAD_DIM],
+                                            a.qdo_full.index(slot), a.do_smem.index(slot))
+
+    @gluon.jit
+    def _store_rows(ptr, tile, batch, head_kv, first_key, num_heads_kv, seqlen_k):
+        """Store a (64 keys, headdim) tile of dK or dV, rows past seqlen_k left out."""
+        ROWS: gl.constexpr = tile.type.shape[0]
+        HEAD_DIM: gl.constexpr = tile.type.shape[1]
+        layout: gl.constexpr = tile.type.layout
+        keys = first_key + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+        base = ptr + ((batch * seqlen_k + first_key).to(gl.int64) * num_heads_kv + head_kv) * HEAD_DIM
+        offsets = (keys - first_key)[:, None] * (num_heads_kv * HEAD_DIM) + cols[None, :]
+        gl.store(base + offsets, tile, mask=(keys < seqlen_k)[:, None])
+
+    @gluon.jit
+    def _consumer(a, WG: gl.constexpr):
+        ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
+        HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
+        RING: gl.constexpr = a.q_smem.type.shape[0]
+        dtype: gl.constexpr = a.q_desc.dtype
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, ROWS, 16])
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                             instr_shape=[16, HEAD_DIM, 16])
+        row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+        batch, head_kv, n_block = _tile(a)
+        first_key = n_block * 2 * ROWS + WG * ROWS
+        keys = first_key + gl.arange(0, ROWS, layout=gl.SliceLayout(0, s_layout))
+        first_m, count_m = _query_blocks(a, n_block)
+        per_head = count_m - first_m
+        steps = a.group * per_head
+        key_shift = a.seqlen_k - a.seqlen_q
+        k_tile = a.k_smem.index(WG).reshape([ROWS, HEAD_DIM])
+        v_tile = a.v_smem.index(WG).reshape([ROWS, HEAD_DIM])
+        p_tile = a.p_smem.index(WG)
+        ds_tile = a.ds_smem.index(WG)
+        dq_tile = a.dq_smem.index(WG).reshape([ROWS, HEAD_DIM])
+        dk = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
+        dv = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
+        mbarrier.wait(a.kv_full, 0)
+        for step in range(steps):
+            head = head_kv * a.group + step // per_head
+            m_block = first_m + step % per_head
+            slot = step % RING
+            mbarrier.wait(a.qdo_full.index(slot), (step // RING) & 1)
+            q_tile = a.q_smem.index(slot).reshape([ROWS, HEAD_DIM])
+            do_tile = a.do_smem.index(slot).reshape([ROWS, HEAD_DIM])
+            s = warpgroup_mma(q_tile, k_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout), use_acc=False, is_async=True)
+            dp = warpgroup_mma(do_tile, v_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout), use_acc=False, is_async=True)
+            rows = m_block * ROWS + gl.arange(0, ROWS, layout=row_layout)
+            stats = (batch * a.num_heads + head).to(gl.int64) * a.seqlen_q + rows
+            # Rows past seqlen_q (zeros from the copy) get lse +inf, so their probabilities are 0.
+            lse = gl.load(a.Lse + stats, mask=rows < a.seqlen_q, other=float("inf")) * _LOG2E
+            delta = gl.load(a.Delta + stats, mask=rows < a.seqlen_q, other=0.0)
+            s = warpgroup_mma_wait(1, deps=(s, ))
+            if a.CAUSAL:
+                if first_key + ROWS - 1 > m_block * ROWS + key_shift:  # the diagonal crosses this block
+                    s = gl.where(keys[None, :] <= (rows + key_shift)[:, None], s, float("-inf"))
+            p = gl.exp2(s * a.qk_scale_log2 - lse[:, None])
+            p_tile.store(p.to(dtype))
+            dp = warpgroup_mma_wait(0, deps=(dp, ))
+            ds = p * (dp - delta[:, None])
+            ds_tile.store(ds.to(dtype))
+            fence_async_shared()
+            gl.thread_barrier()
+            dq = warpgroup_mma(ds_tile, k_tile, gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout), use_acc=False, is_async=True)
+            dv = warpgroup_mma(p_tile.permute((1, 0)), do_tile, dv, is_async=True)
+            dk = warpgroup_mma(ds_tile.permute((1, 0)), q_tile, dk, is_async=True)
+            dq = warpgroup_mma_wait(2, deps=(dq, ))
+            tma.store_wait(0)  # the previous block's reduce-add has read dq_tile
+            dq_tile.store(dq)
+            fence_async_shared()
+            gl.thread_barrier()
+            _tma_reduce_add(a.dq_desc, [batch, m_block * ROWS, head * HEAD_DIM], a.dq_smem.index(WG))
+            dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
+            mbarrier.arrive(a.qdo_empty.index(slot))
+        tma.store_wait(0)
+        num_heads_kv = a.num_heads // a.group
+        _store_rows(a.DK, (dk * a.softmax_scale).to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
+        _store_rows(a.DV, dv.to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
+
+    @gluon.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "num_n_blocks"])
+    def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, Lse, Delta, DK, DV, num_heads, group, seqlen_q,
+                               seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, CAUSAL: gl.constexpr,
+                               RING: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+        ROWS: gl.constexpr = q_desc.block_type.shape[1]
+        HEAD_DIM: gl.constexpr = q_desc.block_type.shape[2]
+        dtype: gl.constexpr = q_desc.dtype
+        q_smem = gl.allocate_shared_memory(dtype, [RING] + q_desc.block_type.shape, q_desc.layout)
+        do_smem = gl.allocate_shared_memory(dtype, [RING] + q_desc.block_type.shape, q_desc.layout)
+        k_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+        p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, ROWS], dtype)
+        p_smem = gl.allocate_shared_memory(dtype, [2, ROWS, ROWS], p_layout)
+        ds_smem = gl.allocate_shared_memory(dtype, [2, ROWS, ROWS], p_layout)
+        dq_smem = gl.allocate_shared_memory(gl.float32, [2] + dq_desc.block_type.shape, dq_desc.layout)
+        kv_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        qdo_full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
+        qdo_empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
+        # "full": the copy's transaction bytes.  "empty": one arrival per consumer warpgroup.
+        mbarrier.init(kv_full, count=1)
+        for i in gl.static_range(RING):
+            mbarrier.init(qdo_full.index(i), count=1)
+            mbarrier.init(qdo_empty.index(i), count=2)
+        fence_async_shared()
+        a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, dq_smem,
+                    kv_full, qdo_full, qdo_empty, Lse, Delta, DK, DV, num_heads, group,
+                    seqlen_q, seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, CAUSAL)
+        gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
+                           [CONSUMER_REGS, CONSUMER_REGS])
+
+
+def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, causal: bool) -> None:
+    """dq, dk, dv for a call `unsupported_reason` accepted; delta = rowsum(dout * out), lse's layout.
+    dk and dv are contiguous (the launcher allocates them)."""
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+    box = [1, ROWS, head_dim]
+    layout = _box_layout(tuple(box), q.dtype)
+    q_desc, k_desc, v_desc, do_desc = (TensorDescriptor.from_tensor(_box_view(t), box, layout)
+                                       for t in (q, k, v, dout))
+    dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    dq_desc = TensorDescriptor.from_tensor(_box_view(dq_accum), box, _box_layout(tuple(box), torch.float32))
+    num_n_blocks = -(-seqlen_k // (2 * ROWS))
+    hopper_backward_kernel[(num_n_blocks * batch * num_heads_kv, )](
+        q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, dk, dv, num_heads, num_heads // num_heads_kv,
+        seqlen_q, seqlen_k, num_n_blocks, softmax_scale * LOG2E, softmax_scale, CAUSAL=causal, RING=STAGES,
+        CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
+    dq.copy_(dq_accum.mul_(softmax_scale))

@@ -1,0 +1,101 @@
+"""The Hopper backward (kernels/hopper_backward.py): which calls it takes, and that it keeps the contract.
+
+Gluon has no interpreter, so its numerical tests need an sm_90 GPU (marked `gpu`).  Every GPU test
+checks that the gradients really came from the Hopper kernel.
+"""
+
+import pytest
+import torch
+
+from flashtron import flash_attn_func, flash_attn_qkvpacked_func
+from flashtron.kernels import hopper_backward
+from test_flash_attn import check_against_oracle, random_inputs
+from test_hopper_forward import HOPPER_SHAPES, on_hopper
+
+
+def test_cpu_tensors_take_the_portable_kernels():
+    q, k, v = random_inputs((1, 9, 9, 2, 2, 128), torch.bfloat16)
+    assert hopper_backward.unsupported_reason(q, q, k, v, 0.1, -1, -1, 0.0, None, None, 0.0, True) is not None
+
+
+def test_short_sequences_keep_the_portable_kernels(monkeypatch):
+    monkeypatch.setattr(hopper_backward.hopper_forward, "unsupported_reason", lambda *args: None)
+    monkeypatch.setattr(hopper_backward, "_box_view", lambda t: t)
+    reason = lambda s, causal: hopper_backward.unsupported_reason(
+        *(torch.empty(1, s, 2, 128),) * 4, 0.1, -1, 0 if causal else -1, 0.0, None, None, 0.0, True)
+    assert reason(4095, False) is not None and reason(4096, False) is None
+    assert reason(8191, True) is not None and reason(8192, True) is None
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Counts the Hopper backward's launches; the tests' short sequences take it too."""
+    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", {False: 0, True: 0})
+    calls = []
+    original = hopper_backward.backward
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hopper_backward, "backward", counting)
+    return calls
+
+
+@pytest.mark.gpu
+@on_hopper
+@pytest.mark.parametrize("shape", HOPPER_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_matches_oracle(shape, causal, dtype, launches):
+    check_against_oracle(*random_inputs(shape, dtype, "cuda"), causal)
+    assert launches, "the gradients did not come from the Hopper kernel"
+    torch.cuda.empty_cache()
+
+
+def _gradients(q, k, v, dout, causal):
+    out = flash_attn_func(q, k, v, causal=causal)
+    return torch.autograd.grad(out, (q, k, v), dout)
+
+
+@pytest.mark.gpu
+@on_hopper
+@pytest.mark.parametrize("shape", [(3, 1500, 1700, 8, 2, 128), (1, 3001, 2999, 4, 1, 128)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_close_to_portable_kernels(shape, launches, monkeypatch):
+    q, k, v = random_inputs(shape, torch.bfloat16, "cuda")
+    dout = torch.randn_like(q)
+    for causal in (False, True):
+        grads = _gradients(q, k, v, dout, causal)
+        count = len(launches)
+        monkeypatch.setattr(hopper_backward, "_DISABLED", True)
+        reference = _gradients(q, k, v, dout, causal)
+        monkeypatch.setattr(hopper_backward, "_DISABLED", False)
+        assert len(launches) == count
+        # Same products; dQ is summed in another order (float32 atomics) and rounded once.
+        for ours, ref in zip(grads, reference):
+            scale = ref.float().abs().max().item()
+            assert (ours.float() - ref.float()).abs().max().item() <= 0.02 * scale
+    assert len(launches) == 2
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_packed_qkv_gradients(launches):
+    qkv = torch.randn(2, 999, 3, 4, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    out = flash_attn_qkvpacked_func(qkv, causal=True, softmax_scale=0.05)
+    out.backward(torch.randn_like(out))
+    assert launches and torch.isfinite(qkv.grad).all()
+    q, k, v = (qkv[:, :, i].detach().clone().requires_grad_() for i in range(3))
+    check_against_oracle(q, k, v, True, softmax_scale=0.05)
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_unsupported_calls_fall_back(launches):
+    q, k, v = random_inputs((1, 300, 300, 2, 2, 128), torch.bfloat16, "cuda")
+    check_against_oracle(q, k, v, True, window_size=(64, -1))
+    check_against_oracle(q, k, v, False, softcap=5.0)
+    q64, k64, v64 = random_inputs((1, 300, 300, 2, 2, 64), torch.bfloat16, "cuda")
+    check_against_oracle(q64, k64, v64, False)
+    assert not launches
