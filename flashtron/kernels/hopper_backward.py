@@ -240,8 +240,10 @@ if _GLUON:
             mbarrier.wait(a.qdo_full.index(slot), (step // RING) & 1)
             q_tile = a.q_smem.index(slot).reshape([ROWS, HEAD_DIM])
             do_tile = a.do_smem.index(slot).reshape([ROWS, HEAD_DIM])
-            s = warpgroup_mma(q_tile, k_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout), use_acc=False, is_async=True)
-            dp = warpgroup_mma(do_tile, v_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout), use_acc=False, is_async=True)
+            s = warpgroup_mma(q_tile, k_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout),
+                              use_acc=False, is_async=True)
+            dp = warpgroup_mma(do_tile, v_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout),
+                               use_acc=False, is_async=True)
             rows = m_block * ROWS + gl.arange(0, ROWS, layout=row_layout)
             stats = (batch * a.num_heads + head).to(gl.int64) * a.seqlen_q + rows
             # Rows past seqlen_q (zeros from the copy) get lse +inf, so their probabilities are 0.
@@ -258,7 +260,9 @@ if _GLUON:
             ds_tile.store(ds.to(dtype))
             fence_async_shared()
             gl.thread_barrier()
-            dq = warpgroup_mma(ds_tile, k_tile, gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout), use_acc=False, is_async=True)
+            # dQ's part first: its trip out overlaps dV and dK.
+            dq = warpgroup_mma(ds_tile, k_tile, gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout),
+                               use_acc=False, is_async=True)
             dv = warpgroup_mma(p_tile.permute((1, 0)), do_tile, dv, is_async=True)
             dk = warpgroup_mma(ds_tile.permute((1, 0)), q_tile, dk, is_async=True)
             dq = warpgroup_mma_wait(2, deps=(dq, ))
