@@ -81,7 +81,7 @@ def _ring_backward(ring: Ring, dout, q, k, v, out, lse, params: RingParams, base
             dout[:, rows], q[:, rows], key_value[0, :, keys], key_value[1, :, keys], out[:, rows],
             lse[:, :, rows].contiguous(), params.softmax_scale, call.window_left, call.window_right,
             params.softcap, None, None, params.dropout_p, block_seed(base_seed, ring, key_rank, index),
-            params.allow_tf32)
+            params.allow_tf32, deterministic=True)  # the ring's backward stays bitwise reproducible
         dq[:, rows] += block_dq
         block_gradient[0, :, keys] += block_dk
         block_gradient[1, :, keys] += block_dv
