@@ -10,7 +10,7 @@ import torch
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func
 from flashtron.kernels import hopper_backward
 from test_flash_attn import check_against_oracle, random_inputs
-from test_hopper_forward import HOPPER_SHAPES, on_hopper
+from test_hopper_forward import HOPPER_SHAPES, count_calls, on_hopper
 
 
 def test_cpu_tensors_take_the_portable_kernels():
@@ -31,15 +31,7 @@ def test_short_sequences_keep_the_portable_kernels(monkeypatch):
 def launches(monkeypatch):
     """Counts the Hopper backward's launches; the tests' short sequences take it too."""
     monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", {False: 0, True: 0})
-    calls = []
-    original = hopper_backward.backward
-
-    def counting(*args, **kwargs):
-        calls.append(args[1].shape)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(hopper_backward, "backward", counting)
-    return calls
+    return count_calls(monkeypatch, hopper_backward, "backward", lambda args: args[1].shape)
 
 
 @pytest.mark.gpu

@@ -42,18 +42,23 @@ on_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_d
                                reason="needs an sm_90 GPU")
 
 
+def count_calls(monkeypatch, module, name, record):
+    """Wraps module.name; each call appends record(args) to the returned list."""
+    calls = []
+    original = getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(record(args))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
 @pytest.fixture
 def launches(monkeypatch):
     """Counts the Hopper kernel's launches."""
-    calls = []
-    original = hopper_forward.forward
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(hopper_forward, "forward", counting)
-    return calls
+    return count_calls(monkeypatch, hopper_forward, "forward", lambda args: args[0].shape)
 
 
 # (batch, seqlen_q, seqlen_k, num_heads, num_heads_kv, head_dim): tails of every size, Sq < Sk and

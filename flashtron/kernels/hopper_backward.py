@@ -24,7 +24,7 @@ float64 oracle (Gluon has no interpreter).
 import torch
 
 from flashtron.kernels import hopper_forward
-from flashtron.kernels.hopper_forward import _GLUON, _box_layout, _box_view
+from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box_layout, _box_view
 
 if _GLUON:
     from triton.experimental import gluon
@@ -45,7 +45,6 @@ CONSUMER_REGISTERS = 240
 # (BENCHMARKS.md, session 8), backward alone against backward.py: non-causal 0.95x at 1k, 1.00x at 2k,
 # 1.04x-1.05x from 4k; causal 0.79x at 1k and 2k, 0.98x at 4k, 1.08x-1.10x from 8k.
 MIN_SEQLEN = {False: 4096, True: 8192}
-LOG2E = 1.4426950408889634
 
 
 def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
