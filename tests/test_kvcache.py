@@ -31,14 +31,17 @@ def rotate(x, cos, sin, positions, interleaved):
     return torch.cat([rotated, x[..., 2 * half:]], dim=-1)
 
 
-def to_pages(cache, page_size, generator):
-    """cache (B, S, Hk, D) -> (pages, block_table) with pages in random order plus two spare pages."""
+def to_pages(cache, page_size, generator, stale_nan=False):
+    """cache (B, S, Hk, D) -> (pages, block_table) with pages in random order plus two spare pages (random
+    data, or NaN with stale_nan, as are the last pages' rows past the cache's length)."""
     batch, seqlen = cache.shape[:2]
     per_seq = -(-seqlen // page_size)
     order = torch.randperm(batch * per_seq + 2, generator=generator)
     table = order[:batch * per_seq].reshape(batch, per_seq).to(torch.int32)
-    pages = torch.randn(batch * per_seq + 2, page_size, *cache.shape[2:]).to(cache.dtype)
-    padded = torch.cat([cache, torch.randn(batch, per_seq * page_size - seqlen, *cache.shape[2:]).to(cache.dtype)], 1)
+    filler = torch.full if stale_nan else (lambda shape, _: torch.randn(shape))
+    pages = filler((batch * per_seq + 2, page_size, *cache.shape[2:]), float("nan")).to(cache.dtype)
+    padded = torch.cat([cache, filler((batch, per_seq * page_size - seqlen, *cache.shape[2:]), float("nan"))
+                        .to(cache.dtype)], 1)
     pages[table.flatten().long()] = padded.reshape(-1, page_size, *cache.shape[2:])
     return pages, table
 
@@ -47,17 +50,23 @@ def from_pages(pages, table, seqlen):
     return pages[table.long()].flatten(1, 2)[:, :seqlen]
 
 
+def same(a, b):
+    """Bit-identical, NaN (a stale cache entry) included."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
 def run_case(batch=3, seqlen_q=2, seqlen_new=2, cache_len=45, dtype=torch.float16, causal=True, paged=False,
-             page_size=7, batch_idx=False, leftpad=False, rotary=None, num_splits=0, heads_kv=HEADS_KV,
-             device="cpu", **variants):
-    """Build everything on the CPU, call on `device`, check on the CPU."""
+             page_size=7, batch_idx=False, leftpad=False, rotary=None, num_splits=0, heads=HEADS, heads_kv=HEADS_KV,
+             head_dim=HEAD_DIM, stale_nan=False, device="cpu", **variants):
+    """Build everything on the CPU, call on `device`, check on the CPU.  stale_nan: every cache entry past a
+    sequence's end (and every unused page row) holds NaN, which must not reach the output."""
     generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     cache_seqlens = torch.randint(0, cache_len - seqlen_new + 1, (batch,), generator=generator, dtype=torch.int32)
     cache_seqlens[0] = cache_len - seqlen_new  # one full row
-    q = torch.randn(batch, seqlen_q, HEADS, HEAD_DIM).to(dtype)
-    new = [torch.randn(batch, seqlen_new, heads_kv, HEAD_DIM).to(dtype) for _ in range(2)] if seqlen_new else [None] * 2
+    q = torch.randn(batch, seqlen_q, heads, head_dim).to(dtype)
+    new = [torch.randn(batch, seqlen_new, heads_kv, head_dim).to(dtype) for _ in range(2)] if seqlen_new else [None] * 2
     rows = batch + 2 if batch_idx else batch
-    caches = [torch.randn(rows, cache_len, heads_kv, HEAD_DIM).to(dtype) for _ in range(2)]
+    caches = [torch.randn(rows, cache_len, heads_kv, head_dim).to(dtype) for _ in range(2)]
     extra = {}
     row_of = list(range(batch))
     if batch_idx:
@@ -68,13 +77,19 @@ def run_case(batch=3, seqlen_q=2, seqlen_new=2, cache_len=45, dtype=torch.float1
         pad = (torch.rand(batch, generator=generator) * (cache_seqlens + 1).float()).to(torch.int32)
         extra["cache_leftpad"] = pad
     if rotary is not None:
-        rotary_dim = rotary.get("rotary_dim", HEAD_DIM)
+        rotary_dim = rotary.get("rotary_dim", head_dim)
         angles = torch.rand(cache_len, rotary_dim // 2, generator=generator) * 2 * math.pi
         extra.update(rotary_cos=angles.cos().to(dtype), rotary_sin=angles.sin().to(dtype),
                      rotary_interleaved=rotary["interleaved"])
+    if stale_nan:
+        for cache in caches:
+            for b in range(batch):
+                cache[row_of[b], int(cache_seqlens[b]) + seqlen_new:] = float("nan")
+            for row in set(range(rows)) - set(row_of):
+                cache[row] = float("nan")
     before = [c.clone() for c in caches]
     if paged:
-        pages = [to_pages(c, page_size, torch.Generator().manual_seed(7)) for c in caches]
+        pages = [to_pages(c, page_size, torch.Generator().manual_seed(7), stale_nan) for c in caches]
         table = pages[0][1]
         k_arg, v_arg = pages[0][0], pages[1][0]
         pages_before = [p[0].clone() for p in pages]
@@ -91,7 +106,7 @@ def run_case(batch=3, seqlen_q=2, seqlen_new=2, cache_len=45, dtype=torch.float1
     if device != "cpu":
         k_arg.copy_(k_dev)
         v_arg.copy_(v_dev)
-    assert out.shape == q.shape and out.dtype == dtype and lse.shape == (batch, HEADS, seqlen_q)
+    assert out.shape == q.shape and out.dtype == dtype and lse.shape == (batch, heads, seqlen_q)
     after = [from_pages(k_arg, table, cache_len), from_pages(v_arg, table, cache_len)] if paged else caches
 
     for b in range(batch):
@@ -108,7 +123,7 @@ def run_case(batch=3, seqlen_q=2, seqlen_new=2, cache_len=45, dtype=torch.float1
                 assert torch.equal(cache_after[row, start:end], expected_new)
             untouched = torch.ones(cache_len, dtype=torch.bool)
             untouched[start:end] = False
-            assert torch.equal(cache_after[row, untouched], cache_before[row, untouched])
+            assert same(cache_after[row, untouched], cache_before[row, untouched])
         keys = [t[row, int(pad[b]):end][None] for t in after]
         q_b = q[b:b + 1]
         if rotary is not None:
@@ -134,7 +149,7 @@ def run_case(batch=3, seqlen_q=2, seqlen_new=2, cache_len=45, dtype=torch.float1
         used = torch.zeros(k_arg.shape[0], dtype=torch.bool)
         used[table.flatten().long()] = True
         for now, then in zip((k_arg, v_arg), pages_before):
-            assert torch.equal(now[~used], then[~used])
+            assert same(now[~used], then[~used])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])

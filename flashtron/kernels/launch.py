@@ -12,7 +12,7 @@ import os
 import torch
 import triton
 
-from flashtron.kernels import configs, hopper_backward, hopper_forward, interpreter, paged_kv, tma
+from flashtron.kernels import configs, hopper_backward, hopper_decode, hopper_forward, interpreter, paged_kv, tma
 from flashtron.sinks import sink_gradient
 from flashtron.kernels.dropout import dropout_mask_kernel
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
@@ -167,6 +167,15 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     # Packed GQA (decoding): a power-of-two group's heads share one tile and one read of the keys.
     pack = (pack_gqa and not varlen and 1 < group <= 64 and group & (group - 1) == 0 and attn_bias is None
             and dropout_p == 0)
+    if pack and seqused_k is not None and hopper_decode.unsupported_reason(
+            q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, block_table) is None:
+        num_splits = hopper_decode.num_splits(num_splits, q_layout.batch * num_heads_kv, k_layout.max_seqlen, q)
+        target_out, target_lse = _split_workspace(num_splits, out, lse)
+        hopper_decode.decode(q, k, v, target_out, target_lse, seqused_k, block_table, softmax_scale,
+                             window_right == 0, num_splits)
+        if num_splits > 1:
+            _combine_splits(target_out, target_lse, out, lse)
+        return out, lse
     if pack:
         cfg = configs.select_decode(q, block_d, q_layout.max_seqlen * group, paged)
     else:
@@ -176,15 +185,12 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     if num_splits != 1:
         num_splits = _num_splits(num_splits, num_m_blocks * q_layout.batch * num_heads // rows_per_token,
                                  triton.cdiv(k_layout.max_seqlen, cfg.block_n), q.device, paged)
+    target_out, target_lse = _split_workspace(num_splits, out, lse)
     if num_splits > 1:
-        # Split-KV: partials in float32, merged by combine_splits_kernel below.
-        target_out = torch.empty((num_splits, *q.shape), dtype=torch.float32, device=q.device)
-        target_lse = torch.empty((num_splits, *lse.shape), dtype=torch.float32, device=q.device)
         out_strides = target_out.stride()[1:4]
         lse_strides = target_lse.stride()[1:3]
         split_strides = (target_out.stride(0), target_lse.stride(0))
     else:
-        target_out, target_lse = out, lse
         out_strides, lse_strides, split_strides = q_layout.strides(out), layout_args[:2], (0, 0)
     # TMA boxes for K and V (not for paged caches, whose tiles gather rows from several pages, nor fp8).
     k_tiles, v_tiles, use_tma = tma.operand_pair(k, v, k_layout.varlen, cfg.block_n, block_d,
@@ -213,6 +219,15 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     if num_splits > 1:
         _combine_splits(target_out, target_lse, out, lse)
     return out, lse
+
+
+def _split_workspace(num_splits: int, out, lse) -> tuple:
+    """Where a split-KV forward writes: float32 partials (num_splits, *out.shape) and (num_splits,
+    *lse.shape), merged by combine_splits_kernel; out and lse themselves without splits."""
+    if num_splits == 1:
+        return out, lse
+    return (torch.empty((num_splits, *out.shape), dtype=torch.float32, device=out.device),
+            torch.empty((num_splits, *lse.shape), dtype=torch.float32, device=out.device))
 
 
 def _num_splits(requested: int, programs: int, key_blocks: int, device, paged: bool) -> int:

@@ -1,0 +1,93 @@
+"""The Hopper paged decoding kernel (kernels/hopper_decode.py): which calls it takes, and that it keeps the
+contract of flash_attn_with_kvcache.
+
+Gluon has no interpreter, so the numerical tests need an sm_90 GPU (marked `gpu`).  They go through
+test_kvcache's run_case (the cache update, the float64 oracle on each sequence's valid keys, flash-attn's
+2x rule), with caches whose entries past every sequence's end are NaN, and each checks that the output
+really came from the Hopper kernel.
+"""
+
+import pytest
+import torch
+
+from flashtron.kernels import hopper_decode
+from test_hopper_forward import count_calls, on_hopper
+from test_kvcache import run_case
+
+
+def _reason(page_size=16, head_dim=128, heads=32, heads_kv=8, seqlen_q=1, paged=True, **variants):
+    q = torch.empty(2, seqlen_q, heads, head_dim, dtype=torch.bfloat16)
+    k = torch.empty(10, page_size, heads_kv, head_dim, dtype=torch.bfloat16)
+    args = dict(softmax_scale=0.1, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None, sinks=None,
+                block_table=torch.zeros(2, 3, dtype=torch.int32) if paged else None)
+    args.update(variants)
+    return hopper_decode.unsupported_reason(q, k, k, **args)
+
+
+def test_scope(monkeypatch):
+    assert "sm_90" in _reason()  # CPU tensors
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.Tensor, "device", torch.device("cuda", 0))
+    assert _reason() is None
+    assert _reason(page_size=256, head_dim=64) is None and _reason(page_size=8, head_dim=256) is None
+    assert "contiguous" in _reason(paged=False)
+    assert "page size" in _reason(page_size=12) and "page size" in _reason(page_size=4)
+    assert "head dim" in _reason(head_dim=96)
+    assert "rows" in _reason(seqlen_q=17)  # 4 heads x 17 queries > 64 rows
+    assert _reason(window_right=0) is None  # causal
+    assert "window" in _reason(window_left=100, window_right=0)
+    assert "softcap" in _reason(softcap=5.0)
+    assert "non-positive" in _reason(softmax_scale=0.0)
+
+
+def test_split_counts(monkeypatch):
+    monkeypatch.setattr(hopper_decode.hopper_forward, "_sm_count", lambda index: 132)
+    q = torch.empty(1, 1, 32, 128)
+    assert hopper_decode.num_splits(1, 8, 1 << 17, q) == 1
+    assert hopper_decode.num_splits(7, 8, 1 << 17, q) == 7
+    assert hopper_decode.num_splits(7, 8, 100, q) == 2  # no more splits than key tiles
+    assert hopper_decode.num_splits(0, 8, 1 << 17, q) == 16  # one program per SM
+    assert hopper_decode.num_splits(0, 512, 4096, q) == 1
+    assert hopper_decode.num_splits(0, 8, 1024, q) == 4  # >= 4 tiles per split
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    return count_calls(monkeypatch, hopper_decode, "decode", lambda args: args[0].shape)
+
+
+CASES = [
+    dict(page_size=16, head_dim=128, heads=32, heads_kv=8, dtype=torch.bfloat16, seqlen_q=1, seqlen_new=1,
+         causal=True, num_splits=0, cache_len=4133),
+    dict(page_size=8, head_dim=128, heads=16, heads_kv=2, dtype=torch.float16, seqlen_q=2, seqlen_new=2, causal=True,
+         num_splits=1, cache_len=700),
+    dict(page_size=64, head_dim=64, heads=16, heads_kv=2, dtype=torch.float16, seqlen_q=3, seqlen_new=0,
+         causal=False, num_splits=3, cache_len=1000),
+    dict(page_size=256, head_dim=256, heads=8, heads_kv=2, dtype=torch.bfloat16, seqlen_q=1, seqlen_new=0,
+         causal=False, num_splits=1, cache_len=130),
+    dict(page_size=32, head_dim=128, heads=64, heads_kv=1, dtype=torch.bfloat16, seqlen_q=1, seqlen_new=1,
+         causal=False, num_splits=0, cache_len=2000),
+    dict(page_size=16, head_dim=128, heads=32, heads_kv=8, dtype=torch.bfloat16, seqlen_q=1, seqlen_new=1,
+         causal=True, num_splits=0, cache_len=333, batch=40),
+]
+
+
+@pytest.mark.gpu
+@on_hopper
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "p{page_size}-d{head_dim}-g{}-q{seqlen_q}-s{num_splits}".format(
+    c["heads"] // c["heads_kv"], **c))
+@pytest.mark.parametrize("stale_nan", [False, True], ids=["random", "nan"])
+def test_matches_oracle(case, stale_nan, launches):
+    case = dict(case)
+    run_case(device="cuda", paged=True, batch=case.pop("batch", 3), stale_nan=stale_nan, **case)
+    assert launches, "the output did not come from the Hopper kernel"
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_other_calls_keep_the_portable_kernel(launches):
+    run_case(device="cuda", paged=True, page_size=12, head_dim=128, heads=8, heads_kv=2, cache_len=300)
+    run_case(device="cuda", paged=False, head_dim=128, heads=8, heads_kv=2, cache_len=300)
+    run_case(device="cuda", paged=True, page_size=16, head_dim=128, heads=8, heads_kv=2, cache_len=300,
+             softcap=3.0)
+    assert not launches
