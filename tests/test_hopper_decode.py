@@ -38,6 +38,7 @@ def test_scope(monkeypatch):
     assert "window" in _reason(window_left=100, window_right=0)
     assert "softcap" in _reason(softcap=5.0)
     assert "non-positive" in _reason(softmax_scale=0.0)
+    assert "empty" in _reason(block_table=torch.zeros(2, 0, dtype=torch.int32))
 
 
 def test_split_counts(monkeypatch):

@@ -77,8 +77,8 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
         return "softcap, ALiBi or sinks"
     if not softmax_scale > 0:
         return "a non-positive softmax_scale"
-    if k.shape[0] == 0 or k.shape[1] == 0:
-        return "an empty cache"
+    if k.shape[0] == 0 or k.shape[1] == 0 or block_table.shape[1] == 0:
+        return "an empty cache or block table"
     group = q.shape[2] // k.shape[2]
     if group * q.shape[1] > ROWS:
         return f"more than {ROWS} (query, head) rows per kv head"
