@@ -10,7 +10,7 @@ really came from the Hopper kernel.
 import pytest
 import torch
 
-from flashtron.kernels import hopper_decode
+from flashtron.kernels import hopper_decode, launch
 from test_hopper_forward import count_calls, on_hopper
 from test_kvcache import run_case
 
@@ -42,14 +42,16 @@ def test_scope(monkeypatch):
 
 
 def test_split_counts(monkeypatch):
-    monkeypatch.setattr(hopper_decode.hopper_forward, "_sm_count", lambda index: 132)
-    q = torch.empty(1, 1, 32, 128)
-    assert hopper_decode.num_splits(1, 8, 1 << 17, q) == 1
-    assert hopper_decode.num_splits(7, 8, 1 << 17, q) == 7
-    assert hopper_decode.num_splits(7, 8, 100, q) == 2  # no more splits than key tiles
-    assert hopper_decode.num_splits(0, 8, 1 << 17, q) == 16  # one program per SM
-    assert hopper_decode.num_splits(0, 512, 4096, q) == 1
-    assert hopper_decode.num_splits(0, 8, 1024, q) == 4  # >= 4 tiles per split
+    """The counts launch.forward asks for on this kernel's path: 64-key tiles, one program per SM."""
+    monkeypatch.setattr(launch, "_sm_count", lambda device: 132)
+    splits = lambda requested, items, keys: launch._num_splits(  # noqa: E731
+        requested, items, -(-keys // hopper_decode.BLOCK_N), torch.device("cuda"), 1)
+    assert splits(1, 8, 1 << 17) == 1
+    assert splits(7, 8, 1 << 17) == 7
+    assert splits(7, 8, 100) == 2  # no more splits than key tiles
+    assert splits(0, 8, 1 << 17) == 16  # one program per SM
+    assert splits(0, 512, 4096) == 1
+    assert splits(0, 8, 1024) == 4  # >= 4 tiles per split
 
 
 @pytest.fixture

@@ -90,18 +90,6 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
     return None
 
 
-def num_splits(requested: int, items: int, max_seqlen_k: int, q) -> int:
-    """Programs per (batch, kv head) item: `requested` when > 0 (1: no split), else enough to give every SM
-    one program (the ring fills most of its shared memory), each keeping >= 4 tiles."""
-    tiles = max(1, -(-max_seqlen_k // BLOCK_N))
-    if requested > 0:
-        return max(1, min(requested, tiles))
-    target = hopper_forward._sm_count(q.device.index)
-    if items >= target:
-        return 1
-    return max(1, min(target // items, tiles // 4, 128))
-
-
 if _GLUON:
     _LN2 = gl.constexpr(0.6931471805599453)
     _ROWS = gl.constexpr(ROWS)
@@ -277,17 +265,6 @@ if _GLUON:
         return ring.index(slot).reshape([ring.type.shape[2], ring.type.shape[3]])
 
     @gluon.jit
-    def _softmax_tile(a, scores, row_max, row_sum, tile, full_tiles, key_limit, seqlen_k):
-        """hopper_forward's online softmax step for key tile `tile`, masked where a row's keys end in it."""
-        KEYS: gl.constexpr = a.k_smem.type.shape[2]
-        if tile >= full_tiles:
-            return hopper_forward._online_softmax(scores, row_max, row_sum, a.qk_scale_log2, tile * KEYS, key_limit,
-                                                  seqlen_k, True, a.CAUSAL)
-        else:
-            return hopper_forward._online_softmax(scores, row_max, row_sum, a.qk_scale_log2, tile * KEYS, key_limit,
-                                                  seqlen_k, False, a.CAUSAL)
-
-    @gluon.jit
     def _consumer(a):
         KEYS: gl.constexpr = a.k_smem.type.shape[2]
         STAGES: gl.constexpr = a.k_smem.type.shape[0]
@@ -332,8 +309,8 @@ if _GLUON:
                                    is_async=True)
             scores = warpgroup_mma_wait(0, deps=(scores, ))
             mbarrier.arrive(a.k_empty.index(0))
-            probs, alpha, row_max, row_sum = _softmax_tile(a, scores, row_max, row_sum, first, full_tiles, key_limit,
-                                                           seqlen_k)
+            probs, alpha, row_max, row_sum = hopper_forward._softmax_block(
+                scores, row_max, row_sum, a.qk_scale_log2, first, full_tiles, key_limit, seqlen_k, a.CAUSAL)
             for j in range(1, count):
                 k_slot = j % STAGES
                 mbarrier.wait(a.k_full.index(k_slot), (j // STAGES) & 1)
@@ -347,8 +324,8 @@ if _GLUON:
                 acc = warpgroup_mma(p_op, _tile(a.v_smem, v_slot), acc, is_async=True)
                 scores = warpgroup_mma_wait(1, deps=(scores, ))
                 mbarrier.arrive(a.k_empty.index(k_slot))
-                probs, alpha, row_max, row_sum = _softmax_tile(a, scores, row_max, row_sum, first + j, full_tiles,
-                                                               key_limit, seqlen_k)
+                probs, alpha, row_max, row_sum = hopper_forward._softmax_block(
+                    scores, row_max, row_sum, a.qk_scale_log2, first + j, full_tiles, key_limit, seqlen_k, a.CAUSAL)
                 acc = warpgroup_mma_wait(0, deps=(acc, ))
                 mbarrier.arrive(a.v_empty.index(v_slot))
             # The last tile's P V; its value rows past the sequence's end are zeroed first.

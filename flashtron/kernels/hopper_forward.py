@@ -235,14 +235,17 @@ if _GLUON:
         return probs, alpha, new_max, row_sum
 
     @gluon.jit
-    def _softmax_block(a, scores, row_max, row_sum, j, full_blocks, key_limit):
-        KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
-        if j >= full_blocks:  # the sequence's end or the causal diagonal crosses this block
-            return _online_softmax(scores, row_max, row_sum, a.qk_scale_log2, j * KEYS, key_limit, a.seqlen_k,
-                                   True, a.CAUSAL)
+    def _softmax_block(scores, row_max, row_sum, qk_scale_log2, j, full_blocks, key_limit, seqlen_k,
+                       CAUSAL: gl.constexpr):
+        """_online_softmax for key block j (of scores.shape[1] keys), masked only from block full_blocks on,
+        where the sequence's end or the causal diagonal crosses a block."""
+        KEYS: gl.constexpr = scores.type.shape[1]
+        if j >= full_blocks:
+            return _online_softmax(scores, row_max, row_sum, qk_scale_log2, j * KEYS, key_limit, seqlen_k, True,
+                                   CAUSAL)
         else:
-            return _online_softmax(scores, row_max, row_sum, a.qk_scale_log2, j * KEYS, key_limit, a.seqlen_k,
-                                   False, a.CAUSAL)
+            return _online_softmax(scores, row_max, row_sum, qk_scale_log2, j * KEYS, key_limit, seqlen_k, False,
+                                   CAUSAL)
 
     @gluon.jit
     def _consumer(a, WG: gl.constexpr):
@@ -285,7 +288,8 @@ if _GLUON:
             scores = warpgroup_mma_wait(0, deps=(scores, ))
             mbarrier.arrive(a.k_empty.index(slot))
             mbarrier.arrive(a.q_empty, pred=n_blocks == 1)
-            probs, alpha, row_max, row_sum = _softmax_block(a, scores, row_max, row_sum, 0, full_blocks, key_limit)
+            probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2, 0, full_blocks,
+                                                            key_limit, a.seqlen_k, a.CAUSAL)
             p_op = gl.convert_layout(probs.to(dtype), p_layout)
             for j in range(1, n_blocks):
                 # S_j = Q K_j^T and O += P_{j-1} V_{j-1} on the tensor cores; block j's softmax runs under
@@ -302,8 +306,8 @@ if _GLUON:
                 scores = warpgroup_mma_wait(1, deps=(scores, ))
                 mbarrier.arrive(a.k_empty.index(slot))
                 mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
-                probs, alpha, row_max, row_sum = _softmax_block(a, scores, row_max, row_sum, j, full_blocks,
-                                                                key_limit)
+                probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2, j,
+                                                                full_blocks, key_limit, a.seqlen_k, a.CAUSAL)
                 acc = warpgroup_mma_wait(0, deps=(acc, ))
                 mbarrier.arrive(a.v_empty.index(v_slot))
                 p_op = gl.convert_layout(probs.to(dtype), p_layout)

@@ -169,7 +169,8 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
             and dropout_p == 0)
     if pack and seqused_k is not None and hopper_decode.unsupported_reason(
             q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, block_table) is None:
-        num_splits = hopper_decode.num_splits(num_splits, q_layout.batch * num_heads_kv, k_layout.max_seqlen, q)
+        num_splits = _num_splits(num_splits, q_layout.batch * num_heads_kv,
+                                 triton.cdiv(k_layout.max_seqlen, hopper_decode.BLOCK_N), q.device, 1)
         target_out, target_lse = _split_workspace(num_splits, out, lse)
         hopper_decode.decode(q, k, v, target_out, target_lse, seqused_k, block_table, softmax_scale,
                              window_right == 0, num_splits)
@@ -184,7 +185,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     num_m_blocks = triton.cdiv(q_layout.max_seqlen, cfg.block_m // rows_per_token)
     if num_splits != 1:
         num_splits = _num_splits(num_splits, num_m_blocks * q_layout.batch * num_heads // rows_per_token,
-                                 triton.cdiv(k_layout.max_seqlen, cfg.block_n), q.device, paged)
+                                 triton.cdiv(k_layout.max_seqlen, cfg.block_n), q.device, 2 if paged else 1)
     target_out, target_lse = _split_workspace(num_splits, out, lse)
     if num_splits > 1:
         out_strides = target_out.stride()[1:4]
@@ -230,15 +231,15 @@ def _split_workspace(num_splits: int, out, lse) -> tuple:
             torch.empty((num_splits, *lse.shape), dtype=torch.float32, device=out.device))
 
 
-def _num_splits(requested: int, programs: int, key_blocks: int, device, paged: bool) -> int:
+def _num_splits(requested: int, programs: int, key_blocks: int, device, programs_per_sm: int) -> int:
     """How many programs share each tile's keys: `requested` when > 0, else enough to bring the grid to
-    one program per SM (contiguous caches) or two (paged), each split keeping >= 4 key blocks.
-    Measured on an H200 (BENCHMARKS.md): a contiguous decode tile pipelines deep enough to own its SM,
-    so a second wave only queues behind the first; paged tiles wait on their page lookups, and a
-    second resident program per SM hides that."""
+    programs_per_sm programs per SM, each split keeping >= 4 key blocks.  Measured on an H200
+    (BENCHMARKS.md): a contiguous decode tile of forward.py, and any tile of hopper_decode, pipelines deep
+    enough to own its SM, so a second wave only queues behind the first (1 per SM); forward.py's paged
+    tiles wait on their page lookups, and a second resident program per SM hides that (2)."""
     if requested > 0:
         return max(1, min(requested, key_blocks))
-    target = _sm_count(device) * (2 if paged else 1)
+    target = _sm_count(device) * programs_per_sm
     if programs >= target:
         return 1
     return max(1, min(target // programs, key_blocks // 4, 128))
