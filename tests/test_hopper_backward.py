@@ -10,7 +10,7 @@ import torch
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func
 from flashtron.kernels import hopper_backward
 from test_flash_attn import check_against_oracle, random_inputs
-from test_hopper_forward import HOPPER_SHAPES, count_calls, on_hopper
+from test_hopper_forward import HOPPER_SHAPES, WINDOWS, count_calls, on_hopper
 
 
 def test_cpu_tensors_take_the_portable_kernels():
@@ -45,8 +45,18 @@ def test_matches_oracle(shape, causal, dtype, launches):
     torch.cuda.empty_cache()
 
 
-def _gradients(q, k, v, dout, causal):
-    out = flash_attn_func(q, k, v, causal=causal)
+@pytest.mark.gpu
+@on_hopper
+@pytest.mark.parametrize("shape", HOPPER_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}_{w[1]}")
+def test_windows_match_oracle(shape, window, launches):
+    check_against_oracle(*random_inputs(shape, torch.bfloat16, "cuda"), False, window_size=window)
+    assert launches, "the gradients did not come from the Hopper kernel"
+    torch.cuda.empty_cache()
+
+
+def _gradients(q, k, v, dout, window):
+    out = flash_attn_func(q, k, v, window_size=window)
     return torch.autograd.grad(out, (q, k, v), dout)
 
 
@@ -57,18 +67,18 @@ def _gradients(q, k, v, dout, causal):
 def test_close_to_portable_kernels(shape, launches, monkeypatch):
     q, k, v = random_inputs(shape, torch.bfloat16, "cuda")
     dout = torch.randn_like(q)
-    for causal in (False, True):
-        grads = _gradients(q, k, v, dout, causal)
+    for window in ((-1, -1), (-1, 0), (700, 0)):
+        grads = _gradients(q, k, v, dout, window)
         count = len(launches)
         monkeypatch.setattr(hopper_backward, "_DISABLED", True)
-        reference = _gradients(q, k, v, dout, causal)
+        reference = _gradients(q, k, v, dout, window)
         monkeypatch.setattr(hopper_backward, "_DISABLED", False)
         assert len(launches) == count
         # Same products; dQ is summed in another order (float32 atomics) and rounded once.
         for ours, ref in zip(grads, reference):
             scale = ref.float().abs().max().item()
             assert (ours.float() - ref.float()).abs().max().item() <= 0.02 * scale
-    assert len(launches) == 2
+    assert len(launches) == 3
 
 
 @pytest.mark.gpu
@@ -86,7 +96,7 @@ def test_packed_qkv_gradients(launches):
 @on_hopper
 def test_unsupported_calls_fall_back(launches):
     q, k, v = random_inputs((1, 300, 300, 2, 2, 128), torch.bfloat16, "cuda")
-    check_against_oracle(q, k, v, True, window_size=(64, -1))
+    check_against_oracle(q, k, v, True, alibi_slopes=torch.rand(2, device="cuda"))
     check_against_oracle(q, k, v, False, softcap=5.0)
     q64, k64, v64 = random_inputs((1, 300, 300, 2, 2, 64), torch.bfloat16, "cuda")
     check_against_oracle(q64, k64, v64, False)

@@ -103,12 +103,16 @@ if _GLUON:
         num_n_blocks: gl.tensor
         qk_scale_log2: gl.tensor
         softmax_scale: gl.tensor
-        CAUSAL: gl.constexpr
+        window_left: gl.tensor
+        window_right: gl.tensor
+        HAS_LEFT: gl.constexpr
+        HAS_RIGHT: gl.constexpr
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem,
                      dq_smem, kv_full, qdo_full, qdo_empty, Lse, Delta, DK, DV, num_heads,
-                     group, seqlen_q, seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, CAUSAL):
+                     group, seqlen_q, seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, window_left, window_right,
+                     HAS_LEFT, HAS_RIGHT):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -135,16 +139,19 @@ if _GLUON:
             self.num_n_blocks = num_n_blocks
             self.qk_scale_log2 = qk_scale_log2
             self.softmax_scale = softmax_scale
-            self.CAUSAL = gl.constexpr(CAUSAL)
+            self.window_left = window_left
+            self.window_right = window_right
+            self.HAS_LEFT = gl.constexpr(HAS_LEFT)
+            self.HAS_RIGHT = gl.constexpr(HAS_RIGHT)
 
     @gluon.jit
     def _tile(a):
-        """(batch, kv head, key block) of this program.  Under causal the key blocks seen by the most
-        query rows (the first ones) come first, across heads; otherwise one head's blocks are adjacent,
-        so concurrent programs share its Q and dO in L2."""
+        """(batch, kv head, key block) of this program.  Under causal (a right window edge and no left
+        one) the key blocks seen by the most query rows (the first ones) come first, across heads;
+        otherwise one head's blocks are adjacent, so concurrent programs share its Q and dO in L2."""
         pid = gl.program_id(0)
         batch_heads = gl.num_programs(0) // a.num_n_blocks
-        if a.CAUSAL:
+        if a.HAS_RIGHT and not a.HAS_LEFT:
             n_block = pid // batch_heads
             batch_head = pid % batch_heads
         else:
@@ -155,16 +162,21 @@ if _GLUON:
 
     @gluon.jit
     def _query_blocks(a, n_block):
-        """The query blocks [first, count) whose rows see any of the key block's keys."""
+        """The query blocks [first, end) whose rows see any of the key block's keys (end >= first).  Windows
+        are aligned bottom-right: row r sees keys r + seqlen_k - seqlen_q - window_left to
+        r + seqlen_k - seqlen_q + window_right."""
         ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
         KEYS: gl.constexpr = 2 * ROWS
-        count = gl.cdiv(a.seqlen_q, ROWS)
+        key_shift = a.seqlen_k - a.seqlen_q
+        end = gl.cdiv(a.seqlen_q, ROWS)
         first = 0
-        if a.CAUSAL:
-            # Causal is aligned bottom-right: row r sees keys up to r + seqlen_k - seqlen_q.
-            first_row = gl.maximum(n_block * KEYS - (a.seqlen_k - a.seqlen_q), 0)
-            first = gl.minimum(first_row // ROWS, count)
-        return first, count
+        if a.HAS_RIGHT:
+            first_row = gl.maximum(n_block * KEYS - key_shift - a.window_right, 0)
+            first = gl.minimum(first_row // ROWS, end)
+        if a.HAS_LEFT:
+            rows_before_end = gl.maximum(n_block * KEYS + KEYS - key_shift + a.window_left, 0)  # last row + 1
+            end = gl.maximum(gl.minimum(end, gl.cdiv(rows_before_end, ROWS)), first)
+        return first, end
 
     @gluon.jit
     def _producer(a):
@@ -180,8 +192,8 @@ if _GLUON:
                                             a.k_smem.index(w))
             tma.async_copy_global_to_shared(a.v_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
                                             a.v_smem.index(w))
-        first_m, count_m = _query_blocks(a, n_block)
-        per_head = count_m - first_m
+        first_m, end_m = _query_blocks(a, n_block)
+        per_head = end_m - first_m
         steps = a.group * per_head
         for step in range(steps):
             head = head_kv * a.group + step // per_head
@@ -220,8 +232,8 @@ if _GLUON:
         batch, head_kv, n_block = _tile(a)
         first_key = n_block * 2 * ROWS + WG * ROWS
         keys = first_key + gl.arange(0, ROWS, layout=gl.SliceLayout(0, s_layout))
-        first_m, count_m = _query_blocks(a, n_block)
-        per_head = count_m - first_m
+        first_m, end_m = _query_blocks(a, n_block)
+        per_head = end_m - first_m
         steps = a.group * per_head
         key_shift = a.seqlen_k - a.seqlen_q
         k_tile = a.k_smem.index(WG).reshape([ROWS, HEAD_DIM])
@@ -237,50 +249,63 @@ if _GLUON:
             m_block = first_m + step % per_head
             slot = step % RING
             mbarrier.wait(a.qdo_full.index(slot), (step // RING) & 1)
-            q_tile = a.q_smem.index(slot).reshape([ROWS, HEAD_DIM])
-            do_tile = a.do_smem.index(slot).reshape([ROWS, HEAD_DIM])
-            s = warpgroup_mma(q_tile, k_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout),
-                              use_acc=False, is_async=True)
-            dp = warpgroup_mma(do_tile, v_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout),
-                               use_acc=False, is_async=True)
-            rows = m_block * ROWS + gl.arange(0, ROWS, layout=row_layout)
-            stats = (batch * a.num_heads + head).to(gl.int64) * a.seqlen_q + rows
-            # Rows past seqlen_q (zeros from the copy) get lse +inf, so their probabilities are 0.
-            lse = gl.load(a.Lse + stats, mask=rows < a.seqlen_q, other=float("inf")) * _LOG2E
-            delta = gl.load(a.Delta + stats, mask=rows < a.seqlen_q, other=0.0)
-            s = warpgroup_mma_wait(1, deps=(s, ))
-            if a.CAUSAL:
-                if first_key + ROWS - 1 > m_block * ROWS + key_shift:  # the diagonal crosses this block
-                    s = gl.where(keys[None, :] <= (rows + key_shift)[:, None], s, float("-inf"))
-            p = gl.exp2(s * a.qk_scale_log2 - lse[:, None])
-            p_tile.store(p.to(dtype))
-            dp = warpgroup_mma_wait(0, deps=(dp, ))
-            ds = p * (dp - delta[:, None])
-            ds_tile.store(ds.to(dtype))
-            fence_async_shared()
-            gl.thread_barrier()
-            # dQ's part first: its trip out overlaps dV and dK.
-            dq = warpgroup_mma(ds_tile, k_tile, gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout),
-                               use_acc=False, is_async=True)
-            dv = warpgroup_mma(p_tile.permute((1, 0)), do_tile, dv, is_async=True)
-            dk = warpgroup_mma(ds_tile.permute((1, 0)), q_tile, dk, is_async=True)
-            dq = warpgroup_mma_wait(2, deps=(dq, ))
-            tma.store_wait(0)  # the previous block's reduce-add has read dq_tile
-            dq_tile.store(dq)
-            fence_async_shared()
-            gl.thread_barrier()
-            _tma_reduce_add(a.dq_desc, [batch, m_block * ROWS, head * HEAD_DIM], a.dq_smem.index(WG))
-            dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
+            # A block none of whose (row, key) pairs is visible (past seqlen_k, or outside the window: one
+            # consumer's keys at the band's ends) is skipped; its slot is still released.
+            visible = first_key < a.seqlen_k
+            if a.HAS_RIGHT:
+                visible = visible & (first_key <= m_block * ROWS + ROWS - 1 + key_shift + a.window_right)
+            if a.HAS_LEFT:
+                visible = visible & (first_key + ROWS - 1 >= m_block * ROWS + key_shift - a.window_left)
+            if visible:
+                q_tile = a.q_smem.index(slot).reshape([ROWS, HEAD_DIM])
+                do_tile = a.do_smem.index(slot).reshape([ROWS, HEAD_DIM])
+                s = warpgroup_mma(q_tile, k_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout),
+                                  use_acc=False, is_async=True)
+                dp = warpgroup_mma(do_tile, v_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout),
+                                   use_acc=False, is_async=True)
+                rows = m_block * ROWS + gl.arange(0, ROWS, layout=row_layout)
+                stats = (batch * a.num_heads + head).to(gl.int64) * a.seqlen_q + rows
+                # Rows past seqlen_q (zeros from the copy) get lse +inf, so their probabilities are 0.
+                lse = gl.load(a.Lse + stats, mask=rows < a.seqlen_q, other=float("inf")) * _LOG2E
+                delta = gl.load(a.Delta + stats, mask=rows < a.seqlen_q, other=0.0)
+                s = warpgroup_mma_wait(1, deps=(s, ))
+                if a.HAS_RIGHT:
+                    if first_key + ROWS - 1 > m_block * ROWS + key_shift + a.window_right:  # the edge crosses the block
+                        s = gl.where(keys[None, :] <= (rows + key_shift + a.window_right)[:, None], s, float("-inf"))
+                if a.HAS_LEFT:
+                    if first_key < m_block * ROWS + ROWS - 1 + key_shift - a.window_left:
+                        s = gl.where(keys[None, :] >= (rows + key_shift - a.window_left)[:, None], s, float("-inf"))
+                p = gl.exp2(s * a.qk_scale_log2 - lse[:, None])
+                p_tile.store(p.to(dtype))
+                dp = warpgroup_mma_wait(0, deps=(dp, ))
+                ds = p * (dp - delta[:, None])
+                ds_tile.store(ds.to(dtype))
+                fence_async_shared()
+                gl.thread_barrier()
+                # dQ's part first: its trip out overlaps dV and dK.
+                dq = warpgroup_mma(ds_tile, k_tile, gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout),
+                                   use_acc=False, is_async=True)
+                dv = warpgroup_mma(p_tile.permute((1, 0)), do_tile, dv, is_async=True)
+                dk = warpgroup_mma(ds_tile.permute((1, 0)), q_tile, dk, is_async=True)
+                dq = warpgroup_mma_wait(2, deps=(dq, ))
+                tma.store_wait(0)  # the previous block's reduce-add has read dq_tile
+                dq_tile.store(dq)
+                fence_async_shared()
+                gl.thread_barrier()
+                _tma_reduce_add(a.dq_desc, [batch, m_block * ROWS, head * HEAD_DIM], a.dq_smem.index(WG))
+                dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
             mbarrier.arrive(a.qdo_empty.index(slot))
         tma.store_wait(0)
         num_heads_kv = a.num_heads // a.group
         _store_rows(a.DK, (dk * a.softmax_scale).to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
         _store_rows(a.DV, dv.to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
 
-    @gluon.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "num_n_blocks"])
+    @gluon.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "num_n_blocks", "window_left",
+                                  "window_right"])
     def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, Lse, Delta, DK, DV, num_heads, group, seqlen_q,
-                               seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, CAUSAL: gl.constexpr,
-                               RING: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+                               seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, window_left, window_right,
+                               HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, RING: gl.constexpr,
+                               CONSUMER_REGS: gl.constexpr):
         ROWS: gl.constexpr = q_desc.block_type.shape[1]
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[2]
         dtype: gl.constexpr = q_desc.dtype
@@ -303,14 +328,15 @@ if _GLUON:
         fence_async_shared()
         a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, dq_smem,
                     kv_full, qdo_full, qdo_empty, Lse, Delta, DK, DV, num_heads, group,
-                    seqlen_q, seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, CAUSAL)
+                    seqlen_q, seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, window_left, window_right, HAS_LEFT,
+                    HAS_RIGHT)
         gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
                            [CONSUMER_REGS, CONSUMER_REGS])
 
 
-def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, causal: bool) -> None:
+def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window_left: int, window_right: int) -> None:
     """dq, dk, dv for a call `unsupported_reason` accepted; delta = rowsum(dout * out), lse's layout.
-    dk and dv are contiguous (the launcher allocates them)."""
+    dk and dv are contiguous (the launcher allocates them).  A window side of -1 is unbounded."""
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
     box = [1, ROWS, head_dim]
@@ -322,6 +348,7 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, causal
     num_n_blocks = -(-seqlen_k // (2 * ROWS))
     hopper_backward_kernel[(num_n_blocks * batch * num_heads_kv, )](
         q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, dk, dv, num_heads, num_heads // num_heads_kv,
-        seqlen_q, seqlen_k, num_n_blocks, softmax_scale * LOG2E, softmax_scale, CAUSAL=causal, RING=STAGES,
+        seqlen_q, seqlen_k, num_n_blocks, softmax_scale * LOG2E, softmax_scale, max(window_left, 0),
+        max(window_right, 0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, RING=STAGES,
         CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
-    dq.copy_(dq_accum.mul_(softmax_scale))
+    torch.mul(dq_accum, softmax_scale, out=dq)  # scaled and rounded in one pass

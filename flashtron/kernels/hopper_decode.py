@@ -310,7 +310,8 @@ if _GLUON:
             scores = warpgroup_mma_wait(0, deps=(scores, ))
             mbarrier.arrive(a.k_empty.index(0))
             probs, alpha, row_max, row_sum = hopper_forward._softmax_block(
-                scores, row_max, row_sum, a.qk_scale_log2, first, full_tiles, key_limit, seqlen_k, a.CAUSAL)
+                scores, row_max, row_sum, a.qk_scale_log2, first, 0, full_tiles, key_limit, key_limit, seqlen_k,
+                False, a.CAUSAL)
             for j in range(1, count):
                 k_slot = j % STAGES
                 mbarrier.wait(a.k_full.index(k_slot), (j // STAGES) & 1)
@@ -325,7 +326,8 @@ if _GLUON:
                 scores = warpgroup_mma_wait(1, deps=(scores, ))
                 mbarrier.arrive(a.k_empty.index(k_slot))
                 probs, alpha, row_max, row_sum = hopper_forward._softmax_block(
-                    scores, row_max, row_sum, a.qk_scale_log2, first + j, full_tiles, key_limit, seqlen_k, a.CAUSAL)
+                    scores, row_max, row_sum, a.qk_scale_log2, first + j, 0, full_tiles, key_limit, key_limit,
+                    seqlen_k, False, a.CAUSAL)
                 acc = warpgroup_mma_wait(0, deps=(acc, ))
                 mbarrier.arrive(a.v_empty.index(v_slot))
             # The last tile's P V; its value rows past the sequence's end are zeroed first.

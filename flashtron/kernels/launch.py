@@ -153,7 +153,7 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
                  or k.shape[1] == 0)
     if hopper_forward.unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes,
                                          sinks, dropout_p, dense) is None:
-        hopper_forward.forward(q, k, v, out, lse, softmax_scale, causal=window_right == 0)
+        hopper_forward.forward(q, k, v, out, lse, softmax_scale, window_left, window_right)
         return out, lse
     # A paged k or v is (pages, page_size, heads, headdim): its "batch" stride is the page stride.
     k_strides = (k.stride(0), k.stride(1), k.stride(2)) if paged else k_layout.strides(k)
@@ -320,7 +320,7 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
                  or k.shape[1] == 0 or deterministic)
     if hopper_backward.unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap,
                                           alibi_slopes, sinks, dropout_p, dense) is None:
-        hopper_backward.backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale, causal=window_right == 0)
+        hopper_backward.backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale, window_left, window_right)
         return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(None, attn_bias, lse)
 
     if k_layout.max_seqlen > 0:
