@@ -85,9 +85,9 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     # stays on the device, so no host synchronisation.  The kernels derive every draw from it.
     dropout_seed = (torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64) if dropout_p > 0
                     else None)
-    out, softmax_lse = ops.attention_forward(q, k, v, softmax_scale, window_left, window_right, softcap,
-                                             alibi_slopes, sinks, dropout_p, dropout_seed, allow_tf32, **layout,
-                                             attn_bias=attn_bias, descale=descale, deterministic=deterministic)
+    out, softmax_lse = ops.attention(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
+                                     dropout_p, dropout_seed, allow_tf32, **layout, attn_bias=attn_bias,
+                                     descale=descale, deterministic=deterministic)
     if return_attn_probs:
         s_dmask = None
         if dropout_p > 0 and paged:

@@ -92,7 +92,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
 
     # Keys of row b: [cache_leftpad[b], cache_seqlens[b] + seqlen_new) (the kernel subtracts the padding).
     seqused_k = cache_seqlens + seqlen_new
-    out, softmax_lse = ops.attention_forward(
+    out, softmax_lse = ops.attention(
         q_checked, k_cache, v_cache, softmax_scale, window_left, window_right, softcap, alibi_slopes, None, 0.0,
         None, torch.backends.cuda.matmul.allow_tf32, seqused_k=seqused_k, block_table=block_table,
         cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, num_splits=int(num_splits),

@@ -4,7 +4,8 @@
 normalised arguments (see `flashtron.interface`) and return fresh contiguous
 tensors.  Each has a fake implementation, so torch.compile traces through them
 without a graph break, and the forward registers the backward as its autograd
-formula.  `flashtron::dropout_probabilities` materialises S_dmask for
+formula.  The public functions call `attention`, which applies the same formula
+through a plain autograd.Function (cheaper per call).  `flashtron::dropout_probabilities` materialises S_dmask for
 return_attn_probs with dropout.  Below this line the work goes to one of two engines at the same
 level: the Triton launcher (CUDA tensors, or CPU tensors under
 TRITON_INTERPRET=1) or the blockwise PyTorch path (CPU tensors).
@@ -133,6 +134,34 @@ _ATTN_BIAS_INPUT = 18
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _Attention(torch.autograd.Function):
+    """attention_forward with the same autograd formula, as the public functions call it.  The op's own
+    registration (above, for direct callers of the op) fills in the schema's defaults on every call, which
+    took 0.3-0.7 ms of host time per forward on the GPU machine (BENCHMARKS.md, session 10): longer than a
+    short kernel.  Inside this Function grad mode is off, so the op takes its no-grad path."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = attention_forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_backward)
+
+
+def attention(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
+              dropout_seed, allow_tf32, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
+              max_seqlen_q=-1, max_seqlen_k=-1, attn_bias=None, block_table=None, cache_batch_idx=None,
+              cache_leftpad=None, num_splits=1, pack_gqa=False, descale=None, deterministic=False):
+    """attention_forward (same arguments), differentiable in q, k, v, sinks and attn_bias."""
+    inputs = (q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
+              dropout_seed, allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k,
+              attn_bias, block_table, cache_batch_idx, cache_leftpad, num_splits, pack_gqa, descale, deterministic)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks, attn_bias)):
+        return _Attention.apply(*inputs)
+    return attention_forward(*inputs)
 
 
 @torch.library.custom_op("flashtron::dropout_probabilities", mutates_args=())
