@@ -25,6 +25,9 @@ def test_short_sequences_keep_the_portable_kernels(monkeypatch):
         *(torch.empty(1, s, 2, 128),) * 4, 0.1, -1, 0 if causal else -1, 0.0, None, None, 0.0, True)
     assert reason(4095, False) is not None and reason(4096, False) is None
     assert reason(8191, True) is not None and reason(8192, True) is None
+    windowed = lambda s: hopper_backward.unsupported_reason(*(torch.empty(1, s, 2, 128),) * 4, 0.1, 1024, 0, 0.0,
+                                                            None, None, 0.0, True)
+    assert windowed(4095) is not None and windowed(4096) is None
 
 
 @pytest.fixture
