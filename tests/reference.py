@@ -84,15 +84,16 @@ def assert_within_rule(name, ours, truth, plain, factor, slack=1e-5):
     recomputing P = exp(s - lse) from an fp32 lse of size ~30 moves gradients of size ~10 by
     ~1e-5 relative, which no unit-scale absolute slack can express.
 
-    An error within one unit of the output dtype's precision at the truth's largest value always
-    passes: on a few values (head dim 1, 17 rows) PyTorch's max error can fall well under an ulp by
-    chance, and a result rounded differently by one ulp then failed the 2x/3x bar in ~7% of fresh
-    draws (measured on an H200, session 10).
+    An error within two units of the output dtype's precision at the truth's largest value always
+    passes (a 16-bit result carries two roundings: the probabilities or dS fed to the tensor cores,
+    and the output): on a few values (head dim 1, 17 rows) PyTorch's max error can fall well under an
+    ulp by chance. Without the floor that case failed the 2x/3x bar in 30 of 400 fresh draws on an
+    H200, with one ulp it still failed 2 of 400 (session 10).
     """
     assert torch.isfinite(ours).all(), f"{name}: non-finite values"
     largest = truth.abs().max().item() if truth.numel() else 0.0
     magnitude = max(1.0, largest)
-    rounding = torch.finfo(ours.dtype).eps * largest if ours.dtype.is_floating_point else 0.0
+    rounding = 2 * torch.finfo(ours.dtype).eps * largest if ours.dtype.is_floating_point else 0.0
     err = max_error(ours, truth)
     bar = max(factor * max_error(plain, truth) + slack * magnitude, rounding)
     assert err <= bar, f"{name}: max error {err:.3e} exceeds {factor}x PyTorch's error + slack = {bar:.3e}"
