@@ -16,7 +16,7 @@ with TMA reduce-adds.
 - dQ is scaled and rounded to the input dtype afterwards (`backward`).  The float32 sums make dQ's
   last bits depend on the order the reduce-adds land in: `deterministic=True` takes backward.py.
 
-Like hopper_forward, it covers dense fp16/bf16 calls at head dim 128, causal or not, GQA/MQA, any Sq
+Like hopper_forward, it covers dense fp16/bf16 calls at head dim 128, causal, windowed or neither, GQA/MQA, any Sq
 and Sk; everything else takes backward.py.  It is checked on the GPU against backward.py and the
 float64 oracle (Gluon has no interpreter).
 """
