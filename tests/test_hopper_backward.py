@@ -10,7 +10,7 @@ import torch
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func
 from flashtron.kernels import hopper_backward
 from test_flash_attn import check_against_oracle, random_inputs
-from test_hopper_forward import HOPPER_SHAPES, WINDOWS, count_calls, on_hopper
+from test_hopper_forward import check_on_hopper, count_calls, on_hopper, over_shapes, over_windows
 
 
 def test_cpu_tensors_take_the_portable_kernels():
@@ -39,23 +39,19 @@ def launches(monkeypatch):
 
 @pytest.mark.gpu
 @on_hopper
-@pytest.mark.parametrize("shape", HOPPER_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@over_shapes
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_matches_oracle(shape, causal, dtype, launches):
-    check_against_oracle(*random_inputs(shape, dtype, "cuda"), causal)
-    assert launches, "the gradients did not come from the Hopper kernel"
-    torch.cuda.empty_cache()
+    check_on_hopper(launches, shape, dtype, causal)
 
 
 @pytest.mark.gpu
 @on_hopper
-@pytest.mark.parametrize("shape", HOPPER_SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}_{w[1]}")
+@over_shapes
+@over_windows
 def test_windows_match_oracle(shape, window, launches):
-    check_against_oracle(*random_inputs(shape, torch.bfloat16, "cuda"), False, window_size=window)
-    assert launches, "the gradients did not come from the Hopper kernel"
-    torch.cuda.empty_cache()
+    check_on_hopper(launches, shape, torch.bfloat16, False, window_size=window)
 
 
 def _gradients(q, k, v, dout, window):

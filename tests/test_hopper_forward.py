@@ -73,32 +73,36 @@ HOPPER_SHAPES = [
     (2, 1, 700, 4, 4, 128),
     (1, 8192, 8192, 2, 1, 128),
 ]
-
-
-@pytest.mark.gpu
-@on_hopper
-@pytest.mark.parametrize("shape", HOPPER_SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
-def test_matches_oracle(shape, causal, dtype, launches):
-    check_against_oracle(*random_inputs(shape, dtype, "cuda"), causal)
-    assert launches, "the call did not take the Hopper kernel"
-    torch.cuda.empty_cache()
-
+over_shapes = pytest.mark.parametrize("shape", HOPPER_SHAPES, ids=lambda s: "x".join(map(str, s)))
 
 # Sliding windows (left, right), aligned bottom-right: one side or both, narrower than a block, a band of
 # one key, and issue 3's benchmark window.  With HOPPER_SHAPES' Sq != Sk some rows see nothing.
 WINDOWS = [(100, 0), (300, 50), (0, 0), (129, -1), (-1, 200), (1024, 0)]
+over_windows = pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}_{w[1]}")
+
+
+def check_on_hopper(launches, shape, dtype, causal, **variants):
+    """The oracle check of one call on fresh inputs, which must have run the kernel `launches` counts."""
+    check_against_oracle(*random_inputs(shape, dtype, "cuda"), causal, **variants)
+    assert launches, "the call did not take the Hopper kernel"
+    torch.cuda.empty_cache()
 
 
 @pytest.mark.gpu
 @on_hopper
-@pytest.mark.parametrize("shape", HOPPER_SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}_{w[1]}")
+@over_shapes
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_matches_oracle(shape, causal, dtype, launches):
+    check_on_hopper(launches, shape, dtype, causal)
+
+
+@pytest.mark.gpu
+@on_hopper
+@over_shapes
+@over_windows
 def test_windows_match_oracle(shape, window, launches):
-    check_against_oracle(*random_inputs(shape, torch.bfloat16, "cuda"), False, window_size=window)
-    assert launches, "the call did not take the Hopper kernel"
-    torch.cuda.empty_cache()
+    check_on_hopper(launches, shape, torch.bfloat16, False, window_size=window)
 
 
 @pytest.mark.gpu
