@@ -4,9 +4,11 @@
 normalised arguments (see `flashtron.interface`) and return fresh contiguous
 tensors.  Each has a fake implementation, so torch.compile traces through them
 without a graph break, and the forward registers the backward as its autograd
-formula.  The public functions call `attention`, which applies the same formula
-through a plain autograd.Function (cheaper per call).  `flashtron::dropout_probabilities` materialises S_dmask for
-return_attn_probs with dropout.  Below this line the work goes to one of two engines at the same
+formula.  The public functions call `attention`: under torch.compile, a dispatch
+mode (FakeTensor, make_fx, FlopCounterMode), a functorch transform or a tensor subclass it calls the op;
+in plain eager mode it calls the engine itself, through an autograd.Function with the same formula (the
+op's dispatch costs more host time than a short kernel runs).  `flashtron::dropout_probabilities`
+materialises S_dmask for return_attn_probs with dropout.  Below this line the work goes to one of two engines at the same
 level: the Triton launcher (CUDA tensors, or CPU tensors under
 TRITON_INTERPRET=1) or the blockwise PyTorch path (CPU tensors).
 """
@@ -120,7 +122,8 @@ def _backward(ctx, dout, _dlse):
         # e.g. the expanded gradient of out.sum(): stride 0 everywhere.
         dout = dout.contiguous()
     bias_requires_grad = attn_bias is not None and ctx.needs_input_grad[_ATTN_BIAS_INPUT]
-    dq, dk, dv, dsinks, dbias = attention_backward(
+    backward = _engine(q).backward if _eager(dout, *ctx.saved_tensors) else attention_backward
+    dq, dk, dv, dsinks, dbias = backward(
         dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, sinks, ctx.dropout_p, dropout_seed,
         ctx.allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, *ctx.max_seqlens, attn_bias,
         bias_requires_grad, ctx.deterministic)
@@ -136,19 +139,35 @@ _ATTN_BIAS_INPUT = 18
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _eager(*tensors) -> bool:
+    """True when only eager PyTorch sees this call: not torch.compile, no dispatch or function mode, no
+    functorch transform, and every tensor (None allowed) a plain tensor or Parameter.  Such calls go to the
+    engine directly; everything else through the ops, which those tracers and transforms understand."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and torch._C._len_torch_function_stack() == 0 and not torch._C._are_functorch_transforms_active()
+            and all(t is None or type(t) in _PLAIN_TENSORS for t in tensors))
+
+
 class _Attention(torch.autograd.Function):
-    """attention_forward with the same autograd formula, as the public functions call it.  The op's own
-    registration (above, for direct callers of the op) fills in the schema's defaults on every call, which
-    took 0.3-0.7 ms of host time per forward on the GPU machine (BENCHMARKS.md, session 10): longer than a
-    short kernel.  Inside this Function grad mode is off, so the op takes its no-grad path."""
+    """attention_forward's formula, applied in eager mode around the engine itself.  Through the op, an eager
+    step spent 1.3-1.6 ms of host time on the GPU machine (BENCHMARKS.md, sessions 10 and 11), longer than a
+    short kernel runs: torch.library's autograd wrapper fills in the schema's defaults per call, and the op's
+    dispatch and alias checks run each way."""
 
     @staticmethod
     def forward(ctx, *inputs):
-        output = attention_forward(*inputs)
+        output = _engine(inputs[0]).forward(*inputs[:_ENGINE_INPUTS])
         _setup_context(ctx, inputs, output)
         return output
 
     backward = staticmethod(_backward)
+
+
+# The engines' forward takes attention_forward's inputs but the last (deterministic reaches the backward only).
+_ENGINE_INPUTS = 25
 
 
 def attention(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
@@ -159,9 +178,12 @@ def attention(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_
     inputs = (q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
               dropout_seed, allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k,
               attn_bias, block_table, cache_batch_idx, cache_leftpad, num_splits, pack_gqa, descale, deterministic)
+    if not _eager(q, k, v, alibi_slopes, sinks, dropout_seed, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
+                  attn_bias, block_table, cache_batch_idx, cache_leftpad, descale):
+        return attention_forward(*inputs)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks, attn_bias)):
         return _Attention.apply(*inputs)
-    return attention_forward(*inputs)
+    return _engine(q).forward(*inputs[:_ENGINE_INPUTS])
 
 
 @torch.library.custom_op("flashtron::dropout_probabilities", mutates_args=())

@@ -15,7 +15,9 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from flashtron import flash_attn_func, flash_attn_qkvpacked_func
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from flashtron import flash_attn_func, flash_attn_qkvpacked_func, ops
 
 
 @pytest.fixture(autouse=True)
@@ -202,6 +204,40 @@ def test_custom_op_gradients_match_eager_formula():
     torch.testing.assert_close(out.detach().double(), ref.detach(), atol=1e-5, rtol=1e-5)
     for g, r in zip((t.grad for t in leaves), (q64.grad, k64.grad, v64.grad)):
         torch.testing.assert_close(g.double(), r, atol=1e-5, rtol=1e-5)
+
+
+class _OpLog(TorchDispatchMode):
+    """Records the name of every op dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_eager_calls_skip_the_ops_and_tracers_see_them(monkeypatch):
+    """Under a dispatch mode (what FakeTensor, make_fx and FlopCounterMode use) the call goes through both
+    custom ops; in plain eager mode it reaches the engine without them (their dispatch costs host time),
+    with the same outputs and gradients."""
+    q, k, v = _gqa_inputs()
+    dout = torch.randn(q.shape)
+    attend = lambda q, k, v: flash_attn_func(q, k, v, causal=True, softmax_scale=0.3)  # noqa: E731
+    with _OpLog() as log:
+        traced = _fwd_bwd(attend, (q, k, v), (dout,))
+    assert "flashtron.attention_forward.default" in log.names
+    assert "flashtron.attention_backward.default" in log.names
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an eager call went through a custom op")
+
+    monkeypatch.setattr(ops, "attention_forward", refuse)
+    monkeypatch.setattr(ops, "attention_backward", refuse)
+    _assert_same(traced, _fwd_bwd(attend, (q, k, v), (dout,)))
+    with torch.no_grad():
+        torch.testing.assert_close(attend(q, k, v), traced[0][0], atol=0, rtol=0)
 
 
 def test_compile_with_dropout_fullgraph():
