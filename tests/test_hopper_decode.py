@@ -10,7 +10,7 @@ really came from the Hopper kernel.
 import pytest
 import torch
 
-from flashtron.kernels import hopper_decode, launch
+from flashtron.kernels import hardware, hopper_decode, launch
 from test_hopper_forward import count_calls, on_hopper
 from test_kvcache import run_case
 
@@ -26,7 +26,7 @@ def _reason(page_size=16, head_dim=128, heads=32, heads_kv=8, seqlen_q=1, paged=
 
 def test_scope(monkeypatch):
     assert "sm_90" in _reason()  # CPU tensors
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(hardware, "capability", lambda device: (9, 0))
     monkeypatch.setattr(torch.Tensor, "device", torch.device("cuda", 0))
     assert _reason() is None
     assert _reason(page_size=256, head_dim=64) is None and _reason(page_size=8, head_dim=256) is None

@@ -25,17 +25,18 @@ def test_cpu_tensors_take_the_portable_kernel():
     assert _reason(q, k, v) is not None
 
 
-def test_box_view_needs_heads_side_by_side():
+def test_box_needs_heads_side_by_side():
     t = torch.randn(2, 37, 4, 128, dtype=torch.bfloat16)
-    view = hopper_forward._box_view(t)
-    assert view.shape == (2, 37, 512) and view.stride() == (37 * 512, 512, 1)
+    assert hopper_forward._box(t) == ([2, 37, 512], [37 * 512, 512, 1])
     # k of a packed qkv: rows 3 * H * D apart.
     k = torch.randn(2, 37, 3, 4, 128, dtype=torch.bfloat16)[:, :, 1]
-    assert hopper_forward._box_view(k).stride() == (37 * 3 * 512, 3 * 512, 1)
-    assert hopper_forward._box_view(torch.randn(2, 4, 37, 128).transpose(1, 2)) is None
-    assert hopper_forward._box_view(torch.randn(2, 37, 4, 130)[..., :128]) is None
+    assert hopper_forward._box(k) == ([2, 37, 512], [37 * 3 * 512, 3 * 512, 1])
+    assert hopper_forward._box(torch.randn(2, 4, 37, 128).transpose(1, 2)) is None
+    assert hopper_forward._box(torch.randn(2, 37, 4, 130)[..., :128]) is None
     # Batch entries sharing their keys (expand) cannot be boxes.
-    assert hopper_forward._box_view(torch.randn(1, 37, 4, 128).expand(3, 37, 4, 128)) is None
+    assert hopper_forward._box(torch.randn(1, 37, 4, 128).expand(3, 37, 4, 128)) is None
+    # Rows 2 bytes apart from 16-byte alignment.
+    assert hopper_forward._box(torch.randn(2, 37, 4 * 128 + 1, dtype=torch.bfloat16)[..., 1:].view(2, 37, 4, 128)) is None
 
 
 on_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),

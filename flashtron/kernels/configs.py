@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from flashtron.kernels import hardware
+
 
 @dataclass(frozen=True)
 class KernelConfig:
@@ -100,7 +102,7 @@ def select(kernel: str, tensor: torch.Tensor, block_d: int, dropout: bool = Fals
         return _INTERPRETER[kernel]
     key = (kernel, head_dim_bucket(block_d), tensor.element_size())
     config = _GENERIC[key] if key in _GENERIC else _GENERIC[(kernel, key[1], 2)]
-    if torch.cuda.get_device_capability(tensor.device)[0] == 9:
+    if hardware.capability(tensor.device)[0] == 9:
         if key in _HOPPER:
             config = _HOPPER[key]
         elif key in _HOPPER_FP8:
@@ -120,7 +122,7 @@ def select_decode(tensor: torch.Tensor, block_d: int, rows: int, paged: bool = F
     block_m = min(128, max(16, 1 << max(0, rows - 1).bit_length()))
     if tensor.device.type != "cuda":
         return KernelConfig(block_m, 16, 4, 1)
-    if torch.cuda.get_device_capability(tensor.device)[0] == 9 and tensor.element_size() == 2:
+    if hardware.capability(tensor.device)[0] == 9 and tensor.element_size() == 2:
         if paged and block_d <= 128:
             return KernelConfig(block_m, 64, 4, 4)
         return KernelConfig(block_m, 128 if block_d <= 128 else 64, 4, 3)

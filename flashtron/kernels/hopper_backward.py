@@ -24,14 +24,13 @@ float64 oracle (Gluon has no interpreter).
 import torch
 
 from flashtron.kernels import hopper_forward
-from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box_layout, _box_view
+from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
 
 if _GLUON:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                   warpgroup_mma_wait)
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from triton._C.libtriton import ir as _ir
     from triton.experimental.gluon.language._core import builtin
     from triton.language.core import _aggregate as aggregate
@@ -57,7 +56,7 @@ def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, 
         return "disabled"
     reason = hopper_forward.unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap,
                                                alibi_slopes, sinks, dropout_p, dense)
-    if reason is None and _box_view(dout) is None:
+    if reason is None and _box(dout) is None:
         return "dout's strides do not allow TMA boxes"
     if reason is None and max(q.shape[1], k.shape[1]) < MIN_SEQLEN[window_right == 0 and window_left < 0]:
         return "short sequences (backward.py is as fast or faster there)"
@@ -343,12 +342,10 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
     dk and dv are contiguous (the launcher allocates them).  A window side of -1 is unbounded."""
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
-    box = [1, ROWS, head_dim]
-    layout = _box_layout(tuple(box), q.dtype)
-    q_desc, k_desc, v_desc, do_desc = (TensorDescriptor.from_tensor(_box_view(t), box, layout)
-                                       for t in (q, k, v, dout))
+    box = (1, ROWS, head_dim)
+    q_desc, k_desc, v_desc, do_desc = (descriptor(t, box) for t in (q, k, v, dout))
     dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    dq_desc = TensorDescriptor.from_tensor(_box_view(dq_accum), box, _box_layout(tuple(box), torch.float32))
+    dq_desc = descriptor(dq_accum, box)
     num_n_blocks = -(-seqlen_k // (2 * ROWS))
     hopper_backward_kernel[(num_n_blocks * batch * num_heads_kv, )](
         q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, dk, dv, num_heads, num_heads // num_heads_kv,

@@ -32,15 +32,14 @@ from typing import Optional
 
 import torch
 
-from flashtron.kernels import hopper_forward
-from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box_view
+from flashtron.kernels import hardware, hopper_forward
+from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
 
 if _GLUON:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                   warpgroup_mma_wait)
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from triton.language.core import _aggregate as aggregate
 
 _DISABLED = False  # A/B switch for experiments and tests; FLASHTRON_GLUON=0 turns off every Hopper kernel
@@ -65,7 +64,7 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
     headdim), keys and values from a paged cache with seqused_k), else why forward.py does."""
     if not _GLUON or _DISABLED or hopper_forward._DISABLED:
         return "Gluon unavailable or disabled"
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
+    if hardware.capability(q.device) != (9, 0):
         return "not an sm_90 GPU"
     if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in HEAD_DIMS:
         return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {HEAD_DIMS})"
@@ -85,7 +84,7 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
     page_size = k.shape[1]
     if page_size < MIN_PAGE_SIZE or page_size & (page_size - 1):
         return f"page size {page_size} (needs a power of two >= {MIN_PAGE_SIZE})"
-    if _box_view(k) is None or _box_view(v) is None:
+    if _box(k) is None or _box(v) is None:
         return "cache strides do not allow TMA boxes"
     return None
 
@@ -404,9 +403,8 @@ def decode(q, k, v, out, lse, seqused_k, block_table, softmax_scale: float, caus
     batch, seqlen_q, num_heads, head_dim = q.shape
     page_size, num_heads_kv = k.shape[1], k.shape[2]
     layout = _swizzled(q.dtype)
-    box = [1, min(page_size, BLOCK_N), 64]
-    k_desc = TensorDescriptor.from_tensor(_box_view(k), box, layout)
-    v_desc = TensorDescriptor.from_tensor(_box_view(v), box, layout)
+    box = (1, min(page_size, BLOCK_N), 64)
+    k_desc, v_desc = descriptor(k, box, layout), descriptor(v, box, layout)
     split_strides = (out.stride(0), lse.stride(0)) if splits > 1 else (0, 0)
     hopper_decode_kernel[(splits * batch * num_heads_kv, )](
         k_desc, v_desc, q, *q.stride()[:3], out, *out.stride()[-4:-1], split_strides[0], lse, *lse.stride()[-3:-1],

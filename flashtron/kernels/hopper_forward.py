@@ -29,6 +29,8 @@ from typing import Optional
 
 import torch
 
+from flashtron.kernels import hardware
+
 try:  # Gluon ships with Triton >= 3.5.
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -48,17 +50,25 @@ CONSUMER_REGISTERS = 240
 LOG2E = 1.4426950408889634
 
 
-def _box_view(t: torch.Tensor) -> Optional[torch.Tensor]:
-    """t (batch, seqlen, heads, headdim) as (batch, seqlen, heads * headdim), or None where its strides do
-    not allow a TMA box (unit stride on headdim, heads side by side, 16-byte aligned rows and batches)."""
+def _box(t: torch.Tensor) -> Optional[tuple]:
+    """(shape, strides) of t (batch, seqlen, heads, headdim) seen as (batch, seqlen, heads * headdim), or None
+    where its strides do not allow a TMA box (unit stride on headdim, heads side by side, 16-byte aligned rows
+    and batches)."""
     batch, seqlen, heads, head_dim = t.shape
-    if t.stride(3) != 1 or t.stride(2) != head_dim or t.data_ptr() % 16:
+    batch_stride, row_stride, head_stride, dim_stride = t.stride()
+    if dim_stride != 1 or head_stride != head_dim or t.data_ptr() % 16:
         return None
-    if t.stride(1) < heads * head_dim or (batch > 1 and t.stride(0) < seqlen * t.stride(1)):
+    if row_stride < heads * head_dim or (batch > 1 and batch_stride < seqlen * row_stride):
         return None  # rows or batch entries overlap (an expanded tensor)
-    if (t.stride(1) * t.element_size()) % 16 or (t.stride(0) * t.element_size()) % 16:
+    if (row_stride * t.element_size()) % 16 or (batch_stride * t.element_size()) % 16:
         return None
-    return t.as_strided((batch, seqlen, heads * head_dim), (t.stride(0), t.stride(1), 1))
+    return [batch, seqlen, heads * head_dim], [batch_stride, row_stride, 1]
+
+
+def descriptor(t: torch.Tensor, box: tuple, layout=None):
+    """A TMA descriptor of `box` boxes over t (batch, seqlen, heads, headdim), which `_box` accepted; the
+    shared layout is the default one for the box unless given."""
+    return TensorDescriptor(t, *_box(t), list(box), layout or _box_layout(box, t.dtype))
 
 
 def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
@@ -66,7 +76,7 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
     """None when this kernel computes the call, else why the portable kernel does."""
     if not _GLUON or _DISABLED:
         return "Gluon unavailable or disabled (FLASHTRON_GLUON=0)"
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
+    if hardware.capability(q.device) != (9, 0):
         return "not an sm_90 GPU"
     if not dense:
         return "variable-length, paged, split or cache layouts"
@@ -74,7 +84,7 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
         return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {HEAD_DIMS})"
     if softcap > 0 or alibi_slopes is not None or sinks is not None or dropout_p > 0 or not softmax_scale > 0:
         return "softcap, ALiBi, sinks, dropout or a non-positive scale"
-    if any(_box_view(t) is None for t in (q, k, v)):
+    if _box(q) is None or _box(k) is None or _box(v) is None:
         return "strides do not allow TMA boxes"
     return None
 
@@ -402,29 +412,19 @@ def _box_layout(box: tuple, dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for(list(box), element)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int) -> None:
     """out = attention(q, k, v) and lse (B, H, Sq), for a call `unsupported_reason` accepted.  A window
     side of -1 is unbounded; causal is window_right = 0."""
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
-    q_box = [1, BLOCK_M // 2, head_dim]
-    kv_box = [1, BLOCK_N, head_dim]
-    q_layout = _box_layout(tuple(q_box), q.dtype)
-    q_desc = TensorDescriptor.from_tensor(_box_view(q), q_box, q_layout)
-    o_desc = TensorDescriptor.from_tensor(_box_view(out), q_box, q_layout)
-    kv_layout = _box_layout(tuple(kv_box), q.dtype)
-    k_desc = TensorDescriptor.from_tensor(_box_view(k), kv_box, kv_layout)
-    v_desc = TensorDescriptor.from_tensor(_box_view(v), kv_box, kv_layout)
+    q_box, kv_box = (1, BLOCK_M // 2, head_dim), (1, BLOCK_N, head_dim)
+    q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
+    k_desc, v_desc = descriptor(k, kv_box), descriptor(v, kv_box)
     num_m_blocks = -(-seqlen_q // BLOCK_M)
     num_tiles = num_m_blocks * batch * num_heads
     # Persistent: one program per SM, taking tiles in turn, so the producer loads the next tile's
     # Q, K and V while the consumers finish this one.
-    programs = min(num_tiles, _sm_count(q.device.index))
+    programs = min(num_tiles, hardware.sm_count(q.device))
     # Causal tiles differ in work.  Taken one head after another, a round of `programs` tiles spans
     # every block size when a head has many blocks, and the programs drift apart (0.86x of cuDNN at
     # 16k on an H200); heaviest-first across heads keeps them level.  With few blocks per head, one

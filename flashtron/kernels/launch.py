@@ -12,7 +12,7 @@ import os
 import torch
 import triton
 
-from flashtron.kernels import configs, hopper_backward, hopper_decode, hopper_forward, interpreter, paged_kv, tma
+from flashtron.kernels import configs, hardware, hopper_backward, hopper_decode, hopper_forward, interpreter, paged_kv, tma
 from flashtron.sinks import sink_gradient
 from flashtron.kernels.dropout import dropout_mask_kernel
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
@@ -138,6 +138,14 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     out = _new_output(q.shape, torch.bfloat16 if fp8 else q.dtype, q.device)
     lse = _new_output((num_heads, q.shape[0]) if varlen else (q.shape[0], num_heads, q.shape[1]),
                       torch.float32, q.device)
+    dense = not (varlen or paged or fp8 or pack_gqa or num_splits != 1 or attn_bias is not None
+                 or cache_batch_idx is not None or cache_leftpad is not None or seqused_q is not None
+                 or seqused_k is not None or k.shape[1] == 0)
+    # The Hopper kernel's calls first: a short kernel runs for less time than the lines below take on the host.
+    if dense and out.numel() > 0 and hopper_forward.unsupported_reason(
+            q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, dense) is None:
+        hopper_forward.forward(q, k, v, out, lse, softmax_scale, window_left, window_right)
+        return out, lse
     if seqused_q is not None:
         # Rows past a sequence's used length are not computed: they read as "saw nothing".
         out.zero_()
@@ -147,13 +155,6 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     if paged and not varlen:
         k_layout.max_seqlen = block_table.shape[1] * k.shape[1]
     if out.numel() == 0 or q_layout.batch == 0 or q_layout.max_seqlen == 0:
-        return out, lse
-    dense = not (varlen or paged or fp8 or pack_gqa or num_splits != 1 or attn_bias is not None
-                 or cache_batch_idx is not None or cache_leftpad is not None or seqused_k is not None
-                 or k.shape[1] == 0)
-    if hopper_forward.unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes,
-                                         sinks, dropout_p, dense) is None:
-        hopper_forward.forward(q, k, v, out, lse, softmax_scale, window_left, window_right)
         return out, lse
     # A paged k or v is (pages, page_size, heads, headdim): its "batch" stride is the page stride.
     k_strides = (k.stride(0), k.stride(1), k.stride(2)) if paged else k_layout.strides(k)
@@ -245,16 +246,10 @@ def _num_splits(requested: int, programs: int, key_blocks: int, device, programs
     return max(1, min(target // programs, key_blocks // 4, 128))
 
 
-_SM_COUNTS = {}
-
-
 def _sm_count(device) -> int:
     if device.type != "cuda":
         return 8  # the interpreter: small, so that splitting is exercised
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNTS:
-        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNTS[index]
+    return hardware.sm_count(device)
 
 
 def _combine_splits(out_accum, lse_accum, out, lse):
@@ -298,20 +293,11 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         dsinks = lse.new_empty(0) if sinks is None else torch.zeros_like(sinks)
         return dq.zero_(), dk.zero_(), dv.zero_(), dsinks, _bias_gradient(dbias_full, attn_bias, lse)
     block_d = _padded_head_dim(head_dim)
-    group = num_heads // num_heads_kv
-    precision = _input_precision(q.dtype, allow_tf32)
-    common = dict(head_dim=head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, **layout_switches,
-                  **_variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p),
-                  BIAS=attn_bias is not None, INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
-    extras = (*layout_args, *_alibi_args(alibi_slopes, q), q if dropout_seed is None else dropout_seed, dropout_p,
-              *_bias_args(attn_bias, q))
-    lse_strides = layout_args[:2]
-    cu_seqlens_q_arg, seqused_q_arg = q_layout.pointers(q)
-
     pre_block_m = 64
     num_pre_blocks = triton.cdiv(q_layout.max_seqlen, pre_block_m)
+    cu_seqlens_q_arg, seqused_q_arg = q_layout.pointers(q)
     attention_backward_preprocess[_grid(num_pre_blocks, q_layout.batch * num_heads)](
-        out, dout, delta, *q_layout.strides(out), *q_layout.strides(dout), *lse_strides,
+        out, dout, delta, *q_layout.strides(out), *q_layout.strides(dout), *layout_args[:2],
         cu_seqlens_q_arg, seqused_q_arg, num_heads, q_layout.max_seqlen, num_pre_blocks, head_dim,
         BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=pre_block_m,
         VARLEN=layout_switches["VARLEN"], SEQUSED_Q=layout_switches["SEQUSED_Q"])
@@ -322,6 +308,14 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
                                           alibi_slopes, sinks, dropout_p, dense) is None:
         hopper_backward.backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale, window_left, window_right)
         return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(None, attn_bias, lse)
+
+    group = num_heads // num_heads_kv
+    common = dict(head_dim=head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, **layout_switches,
+                  **_variant_switches(window_left, window_right, softcap, alibi_slopes, dropout_p),
+                  BIAS=attn_bias is not None, INPUT_PRECISION=_input_precision(q.dtype, allow_tf32),
+                  UPCAST=_upcast(q.dtype))
+    extras = (*layout_args, *_alibi_args(alibi_slopes, q), q if dropout_seed is None else dropout_seed, dropout_p,
+              *_bias_args(attn_bias, q))
 
     if k_layout.max_seqlen > 0:
         cfg = configs.select("dkdv", q, block_d, dropout=dropout_p > 0)

@@ -27,6 +27,8 @@ from typing import Optional
 import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from flashtron.kernels import hardware
+
 _DISABLED = os.environ.get("FLASHTRON_TMA", "1") in ("", "0")
 
 
@@ -35,7 +37,7 @@ def supported(t: torch.Tensor, interpret: bool) -> bool:
     if _DISABLED or t.dtype not in (torch.float16, torch.bfloat16):
         return False
     if t.device.type == "cuda":
-        return torch.cuda.get_device_capability(t.device)[0] >= 9
+        return hardware.capability(t.device)[0] >= 9
     return interpret
 
 
