@@ -21,19 +21,20 @@ def test_cpu_tensors_take_the_portable_kernels():
 def test_short_sequences_keep_the_portable_kernels(monkeypatch):
     monkeypatch.setattr(hopper_backward.hopper_forward, "unsupported_reason", lambda *args: None)
     monkeypatch.setattr(hopper_backward, "_box", lambda t: ([1], [1]))
-    reason = lambda s, causal: hopper_backward.unsupported_reason(
-        *(torch.empty(1, s, 2, 128),) * 4, 0.1, -1, 0 if causal else -1, 0.0, None, None, 0.0, True)
-    assert reason(4095, False) is not None and reason(4096, False) is None
-    assert reason(8191, True) is not None and reason(8192, True) is None
-    windowed = lambda s: hopper_backward.unsupported_reason(*(torch.empty(1, s, 2, 128),) * 4, 0.1, 1024, 0, 0.0,
-                                                            None, None, 0.0, True)
-    assert windowed(4095) is not None and windowed(4096) is None
+    reason = lambda sq, sk, window: hopper_backward.unsupported_reason(  # noqa: E731
+        torch.empty(1, sq, 2, 128), torch.empty(1, sq, 2, 128), *(torch.empty(1, sk, 2, 128),) * 2, 0.1, *window, 0.0,
+        None, None, 0.0, True)
+    limit = hopper_backward.MIN_SEQLEN
+    for window in ((-1, -1), (-1, 0), (256, 0)):
+        assert reason(limit - 1, limit - 1, window) is not None
+        assert reason(limit, limit, window) is None
+        assert reason(1, limit, window) is None and reason(limit, 1, window) is None  # the longer side decides
 
 
 @pytest.fixture
 def launches(monkeypatch):
     """Counts the Hopper backward's launches; the tests' short sequences take it too."""
-    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", {False: 0, True: 0})
+    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", 0)
     return count_calls(monkeypatch, hopper_backward, "backward", lambda args: args[1].shape)
 
 

@@ -9,10 +9,12 @@ with TMA reduce-adds.
   block into a two-slot ring ("full": the copy's bytes; "empty": one arrival per consumer).
 - Two consumer partitions (one warpgroup each, 240 registers) own 64 of the program's keys.  Per query
   block of 64 rows a consumer issues S = Q K^T and dP = dO V^T, forms P = exp2(S * scale - lse) and
-  dS = P * (dP - delta), writes P and dS (16-bit) to shared memory and issues dQ_part = dS K,
-  dV += P^T dO and dK += dS^T Q.  Its dQ part goes out through shared memory and one TMA reduce-add
-  (float32, summed in L2), while dV and dK still run.  The two consumers are not synchronised with
-  each other, so one's matmuls fill the other's elementwise work.
+  dS = P * (dP - delta), writes P and dS (16-bit) to shared memory and issues dV += P^T dO and
+  dK += dS^T Q.  dQ is split by columns, as in FlashAttention-3: once both consumers' dS are in shared
+  memory (one mbarrier per step; dS is double-buffered), each computes dQ_part = dS K for its half of
+  the head dim over all 128 keys, and sends it out through shared memory and one TMA reduce-add
+  (float32, summed in L2) while the next block's S and dP run.  Against each consumer reducing a
+  (64, headdim) part over its own 64 keys, that halves the reduce traffic and the dQ accumulator.
 - dQ is scaled and rounded to the input dtype afterwards (`backward`).  The float32 sums make dQ's
   last bits depend on the order the reduce-adds land in: `deterministic=True` takes backward.py.
 
@@ -39,13 +41,10 @@ _DISABLED = False  # A/B switch for experiments and tests; FLASHTRON_GLUON=0 tur
 ROWS = 64  # query rows per block, and keys per consumer
 STAGES = 2  # Q/dO ring depth
 CONSUMER_REGISTERS = 240
-# Shorter sequences keep backward.py: there the one-program-per-key-block grid is short and (causal)
-# unbalanced, and the float32 dQ buffer's zeroing and rounding are not repaid.  Measured on an H200
-# (BENCHMARKS.md, session 8), backward alone against backward.py: non-causal 0.95x at 1k, 1.00x at 2k,
-# 1.04x-1.05x from 4k; causal 0.79x at 1k and 2k, 0.98x at 4k, 1.08x-1.10x from 8k.  A sliding window
-# (left edge) gives every key block the same short loop: 1.18x at 4k, window (1024, 0) (session 10).  Keyed
-# by "causal without a left edge".
-MIN_SEQLEN = {False: 4096, True: 8192}
+# Shorter sequences keep backward.py: there the one-program-per-key-block grid is short and the float32 dQ
+# buffer's zeroing and rounding are not repaid.  Measured on an H200 (BENCHMARKS.md, session 11), backward
+# alone against backward.py: PROVISIONAL.
+MIN_SEQLEN = 1024
 
 
 def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
@@ -58,7 +57,7 @@ def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, 
                                                alibi_slopes, sinks, dropout_p, dense)
     if reason is None and _box(dout) is None:
         return "dout's strides do not allow TMA boxes"
-    if reason is None and max(q.shape[1], k.shape[1]) < MIN_SEQLEN[window_right == 0 and window_left < 0]:
+    if reason is None and max(q.shape[1], k.shape[1]) < MIN_SEQLEN:
         return "short sequences (backward.py is as fast or faster there)"
     return reason
 
@@ -88,11 +87,12 @@ if _GLUON:
         k_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
         v_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
         p_smem: gl.shared_memory_descriptor  # (2 consumers, 64 rows, 64 keys)
-        ds_smem: gl.shared_memory_descriptor  # (2 consumers, 64 rows, 64 keys)
-        dq_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, headdim) float32: dQ's way out
+        ds_smem: gl.shared_memory_descriptor  # (2 steps x 2 consumers, 64 rows, 64 keys): read by both consumers
+        dq_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, headdim / 2) float32: dQ's way out
         kv_full: gl.shared_memory_descriptor
         qdo_full: gl.shared_memory_descriptor
         qdo_empty: gl.shared_memory_descriptor
+        ds_ready: gl.shared_memory_descriptor  # (2 steps): both consumers' dS of a step are in ds_smem
         Lse: gl.tensor
         Delta: gl.tensor
         DK: gl.tensor
@@ -111,7 +111,7 @@ if _GLUON:
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem,
-                     dq_smem, kv_full, qdo_full, qdo_empty, Lse, Delta, DK, DV, num_heads,
+                     dq_smem, kv_full, qdo_full, qdo_empty, ds_ready, Lse, Delta, DK, DV, num_heads,
                      group, seqlen_q, seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, window_left, window_right,
                      HAS_LEFT, HAS_RIGHT):
             self.q_desc = q_desc
@@ -129,6 +129,7 @@ if _GLUON:
             self.kv_full = kv_full
             self.qdo_full = qdo_full
             self.qdo_empty = qdo_empty
+            self.ds_ready = ds_ready
             self.Lse = Lse
             self.Delta = Delta
             self.DK = DK
@@ -223,12 +224,15 @@ if _GLUON:
     def _consumer(a, WG: gl.constexpr):
         ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
         HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
+        HALF: gl.constexpr = HEAD_DIM // 2
         RING: gl.constexpr = a.q_smem.type.shape[0]
         dtype: gl.constexpr = a.q_desc.dtype
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, ROWS, 16])
         acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                              instr_shape=[16, HEAD_DIM, 16])
+        dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                            instr_shape=[16, HALF, 16])
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
         batch, head_kv, n_block = _tile(a)
         first_key = n_block * 2 * ROWS + WG * ROWS
@@ -239,9 +243,11 @@ if _GLUON:
         key_shift = a.seqlen_k - a.seqlen_q
         k_tile = a.k_smem.index(WG).reshape([ROWS, HEAD_DIM])
         v_tile = a.v_smem.index(WG).reshape([ROWS, HEAD_DIM])
+        # dQ is split by columns: this consumer's half of the head dim, over both consumers' keys.
+        k_cols_0 = a.k_smem.index(0).reshape([ROWS, HEAD_DIM]).slice(WG * HALF, HALF, dim=1)
+        k_cols_1 = a.k_smem.index(1).reshape([ROWS, HEAD_DIM]).slice(WG * HALF, HALF, dim=1)
         p_tile = a.p_smem.index(WG)
-        ds_tile = a.ds_smem.index(WG)
-        dq_tile = a.dq_smem.index(WG).reshape([ROWS, HEAD_DIM])
+        dq_tile = a.dq_smem.index(WG).reshape([ROWS, HALF])
         dk = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
         dv = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
         mbarrier.wait(a.kv_full, 0)
@@ -249,10 +255,15 @@ if _GLUON:
             head = head_kv * a.group + step // per_head
             m_block = first_m + step % per_head
             slot = step % RING
+            buf = step % 2
+            ds_tile = a.ds_smem.index(2 * buf + WG)
             mbarrier.wait(a.qdo_full.index(slot), (step // RING) & 1)
+            q_tile = a.q_smem.index(slot).reshape([ROWS, HEAD_DIM])
+            do_tile = a.do_smem.index(slot).reshape([ROWS, HEAD_DIM])
             # Under a sliding window (a left edge), a block none of whose (row, key) pairs is visible (one
-            # consumer's keys at the band's ends, or past seqlen_k) is skipped; its slot is still released.
-            # Without a left edge `visible` stays a constant: the branch cost causal 16k 5% (session 10).
+            # consumer's keys at the band's ends, or past seqlen_k) skips S, dP and the softmax gradient: its P
+            # and dS are zeros, which the other consumer's dQ reads.  Without a left edge `visible` stays a
+            # constant: the branch cost causal 16k 5% (session 10).
             visible = True
             if a.HAS_LEFT:
                 first_row_key = m_block * ROWS + key_shift - a.window_left  # the block's first row's first key
@@ -260,8 +271,6 @@ if _GLUON:
                 if a.HAS_RIGHT:
                     visible = visible & (first_key <= m_block * ROWS + ROWS - 1 + key_shift + a.window_right)
             if visible:
-                q_tile = a.q_smem.index(slot).reshape([ROWS, HEAD_DIM])
-                do_tile = a.do_smem.index(slot).reshape([ROWS, HEAD_DIM])
                 s = warpgroup_mma(q_tile, k_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout),
                                   use_acc=False, is_async=True)
                 dp = warpgroup_mma(do_tile, v_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout),
@@ -283,21 +292,27 @@ if _GLUON:
                 dp = warpgroup_mma_wait(0, deps=(dp, ))
                 ds = p * (dp - delta[:, None])
                 ds_tile.store(ds.to(dtype))
-                fence_async_shared()
-                gl.thread_barrier()
-                # dQ's part first: its trip out overlaps dV and dK.
-                dq = warpgroup_mma(ds_tile, k_tile, gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout),
-                                   use_acc=False, is_async=True)
-                dv = warpgroup_mma(p_tile.permute((1, 0)), do_tile, dv, is_async=True)
-                dk = warpgroup_mma(ds_tile.permute((1, 0)), q_tile, dk, is_async=True)
-                dq = warpgroup_mma_wait(2, deps=(dq, ))
-                tma.store_wait(0)  # the previous block's reduce-add has read dq_tile
-                dq_tile.store(dq)
-                fence_async_shared()
-                gl.thread_barrier()
-                _tma_reduce_add(a.dq_desc, [batch, m_block * ROWS, head * HEAD_DIM], a.dq_smem.index(WG))
-                dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
+            else:
+                p_tile.store(gl.zeros([ROWS, ROWS], dtype, layout=s_layout))
+                ds_tile.store(gl.zeros([ROWS, ROWS], dtype, layout=s_layout))
+            fence_async_shared()
+            gl.thread_barrier()
+            mbarrier.arrive(a.ds_ready.index(buf))
+            # dV and dK need only this consumer's P and dS: they run while the other consumer finishes its dS.
+            dv = warpgroup_mma(p_tile.permute((1, 0)), do_tile, dv, is_async=True)
+            dk = warpgroup_mma(ds_tile.permute((1, 0)), q_tile, dk, is_async=True)
+            mbarrier.wait(a.ds_ready.index(buf), (step // 2) & 1)
+            dq = warpgroup_mma(a.ds_smem.index(2 * buf), k_cols_0, gl.zeros([ROWS, HALF], gl.float32, layout=dq_layout),
+                               use_acc=False, is_async=True)
+            dq = warpgroup_mma(a.ds_smem.index(2 * buf + 1), k_cols_1, dq, is_async=True)
+            dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
             mbarrier.arrive(a.qdo_empty.index(slot))
+            tma.store_wait(0)  # the previous block's reduce-add has read dq_tile
+            dq_tile.store(dq)
+            fence_async_shared()
+            gl.thread_barrier()
+            # Out while the next block's S and dP run.
+            _tma_reduce_add(a.dq_desc, [batch, m_block * ROWS, head * HEAD_DIM + WG * HALF], a.dq_smem.index(WG))
         tma.store_wait(0)
         num_heads_kv = a.num_heads // a.group
         _store_rows(a.DK, (dk * a.softmax_scale).to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
@@ -318,19 +333,22 @@ if _GLUON:
         v_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
         p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, ROWS], dtype)
         p_smem = gl.allocate_shared_memory(dtype, [2, ROWS, ROWS], p_layout)
-        ds_smem = gl.allocate_shared_memory(dtype, [2, ROWS, ROWS], p_layout)
+        ds_smem = gl.allocate_shared_memory(dtype, [4, ROWS, ROWS], p_layout)
         dq_smem = gl.allocate_shared_memory(gl.float32, [2] + dq_desc.block_type.shape, dq_desc.layout)
         kv_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         qdo_full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
         qdo_empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-        # "full": the copy's transaction bytes.  "empty": one arrival per consumer warpgroup.
+        ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        # "full": the copy's transaction bytes.  "empty" and "ready": one arrival per consumer warpgroup.
         mbarrier.init(kv_full, count=1)
         for i in gl.static_range(RING):
             mbarrier.init(qdo_full.index(i), count=1)
             mbarrier.init(qdo_empty.index(i), count=2)
+        for i in gl.static_range(2):
+            mbarrier.init(ds_ready.index(i), count=2)
         fence_async_shared()
         a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, dq_smem,
-                    kv_full, qdo_full, qdo_empty, Lse, Delta, DK, DV, num_heads, group,
+                    kv_full, qdo_full, qdo_empty, ds_ready, Lse, Delta, DK, DV, num_heads, group,
                     seqlen_q, seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, window_left, window_right, HAS_LEFT,
                     HAS_RIGHT)
         gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
@@ -345,7 +363,7 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
     box = (1, ROWS, head_dim)
     q_desc, k_desc, v_desc, do_desc = (descriptor(t, box) for t in (q, k, v, dout))
     dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    dq_desc = descriptor(dq_accum, box)
+    dq_desc = descriptor(dq_accum, (1, ROWS, head_dim // 2))
     num_n_blocks = -(-seqlen_k // (2 * ROWS))
     hopper_backward_kernel[(num_n_blocks * batch * num_heads_kv, )](
         q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, dk, dv, num_heads, num_heads // num_heads_kv,
