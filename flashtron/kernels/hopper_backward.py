@@ -41,10 +41,10 @@ _DISABLED = False  # A/B switch for experiments and tests; FLASHTRON_GLUON=0 tur
 ROWS = 64  # query rows per block, and keys per consumer
 STAGES = 2  # Q/dO ring depth
 CONSUMER_REGISTERS = 240
-# Shorter sequences keep backward.py: there the one-program-per-key-block grid is short and the float32 dQ
-# buffer's zeroing and rounding are not repaid.  Measured on an H200 (BENCHMARKS.md, session 11), backward
-# alone against backward.py: PROVISIONAL.
-MIN_SEQLEN = 1024
+# Shorter sequences keep backward.py (not measured below 512).  Measured on an H200 (BENCHMARKS.md, session 11),
+# backward alone against backward.py: 512 non-causal 1.13x, causal 1.01x; 1k 1.17x / 1.03x; 2k 1.15x / 1.04x;
+# from 4k 1.18x-1.29x; window (1024, 0) 1.24x-1.33x from 1k.
+MIN_SEQLEN = 512
 
 
 def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
@@ -188,12 +188,6 @@ if _GLUON:
         batch, head_kv, n_block = _tile(a)
         first_key = n_block * 2 * ROWS
         kv_col = head_kv * HEAD_DIM
-        mbarrier.expect(a.kv_full, 4 * a.k_desc.block_type.nbytes)
-        for w in gl.static_range(2):
-            tma.async_copy_global_to_shared(a.k_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
-                                            a.k_smem.index(w))
-            tma.async_copy_global_to_shared(a.v_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
-                                            a.v_smem.index(w))
         first_m, end_m = _query_blocks(a, n_block)
         per_head = end_m - first_m
         steps = a.group * per_head
@@ -207,6 +201,16 @@ if _GLUON:
                                             a.qdo_full.index(slot), a.q_smem.index(slot))
             tma.async_copy_global_to_shared(a.do_desc, [batch, m_block * ROWS, head * HEAD_DIM],
                                             a.qdo_full.index(slot), a.do_smem.index(slot))
+            if step == 0:
+                # K and V go out after the first Q and dO (needed as soon, half the bytes).  Written this way,
+                # not as a copy before the loop, the kernel measured 4-5% faster non-causal and the same
+                # elsewhere (BENCHMARKS.md, session 11).  A key block no query sees (steps == 0) copies nothing.
+                mbarrier.expect(a.kv_full, 4 * a.k_desc.block_type.nbytes)
+                for w in gl.static_range(2):
+                    tma.async_copy_global_to_shared(a.k_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
+                                                    a.k_smem.index(w))
+                    tma.async_copy_global_to_shared(a.v_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
+                                                    a.v_smem.index(w))
 
     @gluon.jit
     def _store_rows(ptr, tile, batch, head_kv, first_key, num_heads_kv, seqlen_k):
@@ -250,7 +254,8 @@ if _GLUON:
         dq_tile = a.dq_smem.index(WG).reshape([ROWS, HALF])
         dk = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
         dv = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
-        mbarrier.wait(a.kv_full, 0)
+        if steps > 0:  # else the producer copies no K and V; dK and dV are zeros
+            mbarrier.wait(a.kv_full, 0)
         for step in range(steps):
             head = head_kv * a.group + step // per_head
             m_block = first_m + step % per_head
@@ -313,10 +318,10 @@ if _GLUON:
             gl.thread_barrier()
             # Out while the next block's S and dP run.
             _tma_reduce_add(a.dq_desc, [batch, m_block * ROWS, head * HEAD_DIM + WG * HALF], a.dq_smem.index(WG))
-        tma.store_wait(0)
         num_heads_kv = a.num_heads // a.group
         _store_rows(a.DK, (dk * a.softmax_scale).to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
         _store_rows(a.DV, dv.to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
+        tma.store_wait(0)  # the last reduce-add has read dq_tile before the program's shared memory goes
 
     @gluon.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "num_n_blocks", "window_left",
                                   "window_right"])
