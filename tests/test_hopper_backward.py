@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func
-from flashtron.kernels import hopper_backward
+from flashtron.kernels import hopper_backward, hopper_forward
 from test_flash_attn import check_against_oracle, random_inputs
 from test_hopper_forward import check_on_hopper, count_calls, on_hopper, over_shapes, over_windows
 
@@ -18,13 +18,14 @@ def test_cpu_tensors_take_the_portable_kernels():
     assert hopper_backward.unsupported_reason(q, q, k, v, 0.1, -1, -1, 0.0, None, None, 0.0, True) is not None
 
 
-def test_short_sequences_keep_the_portable_kernels(monkeypatch):
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_short_sequences_keep_the_portable_kernels(monkeypatch, head_dim):
     monkeypatch.setattr(hopper_backward.hopper_forward, "unsupported_reason", lambda *args: None)
     monkeypatch.setattr(hopper_backward, "_box", lambda t: ([1], [1]))
     reason = lambda sq, sk, window: hopper_backward.unsupported_reason(  # noqa: E731
-        torch.empty(1, sq, 2, 128), torch.empty(1, sq, 2, 128), *(torch.empty(1, sk, 2, 128),) * 2, 0.1, *window, 0.0,
+        *(torch.empty(1, sq, 2, head_dim),) * 2, *(torch.empty(1, sk, 2, head_dim),) * 2, 0.1, *window, 0.0,
         None, None, 0.0, True)
-    limit = hopper_backward.MIN_SEQLEN
+    limit = hopper_backward.MIN_SEQLEN[head_dim]
     for window in ((-1, -1), (-1, 0), (256, 0)):
         assert reason(limit - 1, limit - 1, window) is not None
         assert reason(limit, limit, window) is None
@@ -34,7 +35,8 @@ def test_short_sequences_keep_the_portable_kernels(monkeypatch):
 @pytest.fixture
 def launches(monkeypatch):
     """Counts the Hopper backward's launches; the tests' short sequences take it too."""
-    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", 0)
+    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", {64: 0, 128: 0})
+    monkeypatch.setattr(hopper_forward, "MIN_SEQLEN", {64: 0, 128: 0})
     return count_calls(monkeypatch, hopper_backward, "backward", lambda args: args[1].shape)
 
 
@@ -98,6 +100,6 @@ def test_unsupported_calls_fall_back(launches):
     q, k, v = random_inputs((1, 300, 300, 2, 2, 128), torch.bfloat16, "cuda")
     check_against_oracle(q, k, v, True, alibi_slopes=torch.rand(2, device="cuda"))
     check_against_oracle(q, k, v, False, softcap=5.0)
-    q64, k64, v64 = random_inputs((1, 300, 300, 2, 2, 64), torch.bfloat16, "cuda")
-    check_against_oracle(q64, k64, v64, False)
+    q96, k96, v96 = random_inputs((1, 300, 300, 2, 2, 96), torch.bfloat16, "cuda")
+    check_against_oracle(q96, k96, v96, False)
     assert not launches

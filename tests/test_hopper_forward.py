@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func
-from flashtron.kernels import hopper_forward
+from flashtron.kernels import hardware, hopper_forward
 from test_flash_attn import check_against_oracle, random_inputs
 
 
@@ -23,6 +23,19 @@ def _reason(q, k, v, causal=False, window=(-1, -1), dense=True, **variants):
 def test_cpu_tensors_take_the_portable_kernel():
     q, k, v = random_inputs((1, 9, 9, 2, 2, 128), torch.bfloat16)
     assert _reason(q, k, v) is not None
+
+
+def test_head_dims_and_their_sequence_lengths(monkeypatch):
+    monkeypatch.setattr(hardware, "capability", lambda device: (9, 0))
+    monkeypatch.setattr(hopper_forward, "_GLUON", True)
+    reason = lambda sq, sk, head_dim: _reason(torch.empty(1, sq, 2, head_dim, dtype=torch.bfloat16),  # noqa: E731
+                                              *(torch.empty(1, sk, 2, head_dim, dtype=torch.bfloat16),) * 2)
+    for head_dim, limit in hopper_forward.MIN_SEQLEN.items():
+        assert reason(max(limit, 1), 1, head_dim) is None and reason(1, max(limit, 1), head_dim) is None
+        if limit > 1:
+            assert "short" in reason(limit - 1, limit - 1, head_dim)
+    assert "head dim" in reason(4096, 4096, 96) and "head dim" in reason(4096, 4096, 256)
+    assert "dtype" in _reason(*(torch.empty(1, 4096, 2, 128),) * 3)  # float32
 
 
 def test_box_needs_heads_side_by_side():
@@ -58,7 +71,8 @@ def count_calls(monkeypatch, module, name, record):
 
 @pytest.fixture
 def launches(monkeypatch):
-    """Counts the Hopper kernel's launches."""
+    """Counts the Hopper kernel's launches; the tests' short sequences take it at every head dim."""
+    monkeypatch.setattr(hopper_forward, "MIN_SEQLEN", {64: 0, 128: 0})
     return count_calls(monkeypatch, hopper_forward, "forward", lambda args: args[0].shape)
 
 
@@ -73,6 +87,9 @@ HOPPER_SHAPES = [
     (1, 3000, 17, 2, 2, 128),
     (2, 1, 700, 4, 4, 128),
     (1, 8192, 8192, 2, 1, 128),
+    (2, 1000, 3000, 4, 2, 64),
+    (1, 3000, 17, 2, 2, 64),
+    (2, 1, 700, 4, 4, 64),
 ]
 over_shapes = pytest.mark.parametrize("shape", HOPPER_SHAPES, ids=lambda s: "x".join(map(str, s)))
 
@@ -145,8 +162,8 @@ def test_unsupported_calls_fall_back(launches):
     q, k, v = random_inputs((1, 300, 300, 2, 2, 128), torch.bfloat16, "cuda")
     check_against_oracle(q, k, v, True, alibi_slopes=torch.rand(2, device="cuda"))
     check_against_oracle(q, k, v, False, softcap=5.0)
-    q64, k64, v64 = random_inputs((1, 300, 300, 2, 2, 64), torch.bfloat16, "cuda")
-    check_against_oracle(q64, k64, v64, False)
+    q96, k96, v96 = random_inputs((1, 300, 300, 2, 2, 96), torch.bfloat16, "cuda")
+    check_against_oracle(q96, k96, v96, False)
     strided = [t.detach().transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
     assert _reason(*strided) is not None
     flash_attn_func(*strided)

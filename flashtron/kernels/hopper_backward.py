@@ -18,8 +18,8 @@ with TMA reduce-adds.
 - dQ is scaled and rounded to the input dtype afterwards (`backward`).  The float32 sums make dQ's
   last bits depend on the order the reduce-adds land in: `deterministic=True` takes backward.py.
 
-Like hopper_forward, it covers dense fp16/bf16 calls at head dim 128, causal, windowed or neither, GQA/MQA, any Sq
-and Sk; everything else takes backward.py.  It is checked on the GPU against backward.py and the
+Like hopper_forward, it covers dense fp16/bf16 calls at head dims 64 and 128 (from the lengths in `MIN_SEQLEN`),
+causal, windowed or neither, GQA/MQA, any Sq and Sk; everything else takes backward.py.  It is checked on the GPU against backward.py and the
 float64 oracle (Gluon has no interpreter).
 """
 
@@ -41,10 +41,12 @@ _DISABLED = False  # A/B switch for experiments and tests; FLASHTRON_GLUON=0 tur
 ROWS = 64  # query rows per block, and keys per consumer
 STAGES = 2  # Q/dO ring depth
 CONSUMER_REGISTERS = 240
-# Shorter sequences keep backward.py (not measured below 512).  Measured on an H200 (BENCHMARKS.md, session 11),
-# backward alone against backward.py: 512 non-causal 1.13x, causal 1.01x; 1k 1.17x / 1.03x; 2k 1.15x / 1.04x;
-# from 4k 1.18x-1.29x; window (1024, 0) 1.24x-1.33x from 1k.
-MIN_SEQLEN = 512
+# From which sequence length (the longer of Sq and Sk) this kernel takes each head dim; shorter sequences keep
+# backward.py.  Measured on an H200 (BENCHMARKS.md, session 11), backward alone against backward.py, non-causal /
+# causal: D = 128 at 512 1.13x / 1.01x (not measured below), 1k 1.17x / 1.03x, 2k 1.15x / 1.04x, from 4k
+# 1.18x-1.29x, window (1024, 0) 1.24x-1.33x from 1k; D = 64 at 1k 0.93x / 0.89x, 4k 1.06x / 0.98x, 16k
+# 1.09x / 1.15x.  The forward's own limits (hopper_forward.MIN_SEQLEN) apply too.
+MIN_SEQLEN = {64: 4096, 128: 512}
 
 
 def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
@@ -57,7 +59,7 @@ def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, 
                                                alibi_slopes, sinks, dropout_p, dense)
     if reason is None and _box(dout) is None:
         return "dout's strides do not allow TMA boxes"
-    if reason is None and max(q.shape[1], k.shape[1]) < MIN_SEQLEN:
+    if reason is None and max(q.shape[1], k.shape[1]) < MIN_SEQLEN[q.shape[-1]]:
         return "short sequences (backward.py is as fast or faster there)"
     return reason
 

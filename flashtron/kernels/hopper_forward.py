@@ -44,7 +44,9 @@ except ImportError:  # pragma: no cover - older Triton
 _DISABLED = os.environ.get("FLASHTRON_GLUON", "1") in ("", "0")
 BLOCK_M = 128  # query rows per tile: two consumer warpgroups of 64
 BLOCK_N = 128  # keys per block
-HEAD_DIMS = (128, )
+# The head dims this kernel takes, each from a sequence length (the longer of Sq and Sk) up.  Measured on an
+# H200 against forward.py (BENCHMARKS.md, session 11): D = 64 runs at 0.94x-0.97x at 1k, 1.04x-1.06x from 4k.
+MIN_SEQLEN = {64: 4096, 128: 0}
 K_STAGES, V_STAGES = 2, 2
 CONSUMER_REGISTERS = 240
 LOG2E = 1.4426950408889634
@@ -80,8 +82,10 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
         return "not an sm_90 GPU"
     if not dense:
         return "variable-length, paged, split or cache layouts"
-    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in HEAD_DIMS:
-        return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {HEAD_DIMS})"
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in MIN_SEQLEN:
+        return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {tuple(MIN_SEQLEN)})"
+    if max(q.shape[1], k.shape[1]) < MIN_SEQLEN[q.shape[-1]]:
+        return f"short sequences at head dim {q.shape[-1]} (the portable kernel is as fast or faster there)"
     if softcap > 0 or alibi_slopes is not None or sinks is not None or dropout_p > 0 or not softmax_scale > 0:
         return "softcap, ALiBi, sinks, dropout or a non-positive scale"
     if _box(q) is None or _box(k) is None or _box(v) is None:
