@@ -57,6 +57,20 @@ def test_windows_match_oracle(shape, window, launches):
     check_on_hopper(launches, shape, torch.bfloat16, False, window_size=window)
 
 
+@pytest.mark.gpu
+@on_hopper
+@over_shapes
+@pytest.mark.parametrize("window", [(100, 0), (300, 50)], ids=lambda w: f"{w[0]}_{w[1]}")
+@pytest.mark.parametrize("programs", [1, 3])
+def test_persistent_programs_take_many_tiles(shape, window, programs, launches, monkeypatch):
+    """Windowed calls run one program per SM, each taking tiles in turn (ring phases, the K/V hand-over and
+    key blocks no query sees carried from tile to tile).  The test shapes have fewer tiles than an H200 has
+    SMs, so the SM count is lowered to give every program many tiles."""
+    assert hopper_backward._persistent(window[0])
+    monkeypatch.setattr(hopper_backward.hardware, "sm_count", lambda device: programs)
+    check_on_hopper(launches, shape, torch.bfloat16, False, window_size=window)
+
+
 def _gradients(q, k, v, dout, window):
     out = flash_attn_func(q, k, v, window_size=window)
     return torch.autograd.grad(out, (q, k, v), dout)

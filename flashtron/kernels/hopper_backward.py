@@ -19,14 +19,17 @@ with TMA reduce-adds.
   last bits depend on the order the reduce-adds land in: `deterministic=True` takes backward.py.
 
 Like hopper_forward, it covers dense fp16/bf16 calls at head dims 64 and 128 (from the lengths in `MIN_SEQLEN`),
-causal, windowed or neither, GQA/MQA, any Sq and Sk; everything else takes backward.py.  It is checked on the GPU against backward.py and the
-float64 oracle (Gluon has no interpreter).
+causal, windowed or neither, GQA/MQA, any Sq and Sk; everything else takes backward.py.  It is checked on the
+GPU against backward.py and the float64 oracle (Gluon has no interpreter).
 """
 
 import torch
 
-from flashtron.kernels import hopper_forward
+from flashtron.kernels import hardware, hopper_forward
 from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
+
+if _GLUON:
+    from flashtron.kernels.hopper_forward import _my_tile_count, _tile_of
 
 if _GLUON:
     from triton.experimental import gluon
@@ -92,6 +95,7 @@ if _GLUON:
         ds_smem: gl.shared_memory_descriptor  # (2 steps x 2 consumers, 64 rows, 64 keys): read by both consumers
         dq_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, headdim / 2) float32: dQ's way out
         kv_full: gl.shared_memory_descriptor
+        kv_empty: gl.shared_memory_descriptor  # persistent: both consumers are done with a tile's K and V
         qdo_full: gl.shared_memory_descriptor
         qdo_empty: gl.shared_memory_descriptor
         ds_ready: gl.shared_memory_descriptor  # (2 steps): both consumers' dS of a step are in ds_smem
@@ -104,18 +108,20 @@ if _GLUON:
         seqlen_q: gl.tensor
         seqlen_k: gl.tensor
         num_n_blocks: gl.tensor
+        num_tiles: gl.tensor
         qk_scale_log2: gl.tensor
         softmax_scale: gl.tensor
         window_left: gl.tensor
         window_right: gl.tensor
         HAS_LEFT: gl.constexpr
         HAS_RIGHT: gl.constexpr
+        PERSISTENT: gl.constexpr
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem,
-                     dq_smem, kv_full, qdo_full, qdo_empty, ds_ready, Lse, Delta, DK, DV, num_heads,
-                     group, seqlen_q, seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, window_left, window_right,
-                     HAS_LEFT, HAS_RIGHT):
+                     dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta, DK, DV, num_heads,
+                     group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left,
+                     window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -129,6 +135,7 @@ if _GLUON:
             self.ds_smem = ds_smem
             self.dq_smem = dq_smem
             self.kv_full = kv_full
+            self.kv_empty = kv_empty
             self.qdo_full = qdo_full
             self.qdo_empty = qdo_empty
             self.ds_ready = ds_ready
@@ -141,26 +148,27 @@ if _GLUON:
             self.seqlen_q = seqlen_q
             self.seqlen_k = seqlen_k
             self.num_n_blocks = num_n_blocks
+            self.num_tiles = num_tiles
             self.qk_scale_log2 = qk_scale_log2
             self.softmax_scale = softmax_scale
             self.window_left = window_left
             self.window_right = window_right
             self.HAS_LEFT = gl.constexpr(HAS_LEFT)
             self.HAS_RIGHT = gl.constexpr(HAS_RIGHT)
+            self.PERSISTENT = gl.constexpr(PERSISTENT)
 
     @gluon.jit
-    def _tile(a):
-        """(batch, kv head, key block) of this program.  Under causal (a right window edge and no left
-        one) the key blocks seen by the most query rows (the first ones) come first, across heads;
-        otherwise one head's blocks are adjacent, so concurrent programs share its Q and dO in L2."""
-        pid = gl.program_id(0)
-        batch_heads = gl.num_programs(0) // a.num_n_blocks
+    def _tile(a, tile):
+        """(batch, kv head, key block) of a tile.  Under causal (a right window edge and no left one) the
+        key blocks seen by the most query rows (the first ones) come first, across heads; otherwise one
+        head's blocks are adjacent, so concurrent programs share its Q and dO in L2."""
+        batch_heads = a.num_tiles // a.num_n_blocks
         if a.HAS_RIGHT and not a.HAS_LEFT:
-            n_block = pid // batch_heads
-            batch_head = pid % batch_heads
+            n_block = tile // batch_heads
+            batch_head = tile % batch_heads
         else:
-            n_block = pid % a.num_n_blocks
-            batch_head = pid // a.num_n_blocks
+            n_block = tile % a.num_n_blocks
+            batch_head = tile // a.num_n_blocks
         num_heads_kv = a.num_heads // a.group
         return batch_head // num_heads_kv, batch_head % num_heads_kv, n_block
 
@@ -184,18 +192,33 @@ if _GLUON:
 
     @gluon.jit
     def _producer(a):
+        if a.PERSISTENT:
+            done = 0  # the program's blocks in earlier tiles: ring slots and phases run on across tiles
+            loaded = 0  # its earlier tiles with any block (the others copy no K and V)
+            for i in range(_my_tile_count(a)):
+                steps = _producer_tile(a, _tile_of(i), done, loaded)
+                done += steps
+                loaded += (steps > 0).to(gl.int32)
+        else:
+            _producer_tile(a, gl.program_id(0), 0, 0)
+
+    @gluon.jit
+    def _producer_tile(a, tile, done, loaded):
+        """Copy a tile's K and V, and Q and dO of each query block that sees it, into the rings; the tile's
+        blocks are the program's done-th on, its K and V the loaded-th.  Returns the tile's block count."""
         ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
         HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
         RING: gl.constexpr = a.q_smem.type.shape[0]
-        batch, head_kv, n_block = _tile(a)
+        batch, head_kv, n_block = _tile(a, tile)
         first_key = n_block * 2 * ROWS
         kv_col = head_kv * HEAD_DIM
         first_m, end_m = _query_blocks(a, n_block)
         per_head = end_m - first_m
         steps = a.group * per_head
-        for step in range(steps):
-            head = head_kv * a.group + step // per_head
-            m_block = first_m + step % per_head
+        for local_step in range(steps):
+            step = done + local_step
+            head = head_kv * a.group + local_step // per_head
+            m_block = first_m + local_step % per_head
             slot = step % RING
             mbarrier.wait(a.qdo_empty.index(slot), ((step // RING) & 1) ^ 1)
             mbarrier.expect(a.qdo_full.index(slot), 2 * a.q_desc.block_type.nbytes)
@@ -203,16 +226,19 @@ if _GLUON:
                                             a.qdo_full.index(slot), a.q_smem.index(slot))
             tma.async_copy_global_to_shared(a.do_desc, [batch, m_block * ROWS, head * HEAD_DIM],
                                             a.qdo_full.index(slot), a.do_smem.index(slot))
-            if step == 0:
+            if local_step == 0:
                 # K and V go out after the first Q and dO (needed as soon, half the bytes).  Written this way,
                 # not as a copy before the loop, the kernel measured 4-5% faster non-causal and the same
                 # elsewhere (BENCHMARKS.md, session 11).  A key block no query sees (steps == 0) copies nothing.
+                if a.PERSISTENT:  # the consumers are done with the previous K and V
+                    mbarrier.wait(a.kv_empty, (loaded & 1) ^ 1)
                 mbarrier.expect(a.kv_full, 4 * a.k_desc.block_type.nbytes)
                 for w in gl.static_range(2):
                     tma.async_copy_global_to_shared(a.k_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
                                                     a.k_smem.index(w))
                     tma.async_copy_global_to_shared(a.v_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
                                                     a.v_smem.index(w))
+        return steps
 
     @gluon.jit
     def _store_rows(ptr, tile, batch, head_kv, first_key, num_heads_kv, seqlen_k):
@@ -228,6 +254,21 @@ if _GLUON:
 
     @gluon.jit
     def _consumer(a, WG: gl.constexpr):
+        if a.PERSISTENT:
+            done = 0  # as in _producer
+            loaded = 0
+            for i in range(_my_tile_count(a)):
+                steps = _consumer_tile(a, WG, _tile_of(i), done, loaded)
+                done += steps
+                loaded += (steps > 0).to(gl.int32)
+        else:
+            _consumer_tile(a, WG, gl.program_id(0), 0, 0)
+        tma.store_wait(0)  # the last reduce-add has read dq_tile before the program's shared memory goes
+
+    @gluon.jit
+    def _consumer_tile(a, WG: gl.constexpr, tile, done, loaded):
+        """One consumer's share of a tile (see _producer_tile): dQ parts out as it goes, then its 64 keys' dK
+        and dV.  Returns the tile's block count."""
         ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
         HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
         HALF: gl.constexpr = HEAD_DIM // 2
@@ -240,7 +281,7 @@ if _GLUON:
         dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                             instr_shape=[16, HALF, 16])
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-        batch, head_kv, n_block = _tile(a)
+        batch, head_kv, n_block = _tile(a, tile)
         first_key = n_block * 2 * ROWS + WG * ROWS
         keys = first_key + gl.arange(0, ROWS, layout=gl.SliceLayout(0, s_layout))
         first_m, end_m = _query_blocks(a, n_block)
@@ -257,10 +298,11 @@ if _GLUON:
         dk = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
         dv = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
         if steps > 0:  # else the producer copies no K and V; dK and dV are zeros
-            mbarrier.wait(a.kv_full, 0)
-        for step in range(steps):
-            head = head_kv * a.group + step // per_head
-            m_block = first_m + step % per_head
+            mbarrier.wait(a.kv_full, loaded & 1)
+        for local_step in range(steps):
+            step = done + local_step
+            head = head_kv * a.group + local_step // per_head
+            m_block = first_m + local_step % per_head
             slot = step % RING
             buf = step % 2
             ds_tile = a.ds_smem.index(2 * buf + WG)
@@ -320,17 +362,20 @@ if _GLUON:
             gl.thread_barrier()
             # Out while the next block's S and dP run.
             _tma_reduce_add(a.dq_desc, [batch, m_block * ROWS, head * HEAD_DIM + WG * HALF], a.dq_smem.index(WG))
+        if a.PERSISTENT:
+            if steps > 0:  # every matmul that read K and V is complete: the producer may copy the next tile's
+                mbarrier.arrive(a.kv_empty)
         num_heads_kv = a.num_heads // a.group
         _store_rows(a.DK, (dk * a.softmax_scale).to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
         _store_rows(a.DV, dv.to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
-        tma.store_wait(0)  # the last reduce-add has read dq_tile before the program's shared memory goes
+        return steps
 
-    @gluon.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "num_n_blocks", "window_left",
-                                  "window_right"])
+    @gluon.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "num_n_blocks", "num_tiles",
+                                  "window_left", "window_right"])
     def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, Lse, Delta, DK, DV, num_heads, group, seqlen_q,
-                               seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, window_left, window_right,
-                               HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, RING: gl.constexpr,
-                               CONSUMER_REGS: gl.constexpr):
+                               seqlen_k, num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left,
+                               window_right, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PERSISTENT: gl.constexpr,
+                               RING: gl.constexpr, CONSUMER_REGS: gl.constexpr):
         ROWS: gl.constexpr = q_desc.block_type.shape[1]
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[2]
         dtype: gl.constexpr = q_desc.dtype
@@ -343,11 +388,13 @@ if _GLUON:
         ds_smem = gl.allocate_shared_memory(dtype, [4, ROWS, ROWS], p_layout)
         dq_smem = gl.allocate_shared_memory(gl.float32, [2] + dq_desc.block_type.shape, dq_desc.layout)
         kv_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        kv_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         qdo_full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
         qdo_empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
         ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         # "full": the copy's transaction bytes.  "empty" and "ready": one arrival per consumer warpgroup.
         mbarrier.init(kv_full, count=1)
+        mbarrier.init(kv_empty, count=2)
         for i in gl.static_range(RING):
             mbarrier.init(qdo_full.index(i), count=1)
             mbarrier.init(qdo_empty.index(i), count=2)
@@ -355,11 +402,18 @@ if _GLUON:
             mbarrier.init(ds_ready.index(i), count=2)
         fence_async_shared()
         a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, dq_smem,
-                    kv_full, qdo_full, qdo_empty, ds_ready, Lse, Delta, DK, DV, num_heads, group,
-                    seqlen_q, seqlen_k, num_n_blocks, qk_scale_log2, softmax_scale, window_left, window_right, HAS_LEFT,
-                    HAS_RIGHT)
+                    kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta, DK, DV, num_heads, group,
+                    seqlen_q, seqlen_k, num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left,
+                    window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT)
         gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
                            [CONSUMER_REGS, CONSUMER_REGS])
+
+
+def _persistent(window_left: int) -> bool:
+    """Whether one program per SM takes the tiles in turn (hopper_forward's snake order; PERSISTENT) rather
+    than one program per tile.  Measured on an H200 (BENCHMARKS.md, session 11): 1.07x-1.09x for windows with
+    a left edge, whose tiles are short; within 1-2% either way for the rest, so they keep the simpler grid."""
+    return window_left >= 0
 
 
 def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window_left: int, window_right: int) -> None:
@@ -372,9 +426,11 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
     dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     dq_desc = descriptor(dq_accum, (1, ROWS, head_dim // 2))
     num_n_blocks = -(-seqlen_k // (2 * ROWS))
-    hopper_backward_kernel[(num_n_blocks * batch * num_heads_kv, )](
+    num_tiles = num_n_blocks * batch * num_heads_kv
+    persistent = _persistent(window_left)
+    hopper_backward_kernel[(min(num_tiles, hardware.sm_count(q.device)) if persistent else num_tiles, )](
         q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, dk, dv, num_heads, num_heads // num_heads_kv,
-        seqlen_q, seqlen_k, num_n_blocks, softmax_scale * LOG2E, softmax_scale, max(window_left, 0),
-        max(window_right, 0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, RING=STAGES,
-        CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
+        seqlen_q, seqlen_k, num_n_blocks, num_tiles, softmax_scale * LOG2E, softmax_scale, max(window_left, 0),
+        max(window_right, 0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, PERSISTENT=persistent,
+        RING=STAGES, CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
     torch.mul(dq_accum, softmax_scale, out=dq)  # scaled and rounded in one pass
