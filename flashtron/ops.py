@@ -5,12 +5,13 @@ normalised arguments (see `flashtron.interface`) and return fresh contiguous
 tensors.  Each has a fake implementation, so torch.compile traces through them
 without a graph break, and the forward registers the backward as its autograd
 formula.  The public functions call `attention`: under torch.compile, a dispatch
-mode (FakeTensor, make_fx, FlopCounterMode), a functorch transform or a tensor subclass it calls the op;
-in plain eager mode it calls the engine itself, through an autograd.Function with the same formula (the
-op's dispatch costs more host time than a short kernel runs).  `flashtron::dropout_probabilities`
-materialises S_dmask for return_attn_probs with dropout.  Below this line the work goes to one of two engines at the same
-level: the Triton launcher (CUDA tensors, or CPU tensors under
-TRITON_INTERPRET=1) or the blockwise PyTorch path (CPU tensors).
+mode (FakeTensor, make_fx, FlopCounterMode), a functorch transform or a tensor
+subclass it calls the op; in plain eager mode it calls the engine itself, through
+an autograd.Function with the same formula (the op's dispatch costs more host
+time than a short kernel runs).  `flashtron::dropout_probabilities` materialises
+S_dmask for return_attn_probs with dropout.  Below this line the work goes to one
+of two engines at the same level: the Triton launcher (CUDA tensors, or CPU
+tensors under TRITON_INTERPRET=1) or the blockwise PyTorch path (CPU tensors).
 """
 
 from typing import Optional
@@ -116,13 +117,14 @@ def _backward(ctx, dout, _dlse):
     if ctx.kv_cache:
         raise NotImplementedError("attention over a KV cache (block_table, cache_batch_idx or cache_leftpad) has "
                                   "no backward: it serves inference; pass tensors that do not require grad")
+    saved = ctx.saved_tensors
     (q, k, v, out, softmax_lse, alibi_slopes, sinks, dropout_seed,
-     cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, attn_bias) = ctx.saved_tensors
+     cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, attn_bias) = saved
     if dout.stride(-1) != 1:
         # e.g. the expanded gradient of out.sum(): stride 0 everywhere.
         dout = dout.contiguous()
     bias_requires_grad = attn_bias is not None and ctx.needs_input_grad[_ATTN_BIAS_INPUT]
-    backward = _engine(q).backward if _eager(dout, *ctx.saved_tensors) else attention_backward
+    backward = _engine(q).backward if _eager(dout, *saved) else attention_backward
     dq, dk, dv, dsinks, dbias = backward(
         dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, sinks, ctx.dropout_p, dropout_seed,
         ctx.allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, *ctx.max_seqlens, attn_bias,

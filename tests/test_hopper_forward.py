@@ -48,8 +48,9 @@ def test_box_needs_heads_side_by_side():
     assert hopper_forward._box(torch.randn(2, 37, 4, 130)[..., :128]) is None
     # Batch entries sharing their keys (expand) cannot be boxes.
     assert hopper_forward._box(torch.randn(1, 37, 4, 128).expand(3, 37, 4, 128)) is None
-    # Rows 2 bytes apart from 16-byte alignment.
-    assert hopper_forward._box(torch.randn(2, 37, 4 * 128 + 1, dtype=torch.bfloat16)[..., 1:].view(2, 37, 4, 128)) is None
+    # Rows 513 elements (1026 bytes) apart: not 16-byte aligned.
+    unaligned = torch.randn(2, 37, 4 * 128 + 1, dtype=torch.bfloat16)[..., :512].view(2, 37, 4, 128)
+    assert hopper_forward._box(unaligned) is None
 
 
 on_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),

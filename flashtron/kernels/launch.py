@@ -12,7 +12,8 @@ import os
 import torch
 import triton
 
-from flashtron.kernels import configs, hardware, hopper_backward, hopper_decode, hopper_forward, interpreter, paged_kv, tma
+from flashtron.kernels import (configs, hardware, hopper_backward, hopper_decode, hopper_forward, interpreter, paged_kv,
+                               tma)
 from flashtron.sinks import sink_gradient
 from flashtron.kernels.dropout import dropout_mask_kernel
 from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
