@@ -377,7 +377,6 @@ if _GLUON:
                                window_right, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PERSISTENT: gl.constexpr,
                                RING: gl.constexpr, CONSUMER_REGS: gl.constexpr):
         ROWS: gl.constexpr = q_desc.block_type.shape[1]
-        HEAD_DIM: gl.constexpr = q_desc.block_type.shape[2]
         dtype: gl.constexpr = q_desc.dtype
         q_smem = gl.allocate_shared_memory(dtype, [RING] + q_desc.block_type.shape, q_desc.layout)
         do_smem = gl.allocate_shared_memory(dtype, [RING] + q_desc.block_type.shape, q_desc.layout)

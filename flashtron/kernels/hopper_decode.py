@@ -249,7 +249,6 @@ if _GLUON:
     def _zero_rows_from(tile, valid):
         """Rows valid.. of a (keys, headdim) shared-memory tile set to 0, visible to the next wgmma."""
         KEYS: gl.constexpr = tile.type.shape[0]
-        HEAD_DIM: gl.constexpr = tile.type.shape[1]
         layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
         values = tile.load(layout)
         keys = gl.arange(0, KEYS, layout=gl.SliceLayout(1, layout))
