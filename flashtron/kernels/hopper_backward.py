@@ -29,7 +29,7 @@ from flashtron.kernels import hardware, hopper_forward
 from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
 
 if _GLUON:
-    from flashtron.kernels.hopper_forward import _my_tile_count, _tile_of
+    from flashtron.kernels.hopper_forward import _my_tile_count, _row_stats, _sequence, _tile_of
 
 if _GLUON:
     from triton.experimental import gluon
@@ -53,16 +53,16 @@ MIN_SEQLEN = {64: 4096, 128: 512}
 
 
 def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
-                       dropout_p, dense: bool):
-    """None when this kernel computes the call's gradients, else why the portable kernels do.  dense:
-    no variable lengths, bias or deterministic=True."""
+                       dropout_p, plain: bool, seqlens=None):
+    """None when this kernel computes the call's gradients, else why the portable kernels do.  Arguments as
+    in hopper_forward.unsupported_reason; plain also excludes deterministic=True."""
     if _DISABLED:
         return "disabled"
     reason = hopper_forward.unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap,
-                                               alibi_slopes, sinks, dropout_p, dense)
+                                               alibi_slopes, sinks, dropout_p, plain, seqlens)
     if reason is None and _box(dout) is None:
         return "dout's strides do not allow TMA boxes"
-    if reason is None and max(q.shape[1], k.shape[1]) < MIN_SEQLEN[q.shape[-1]]:
+    if reason is None and max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]]:
         return "short sequences (backward.py is as fast or faster there)"
     return reason
 
@@ -100,12 +100,15 @@ if _GLUON:
         qdo_empty: gl.shared_memory_descriptor
         ds_ready: gl.shared_memory_descriptor  # (2 steps): both consumers' dS of a step are in ds_smem
         Lse: gl.tensor
-        Delta: gl.tensor
+        Delta: gl.tensor  # softmax_lse's layout
+        lse_head_stride: gl.tensor  # VARLEN only: softmax_lse is (heads, total_q)
+        CuSeqlensQ: gl.tensor  # VARLEN only
+        CuSeqlensK: gl.tensor
         DK: gl.tensor
         DV: gl.tensor
         num_heads: gl.tensor
         group: gl.tensor
-        seqlen_q: gl.tensor
+        seqlen_q: gl.tensor  # VARLEN: the longest sequence's
         seqlen_k: gl.tensor
         num_n_blocks: gl.tensor
         num_tiles: gl.tensor
@@ -116,12 +119,14 @@ if _GLUON:
         HAS_LEFT: gl.constexpr
         HAS_RIGHT: gl.constexpr
         PERSISTENT: gl.constexpr
+        VARLEN: gl.constexpr
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem,
-                     dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta, DK, DV, num_heads,
-                     group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left,
-                     window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT):
+                     dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta, lse_head_stride,
+                     CuSeqlensQ, CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k,
+                     num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left, window_right, HAS_LEFT,
+                     HAS_RIGHT, PERSISTENT, VARLEN):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -141,6 +146,9 @@ if _GLUON:
             self.ds_ready = ds_ready
             self.Lse = Lse
             self.Delta = Delta
+            self.lse_head_stride = lse_head_stride
+            self.CuSeqlensQ = CuSeqlensQ
+            self.CuSeqlensK = CuSeqlensK
             self.DK = DK
             self.DV = DV
             self.num_heads = num_heads
@@ -156,31 +164,37 @@ if _GLUON:
             self.HAS_LEFT = gl.constexpr(HAS_LEFT)
             self.HAS_RIGHT = gl.constexpr(HAS_RIGHT)
             self.PERSISTENT = gl.constexpr(PERSISTENT)
+            self.VARLEN = gl.constexpr(VARLEN)
 
     @gluon.jit
     def _tile(a, tile):
-        """(batch, kv head, key block) of a tile.  Under causal (a right window edge and no left one) the
-        key blocks seen by the most query rows (the first ones) come first, across heads; otherwise one
-        head's blocks are adjacent, so concurrent programs share its Q and dO in L2."""
+        """(sequence (hopper_forward._sequence), kv head, key block) of a tile.  Under causal (a right window
+        edge and no left one) the key blocks seen by the most query rows (the first ones) come first, across
+        heads; otherwise one head's blocks are adjacent, so concurrent programs share its Q and dO in L2.
+        A variable-length batch, causal or not, keeps one head's blocks adjacent: across its many sequences
+        and heads, the first blocks share nothing in L2 (0.96x of backward.py against 1.24x, BENCHMARKS.md
+        session 12), and the hardware's order balances tiles of unequal work."""
         batch_heads = a.num_tiles // a.num_n_blocks
-        if a.HAS_RIGHT and not a.HAS_LEFT:
+        if a.HAS_RIGHT and not a.HAS_LEFT and not a.VARLEN:
             n_block = tile // batch_heads
             batch_head = tile % batch_heads
         else:
             n_block = tile % a.num_n_blocks
             batch_head = tile // a.num_n_blocks
         num_heads_kv = a.num_heads // a.group
-        return batch_head // num_heads_kv, batch_head % num_heads_kv, n_block
+        return _sequence(a, batch_head // num_heads_kv), batch_head % num_heads_kv, n_block
 
     @gluon.jit
-    def _query_blocks(a, n_block):
+    def _query_blocks(a, n_block, seqlen_q, seqlen_k):
         """The query blocks [first, end) whose rows see any of the key block's keys (end >= first).  Windows
         are aligned bottom-right: row r sees keys r + seqlen_k - seqlen_q - window_left to
-        r + seqlen_k - seqlen_q + window_right."""
+        r + seqlen_k - seqlen_q + window_right.  A VARLEN key block past its sequence's end has none."""
         ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
         KEYS: gl.constexpr = 2 * ROWS
-        key_shift = a.seqlen_k - a.seqlen_q
-        end = gl.cdiv(a.seqlen_q, ROWS)
+        key_shift = seqlen_k - seqlen_q
+        end = gl.cdiv(seqlen_q, ROWS)
+        if a.VARLEN:
+            end = gl.where(n_block * KEYS < seqlen_k, end, 0)
         first = 0
         if a.HAS_RIGHT:
             first_row = gl.maximum(n_block * KEYS - key_shift - a.window_right, 0)
@@ -188,6 +202,8 @@ if _GLUON:
         if a.HAS_LEFT:
             rows_before_end = gl.maximum(n_block * KEYS + KEYS - key_shift + a.window_left, 0)  # last row + 1
             end = gl.maximum(gl.minimum(end, gl.cdiv(rows_before_end, ROWS)), first)
+        if a.VARLEN:
+            end = gl.maximum(end, first)
         return first, end
 
     @gluon.jit
@@ -209,10 +225,11 @@ if _GLUON:
         ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
         HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
         RING: gl.constexpr = a.q_smem.type.shape[0]
-        batch, head_kv, n_block = _tile(a, tile)
+        seq, head_kv, n_block = _tile(a, tile)
+        box_batch, q_start, k_start, seqlen_q, seqlen_k = seq
         first_key = n_block * 2 * ROWS
         kv_col = head_kv * HEAD_DIM
-        first_m, end_m = _query_blocks(a, n_block)
+        first_m, end_m = _query_blocks(a, n_block, seqlen_q, seqlen_k)
         per_head = end_m - first_m
         steps = a.group * per_head
         for local_step in range(steps):
@@ -222,9 +239,9 @@ if _GLUON:
             slot = step % RING
             mbarrier.wait(a.qdo_empty.index(slot), ((step // RING) & 1) ^ 1)
             mbarrier.expect(a.qdo_full.index(slot), 2 * a.q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(a.q_desc, [batch, m_block * ROWS, head * HEAD_DIM],
+            tma.async_copy_global_to_shared(a.q_desc, [box_batch, q_start + m_block * ROWS, head * HEAD_DIM],
                                             a.qdo_full.index(slot), a.q_smem.index(slot))
-            tma.async_copy_global_to_shared(a.do_desc, [batch, m_block * ROWS, head * HEAD_DIM],
+            tma.async_copy_global_to_shared(a.do_desc, [box_batch, q_start + m_block * ROWS, head * HEAD_DIM],
                                             a.qdo_full.index(slot), a.do_smem.index(slot))
             if local_step == 0:
                 # K and V go out after the first Q and dO (needed as soon, half the bytes).  Written this way,
@@ -234,21 +251,23 @@ if _GLUON:
                     mbarrier.wait(a.kv_empty, (loaded & 1) ^ 1)
                 mbarrier.expect(a.kv_full, 4 * a.k_desc.block_type.nbytes)
                 for w in gl.static_range(2):
-                    tma.async_copy_global_to_shared(a.k_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
+                    key_row = k_start + first_key + w * ROWS
+                    tma.async_copy_global_to_shared(a.k_desc, [box_batch, key_row, kv_col], a.kv_full,
                                                     a.k_smem.index(w))
-                    tma.async_copy_global_to_shared(a.v_desc, [batch, first_key + w * ROWS, kv_col], a.kv_full,
+                    tma.async_copy_global_to_shared(a.v_desc, [box_batch, key_row, kv_col], a.kv_full,
                                                     a.v_smem.index(w))
         return steps
 
     @gluon.jit
-    def _store_rows(ptr, tile, batch, head_kv, first_key, num_heads_kv, seqlen_k):
-        """Store a (64 keys, headdim) tile of dK or dV, rows past seqlen_k left out."""
+    def _store_rows(ptr, tile, first_row, head_kv, first_key, num_heads_kv, seqlen_k):
+        """Store a (64 keys, headdim) tile of dK or dV (rows num_heads_kv * headdim apart, the sequence's keys
+        from row first_row on), rows past seqlen_k left out."""
         ROWS: gl.constexpr = tile.type.shape[0]
         HEAD_DIM: gl.constexpr = tile.type.shape[1]
         layout: gl.constexpr = tile.type.layout
         keys = first_key + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
         cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
-        base = ptr + ((batch * seqlen_k + first_key).to(gl.int64) * num_heads_kv + head_kv) * HEAD_DIM
+        base = ptr + ((first_row + first_key).to(gl.int64) * num_heads_kv + head_kv) * HEAD_DIM
         offsets = (keys - first_key)[:, None] * (num_heads_kv * HEAD_DIM) + cols[None, :]
         gl.store(base + offsets, tile, mask=(keys < seqlen_k)[:, None])
 
@@ -281,13 +300,14 @@ if _GLUON:
         dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                             instr_shape=[16, HALF, 16])
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-        batch, head_kv, n_block = _tile(a, tile)
+        seq, head_kv, n_block = _tile(a, tile)
+        box_batch, q_start, k_start, seqlen_q, seqlen_k = seq
         first_key = n_block * 2 * ROWS + WG * ROWS
         keys = first_key + gl.arange(0, ROWS, layout=gl.SliceLayout(0, s_layout))
-        first_m, end_m = _query_blocks(a, n_block)
+        first_m, end_m = _query_blocks(a, n_block, seqlen_q, seqlen_k)
         per_head = end_m - first_m
         steps = a.group * per_head
-        key_shift = a.seqlen_k - a.seqlen_q
+        key_shift = seqlen_k - seqlen_q
         k_tile = a.k_smem.index(WG).reshape([ROWS, HEAD_DIM])
         v_tile = a.v_smem.index(WG).reshape([ROWS, HEAD_DIM])
         # dQ is split by columns: this consumer's half of the head dim, over both consumers' keys.
@@ -316,7 +336,7 @@ if _GLUON:
             visible = True
             if a.HAS_LEFT:
                 first_row_key = m_block * ROWS + key_shift - a.window_left  # the block's first row's first key
-                visible = (first_key < a.seqlen_k) & (first_key + ROWS - 1 >= first_row_key)
+                visible = (first_key < seqlen_k) & (first_key + ROWS - 1 >= first_row_key)
                 if a.HAS_RIGHT:
                     visible = visible & (first_key <= m_block * ROWS + ROWS - 1 + key_shift + a.window_right)
             if visible:
@@ -325,11 +345,16 @@ if _GLUON:
                 dp = warpgroup_mma(do_tile, v_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout),
                                    use_acc=False, is_async=True)
                 rows = m_block * ROWS + gl.arange(0, ROWS, layout=row_layout)
-                stats = (batch * a.num_heads + head).to(gl.int64) * a.seqlen_q + rows
-                # Rows past seqlen_q (zeros from the copy) get lse +inf, so their probabilities are 0.
-                lse = gl.load(a.Lse + stats, mask=rows < a.seqlen_q, other=float("inf")) * _LOG2E
-                delta = gl.load(a.Delta + stats, mask=rows < a.seqlen_q, other=0.0)
+                stats = _row_stats(a, box_batch, head, q_start) + rows
+                # Rows past seqlen_q (zeros from the copy, or a VARLEN neighbour's) get lse +inf, so their
+                # probabilities and dS are 0: they add nothing to dK and dV, and zeros to dQ.
+                lse = gl.load(a.Lse + stats, mask=rows < seqlen_q, other=float("inf")) * _LOG2E
+                delta = gl.load(a.Delta + stats, mask=rows < seqlen_q, other=0.0)
                 s = warpgroup_mma_wait(1, deps=(s, ))
+                if a.VARLEN:  # keys past seqlen_k are the next sequence's (in a dense call, zeros from the copy:
+                    # K's zero rows keep their dS out of dQ, and their dK and dV are not stored)
+                    if first_key + ROWS > seqlen_k:
+                        s = gl.where(keys[None, :] < seqlen_k, s, float("-inf"))
                 if a.HAS_RIGHT:
                     if first_key + ROWS - 1 > m_block * ROWS + key_shift + a.window_right:  # the edge crosses the block
                         s = gl.where(keys[None, :] <= (rows + key_shift + a.window_right)[:, None], s, float("-inf"))
@@ -361,21 +386,24 @@ if _GLUON:
             fence_async_shared()
             gl.thread_barrier()
             # Out while the next block's S and dP run.
-            _tma_reduce_add(a.dq_desc, [batch, m_block * ROWS, head * HEAD_DIM + WG * HALF], a.dq_smem.index(WG))
+            _tma_reduce_add(a.dq_desc, [box_batch, q_start + m_block * ROWS, head * HEAD_DIM + WG * HALF],
+                            a.dq_smem.index(WG))
         if a.PERSISTENT:
             if steps > 0:  # every matmul that read K and V is complete: the producer may copy the next tile's
                 mbarrier.arrive(a.kv_empty)
         num_heads_kv = a.num_heads // a.group
-        _store_rows(a.DK, (dk * a.softmax_scale).to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
-        _store_rows(a.DV, dv.to(dtype), batch, head_kv, first_key, num_heads_kv, a.seqlen_k)
+        first_row = box_batch * a.seqlen_k + k_start
+        _store_rows(a.DK, (dk * a.softmax_scale).to(dtype), first_row, head_kv, first_key, num_heads_kv, seqlen_k)
+        _store_rows(a.DV, dv.to(dtype), first_row, head_kv, first_key, num_heads_kv, seqlen_k)
         return steps
 
-    @gluon.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "num_n_blocks", "num_tiles",
-                                  "window_left", "window_right"])
-    def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, Lse, Delta, DK, DV, num_heads, group, seqlen_q,
-                               seqlen_k, num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left,
-                               window_right, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PERSISTENT: gl.constexpr,
-                               RING: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+    @gluon.jit(do_not_specialize=["lse_head_stride", "num_heads", "group", "seqlen_q", "seqlen_k",
+                                  "num_n_blocks", "num_tiles", "window_left", "window_right"])
+    def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, Lse, Delta, lse_head_stride, CuSeqlensQ,
+                               CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k, num_n_blocks,
+                               num_tiles, qk_scale_log2, softmax_scale, window_left, window_right,
+                               HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PERSISTENT: gl.constexpr,
+                               VARLEN: gl.constexpr, RING: gl.constexpr, CONSUMER_REGS: gl.constexpr):
         ROWS: gl.constexpr = q_desc.block_type.shape[1]
         dtype: gl.constexpr = q_desc.dtype
         q_smem = gl.allocate_shared_memory(dtype, [RING] + q_desc.block_type.shape, q_desc.layout)
@@ -401,9 +429,9 @@ if _GLUON:
             mbarrier.init(ds_ready.index(i), count=2)
         fence_async_shared()
         a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, dq_smem,
-                    kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta, DK, DV, num_heads, group,
-                    seqlen_q, seqlen_k, num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left,
-                    window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT)
+                    kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta, lse_head_stride, CuSeqlensQ,
+                    CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k, num_n_blocks, num_tiles,
+                    qk_scale_log2, softmax_scale, window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN)
         gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
                            [CONSUMER_REGS, CONSUMER_REGS])
 
@@ -415,11 +443,19 @@ def _persistent(window_left: int) -> bool:
     return window_left >= 0
 
 
-def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window_left: int, window_right: int) -> None:
+def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window_left: int, window_right: int,
+             varlen=None) -> None:
     """dq, dk, dv for a call `unsupported_reason` accepted; delta = rowsum(dout * out), lse's layout.
-    dk and dv are contiguous (the launcher allocates them).  A window side of -1 is unbounded."""
-    batch, seqlen_q, num_heads, head_dim = q.shape
-    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+    dk and dv are contiguous (the launcher allocates them).  A window side of -1 is unbounded.  Tensors
+    and varlen as in hopper_forward.forward."""
+    num_heads, head_dim = q.shape[2], q.shape[3]
+    num_heads_kv = k.shape[2]
+    if varlen is None:
+        batch, seqlen_q, seqlen_k = q.shape[0], q.shape[1], k.shape[1]
+        cu_seqlens_q = cu_seqlens_k = lse
+    else:
+        cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k = varlen
+        batch = cu_seqlens_q.shape[0] - 1
     box = (1, ROWS, head_dim)
     q_desc, k_desc, v_desc, do_desc = (descriptor(t, box) for t in (q, k, v, dout))
     dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
@@ -428,8 +464,9 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
     num_tiles = num_n_blocks * batch * num_heads_kv
     persistent = _persistent(window_left)
     hopper_backward_kernel[(min(num_tiles, hardware.sm_count(q.device)) if persistent else num_tiles, )](
-        q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, dk, dv, num_heads, num_heads // num_heads_kv,
-        seqlen_q, seqlen_k, num_n_blocks, num_tiles, softmax_scale * LOG2E, softmax_scale, max(window_left, 0),
-        max(window_right, 0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, PERSISTENT=persistent,
-        RING=STAGES, CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
+        q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, lse.stride(0), cu_seqlens_q, cu_seqlens_k, dk, dv,
+        num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_n_blocks, num_tiles, softmax_scale * LOG2E,
+        softmax_scale, max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0,
+        HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None, RING=STAGES,
+        CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
     torch.mul(dq_accum, softmax_scale, out=dq)  # scaled and rounded in one pass

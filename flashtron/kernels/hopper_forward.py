@@ -18,8 +18,11 @@ the TMA copy engine and warp specialisation, and takes FlashAttention-3's struct
   memory and one TMA box.
 
 Tensors are read and written through 3-D TMA boxes over (batch, seqlen, heads * headdim): rows past a
-sequence's end read as zeros and are not written, so no box touches a neighbouring batch entry.  This kernel covers the common
-training shapes (see `unsupported_reason`); everything else, and every other device, takes forward.py.
+sequence's end read as zeros and are not written, so no box touches a neighbouring batch entry.
+Variable-length batches (VARLEN) are packed into one batch entry, so a box there can reach the next
+sequence's rows: keys past the end are masked, and an output block that ends past its sequence is
+stored from registers, rows past the end left out.  This kernel covers the common training shapes
+(see `unsupported_reason`); everything else, and every other device, takes forward.py.
 It is checked on the GPU against forward.py (Gluon has no interpreter).
 """
 
@@ -74,17 +77,19 @@ def descriptor(t: torch.Tensor, box: tuple, layout=None):
 
 
 def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
-                       dense: bool) -> Optional[str]:
-    """None when this kernel computes the call, else why the portable kernel does."""
+                       plain: bool, seqlens=None) -> Optional[str]:
+    """None when this kernel computes the call, else why the portable kernel does.  q, k, v are (B, S, H, D):
+    a variable-length call passes its packed tensors as (1, total, H, D) and seqlens = (max_seqlen_q,
+    max_seqlen_k).  plain: no paged, cache, split, seqused, bias or fp8 layout."""
     if not _GLUON or _DISABLED:
         return "Gluon unavailable or disabled (FLASHTRON_GLUON=0)"
     if hardware.capability(q.device) != (9, 0):
         return "not an sm_90 GPU"
-    if not dense:
-        return "variable-length, paged, split or cache layouts"
+    if not plain:
+        return "paged, split, cache, seqused or bias layouts"
     if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in MIN_SEQLEN:
         return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {tuple(MIN_SEQLEN)})"
-    if max(q.shape[1], k.shape[1]) < MIN_SEQLEN[q.shape[-1]]:
+    if max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]]:
         return f"short sequences at head dim {q.shape[-1]} (the portable kernel is as fast or faster there)"
     if softcap > 0 or alibi_slopes is not None or sinks is not None or dropout_p > 0 or not softmax_scale > 0:
         return "softcap, ALiBi, sinks, dropout or a non-positive scale"
@@ -113,10 +118,14 @@ if _GLUON:
         k_empty: gl.shared_memory_descriptor
         v_full: gl.shared_memory_descriptor
         v_empty: gl.shared_memory_descriptor
+        Out: gl.tensor  # the output itself, for VARLEN tiles that end past their sequence
         Lse: gl.tensor
+        lse_head_stride: gl.tensor  # VARLEN only: softmax_lse is (heads, total_q)
+        CuSeqlensQ: gl.tensor  # VARLEN only
+        CuSeqlensK: gl.tensor
         num_heads: gl.tensor
         group: gl.tensor
-        seqlen_q: gl.tensor
+        seqlen_q: gl.tensor  # VARLEN: the longest sequence's
         seqlen_k: gl.tensor
         num_m_blocks: gl.tensor
         num_tiles: gl.tensor
@@ -126,11 +135,13 @@ if _GLUON:
         HAS_LEFT: gl.constexpr
         HAS_RIGHT: gl.constexpr
         ACROSS_HEADS: gl.constexpr
+        VARLEN: gl.constexpr
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full,
-                     k_empty, v_full, v_empty, Lse, num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles,
-                     qk_scale_log2, window_left, window_right, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS):
+                     k_empty, v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
+                     group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left,
+                     window_right, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -145,7 +156,11 @@ if _GLUON:
             self.k_empty = k_empty
             self.v_full = v_full
             self.v_empty = v_empty
+            self.Out = Out
             self.Lse = Lse
+            self.lse_head_stride = lse_head_stride
+            self.CuSeqlensQ = CuSeqlensQ
+            self.CuSeqlensK = CuSeqlensK
             self.num_heads = num_heads
             self.group = group
             self.seqlen_q = seqlen_q
@@ -158,6 +173,7 @@ if _GLUON:
             self.HAS_LEFT = gl.constexpr(HAS_LEFT)
             self.HAS_RIGHT = gl.constexpr(HAS_RIGHT)
             self.ACROSS_HEADS = gl.constexpr(ACROSS_HEADS)
+            self.VARLEN = gl.constexpr(VARLEN)
 
     @gluon.jit
     def _my_tile_count(a):
@@ -179,11 +195,35 @@ if _GLUON:
         return i * programs + gl.where(i % 2 == 0, pid, programs - 1 - pid)
 
     @gluon.jit
+    def _sequence(a, batch):
+        """(box batch, first query row, first key row, seqlen_q, seqlen_k) of sequence `batch`: in a dense
+        call its batch entry, rows from 0; with VARLEN, rows cu_seqlens[batch] on of the packed tensors, seen
+        as one batch entry (a box may then read a neighbouring sequence's rows: they are masked or not
+        written, never used)."""
+        if a.VARLEN:
+            q_start = gl.load(a.CuSeqlensQ + batch)
+            k_start = gl.load(a.CuSeqlensK + batch)
+            seqlen_q = gl.load(a.CuSeqlensQ + batch + 1) - q_start
+            seqlen_k = gl.load(a.CuSeqlensK + batch + 1) - k_start
+            return batch * 0, q_start, k_start, seqlen_q, seqlen_k
+        else:
+            return batch, batch * 0, batch * 0, a.seqlen_q, a.seqlen_k
+
+    @gluon.jit
+    def _row_stats(a, box_batch, head, q_start):
+        """Where a sequence's row statistics (softmax_lse, delta) start: (batch, heads, seqlen_q), or with
+        VARLEN (heads, total_q)."""
+        if a.VARLEN:
+            return head.to(gl.int64) * a.lse_head_stride + q_start
+        else:
+            return (box_batch * a.num_heads + head).to(gl.int64) * a.seqlen_q
+
+    @gluon.jit
     def _tile(a, tile):
-        """(batch, head, first query row, first key block, key blocks to visit) of a tile.  Tiles are numbered
-        block-fastest (one head's tiles share K and V in L2), or with ACROSS_HEADS (causal), head-fastest.
-        With a right window edge (causal) the last query blocks, the heaviest, come first, so programs
-        taking tiles in turn finish together.
+        """(sequence (see _sequence), head, first query row, first key block, key blocks to visit) of a tile.
+        Tiles are numbered block-fastest (one head's tiles share K and V in L2), or with ACROSS_HEADS (causal),
+        head-fastest.  With a right window edge (causal) the last query blocks, the heaviest, come first, so
+        programs taking tiles in turn finish together.  A VARLEN tile past its sequence's end visits 0 blocks.
 
         Windows are aligned bottom-right: row r sees keys r + seqlen_k - seqlen_q - window_left to
         r + seqlen_k - seqlen_q + window_right.  Blocks outside every row's window are skipped; at least
@@ -197,18 +237,23 @@ if _GLUON:
         else:
             m_block = tile % a.num_m_blocks
             batch_head = tile // a.num_m_blocks
-        key_shift = a.seqlen_k - a.seqlen_q
-        end_block = gl.cdiv(a.seqlen_k, KEYS)
+        seq = _sequence(a, batch_head // a.num_heads)
+        seqlen_q = seq[3]
+        seqlen_k = seq[4]
+        key_shift = seqlen_k - seqlen_q
+        end_block = gl.cdiv(seqlen_k, KEYS)
         if a.HAS_RIGHT:
             m_block = a.num_m_blocks - 1 - m_block
-            last_key = gl.minimum((m_block + 1) * TILE_ROWS, a.seqlen_q) - 1 + key_shift + a.window_right
+            last_key = gl.minimum((m_block + 1) * TILE_ROWS, seqlen_q) - 1 + key_shift + a.window_right
             end_block = gl.minimum(end_block, gl.cdiv(gl.maximum(last_key + 1, 0), KEYS))
         first_block = 0
         if a.HAS_LEFT:
             # Below seqlen_k: row r's window starts at most at r + seqlen_k - seqlen_q < seqlen_k.
             first_block = gl.maximum(m_block * TILE_ROWS + key_shift - a.window_left, 0) // KEYS
         n_blocks = gl.maximum(end_block - first_block, 1)
-        return batch_head // a.num_heads, batch_head % a.num_heads, m_block * TILE_ROWS, first_block, n_blocks
+        if a.VARLEN:
+            n_blocks = gl.where(m_block * TILE_ROWS < seqlen_q, n_blocks, 0)
+        return seq, batch_head % a.num_heads, m_block * TILE_ROWS, first_block, n_blocks
 
     @gluon.jit
     def _producer(a):
@@ -218,27 +263,39 @@ if _GLUON:
         HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
         KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
         block_count = 0  # key blocks loaded so far: ring slot and phase
+        q_count = 0  # tiles with any block so far: Q's phase
         for i in range(_my_tile_count(a)):
-            batch, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
+            seq, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
+            box_batch = seq[0]
+            q_row = seq[1] + start_m
+            k_row = seq[2] + first_block * KEYS
             q_col = head * HEAD_DIM
             kv_col = (head // a.group) * HEAD_DIM
-            mbarrier.wait(a.q_empty, (i & 1) ^ 1)
-            mbarrier.expect(a.q_full, 2 * a.q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(a.q_desc, [batch, start_m, q_col], a.q_full, a.q_smem.index(0))
-            tma.async_copy_global_to_shared(a.q_desc, [batch, start_m + ROWS, q_col], a.q_full, a.q_smem.index(1))
+            live = True  # a VARLEN tile past its sequence's end loads nothing
+            if a.VARLEN:
+                live = n_blocks > 0
+            mbarrier.wait(a.q_empty, (q_count & 1) ^ 1, pred=live)
+            mbarrier.expect(a.q_full, 2 * a.q_desc.block_type.nbytes, pred=live)
+            tma.async_copy_global_to_shared(a.q_desc, [box_batch, q_row, q_col], a.q_full, a.q_smem.index(0),
+                                            pred=live)
+            tma.async_copy_global_to_shared(a.q_desc, [box_batch, q_row + ROWS, q_col], a.q_full,
+                                            a.q_smem.index(1), pred=live)
             for j in range(n_blocks):
                 count = block_count + j
                 slot = count % K_RING
                 mbarrier.wait(a.k_empty.index(slot), ((count // K_RING) & 1) ^ 1)
                 mbarrier.expect(a.k_full.index(slot), a.k_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(a.k_desc, [batch, (first_block + j) * KEYS, kv_col],
+                tma.async_copy_global_to_shared(a.k_desc, [box_batch, k_row + j * KEYS, kv_col],
                                                 a.k_full.index(slot), a.k_smem.index(slot))
                 slot = count % V_RING
                 mbarrier.wait(a.v_empty.index(slot), ((count // V_RING) & 1) ^ 1)
                 mbarrier.expect(a.v_full.index(slot), a.v_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(a.v_desc, [batch, (first_block + j) * KEYS, kv_col],
+                tma.async_copy_global_to_shared(a.v_desc, [box_batch, k_row + j * KEYS, kv_col],
                                                 a.v_full.index(slot), a.v_smem.index(slot))
             block_count += n_blocks
+            q_count += 1
+            if a.VARLEN:
+                q_count -= (n_blocks == 0).to(gl.int32)
 
     @gluon.jit
     def _online_softmax(scores, row_max, row_sum, qk_scale_log2, first_key, key_lo, key_hi, seqlen_k,
@@ -296,92 +353,107 @@ if _GLUON:
         orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
         q_tile = a.q_smem.index(WG).reshape([ROWS, HEAD_DIM])
         zero_scores = gl.zeros([ROWS, KEYS], gl.float32, layout=s_layout)
-        key_shift = a.seqlen_k - a.seqlen_q
-        block_count = 0
+        block_count = 0  # key blocks used so far: ring slot and phase
+        q_count = 0  # tiles with any block so far: Q's phase
         for i in range(_my_tile_count(a)):
-            batch, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
-            first_row = start_m + WG * ROWS
-            rows = first_row + gl.arange(0, ROWS, layout=row_layout)
-            key_lo = rows + key_shift - a.window_left
-            key_hi = rows + key_shift + a.window_right
-            # Blocks in [full_lo, full_hi) need no mask for any of this warpgroup's rows.
-            full_lo = 0
-            full_hi = a.seqlen_k // KEYS
-            if a.HAS_LEFT:
-                full_lo = gl.cdiv(gl.maximum(first_row + ROWS - 1 + key_shift - a.window_left, 0), KEYS)
-            if a.HAS_RIGHT:
-                full_hi = gl.minimum(full_hi, gl.maximum(first_row + key_shift + a.window_right + 1, 0) // KEYS)
-            acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
-            row_max = gl.full([ROWS], float("-inf"), gl.float32, layout=row_layout)
-            row_sum = gl.zeros([ROWS], gl.float32, layout=row_layout)
+            seq, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
+            if not a.VARLEN or n_blocks > 0:  # a VARLEN tile past its sequence's end has no rows
+                box_batch, q_start, seqlen_q, seqlen_k = seq[0], seq[1], seq[3], seq[4]
+                key_shift = seqlen_k - seqlen_q
+                first_row = start_m + WG * ROWS
+                rows = first_row + gl.arange(0, ROWS, layout=row_layout)
+                key_lo = rows + key_shift - a.window_left
+                key_hi = rows + key_shift + a.window_right
+                # Blocks in [full_lo, full_hi) need no mask for any of this warpgroup's rows.
+                full_lo = 0
+                full_hi = seqlen_k // KEYS
+                if a.HAS_LEFT:
+                    full_lo = gl.cdiv(gl.maximum(first_row + ROWS - 1 + key_shift - a.window_left, 0), KEYS)
+                if a.HAS_RIGHT:
+                    full_hi = gl.minimum(full_hi, gl.maximum(first_row + key_shift + a.window_right + 1, 0) // KEYS)
+                acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
+                row_max = gl.full([ROWS], float("-inf"), gl.float32, layout=row_layout)
+                row_sum = gl.zeros([ROWS], gl.float32, layout=row_layout)
 
-            mbarrier.wait(a.q_full, i & 1)
-            # Key block 0: its scores, alone.
-            slot = block_count % K_RING
-            mbarrier.wait(a.k_full.index(slot), (block_count // K_RING) & 1)
-            scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
-                                   zero_scores, use_acc=False, is_async=True)
-            scores = warpgroup_mma_wait(0, deps=(scores, ))
-            mbarrier.arrive(a.k_empty.index(slot))
-            mbarrier.arrive(a.q_empty, pred=n_blocks == 1)
-            probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2, first_block,
-                                                            full_lo, full_hi, key_lo, key_hi, a.seqlen_k, a.HAS_LEFT,
-                                                            a.HAS_RIGHT)
-            p_op = gl.convert_layout(probs.to(dtype), p_layout)
-            for j in range(1, n_blocks):
-                # S_j = Q K_j^T and O += P_{j-1} V_{j-1} on the tensor cores; block j's softmax runs under
-                # the second.
-                count = block_count + j
-                slot = count % K_RING
-                mbarrier.wait(a.k_full.index(slot), (count // K_RING) & 1)
+                mbarrier.wait(a.q_full, q_count & 1)
+                # Key block 0: its scores, alone.
+                slot = block_count % K_RING
+                mbarrier.wait(a.k_full.index(slot), (block_count // K_RING) & 1)
                 scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
                                        zero_scores, use_acc=False, is_async=True)
-                acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
-                v_slot = (count - 1) % V_RING
-                mbarrier.wait(a.v_full.index(v_slot), ((count - 1) // V_RING) & 1)
-                acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
-                scores = warpgroup_mma_wait(1, deps=(scores, ))
+                scores = warpgroup_mma_wait(0, deps=(scores, ))
                 mbarrier.arrive(a.k_empty.index(slot))
-                mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
-                probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2,
-                                                                first_block + j, full_lo, full_hi, key_lo, key_hi,
-                                                                a.seqlen_k, a.HAS_LEFT, a.HAS_RIGHT)
+                mbarrier.arrive(a.q_empty, pred=n_blocks == 1)
+                probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2, first_block,
+                                                                full_lo, full_hi, key_lo, key_hi, seqlen_k, a.HAS_LEFT,
+                                                                a.HAS_RIGHT)
+                p_op = gl.convert_layout(probs.to(dtype), p_layout)
+                for j in range(1, n_blocks):
+                    # S_j = Q K_j^T and O += P_{j-1} V_{j-1} on the tensor cores; block j's softmax runs under
+                    # the second.
+                    count = block_count + j
+                    slot = count % K_RING
+                    mbarrier.wait(a.k_full.index(slot), (count // K_RING) & 1)
+                    scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
+                                           zero_scores, use_acc=False, is_async=True)
+                    acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
+                    v_slot = (count - 1) % V_RING
+                    mbarrier.wait(a.v_full.index(v_slot), ((count - 1) // V_RING) & 1)
+                    acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
+                    scores = warpgroup_mma_wait(1, deps=(scores, ))
+                    mbarrier.arrive(a.k_empty.index(slot))
+                    mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
+                    probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2,
+                                                                    first_block + j, full_lo, full_hi, key_lo, key_hi,
+                                                                    seqlen_k, a.HAS_LEFT, a.HAS_RIGHT)
+                    acc = warpgroup_mma_wait(0, deps=(acc, ))
+                    mbarrier.arrive(a.v_empty.index(v_slot))
+                    p_op = gl.convert_layout(probs.to(dtype), p_layout)
+                # The last block's P V.
+                count = block_count + n_blocks - 1
+                acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
+                v_slot = count % V_RING
+                mbarrier.wait(a.v_full.index(v_slot), (count // V_RING) & 1)
+                acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
                 acc = warpgroup_mma_wait(0, deps=(acc, ))
                 mbarrier.arrive(a.v_empty.index(v_slot))
-                p_op = gl.convert_layout(probs.to(dtype), p_layout)
-            # The last block's P V.
-            count = block_count + n_blocks - 1
-            acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
-            v_slot = count % V_RING
-            mbarrier.wait(a.v_full.index(v_slot), (count // V_RING) & 1)
-            acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=(acc, ))
-            mbarrier.arrive(a.v_empty.index(v_slot))
 
-            # A row that saw no key (a window, or causal with seqlen_q > seqlen_k) gets output 0 and lse +inf.
-            saw_nothing = row_sum == 0.0
-            lse = gl.where(saw_nothing, float("inf"), (row_max + gl.log2(row_sum)) * 0.6931471805599453)
-            scale = gl.convert_layout(gl.where(saw_nothing, 0.0, 1.0 / row_sum), orow_layout)
-            out = (acc * scale[:, None]).to(dtype)
-            # Out through shared memory and one TMA box (clipped at the sequence's end); the previous
-            # tile's box must have left shared memory first.
-            o_tile = a.o_smem.index(WG)
-            tma.store_wait(0)
-            o_tile.reshape([ROWS, HEAD_DIM]).store(out)
-            fence_async_shared()
-            tma.async_copy_shared_to_global(a.o_desc, [batch, first_row, head * HEAD_DIM], o_tile)
-            lse_ptrs = a.Lse + (batch * a.num_heads + head).to(gl.int64) * a.seqlen_q + rows
-            gl.store(lse_ptrs, lse, mask=rows < a.seqlen_q)
+                # A row that saw no key (a window, or causal with seqlen_q > seqlen_k) gets output 0 and lse +inf.
+                saw_nothing = row_sum == 0.0
+                lse = gl.where(saw_nothing, float("inf"), (row_max + gl.log2(row_sum)) * 0.6931471805599453)
+                scale = gl.convert_layout(gl.where(saw_nothing, 0.0, 1.0 / row_sum), orow_layout)
+                out = (acc * scale[:, None]).to(dtype)
+                # Out through shared memory and one TMA box (clipped at the tensor's end); the previous tile's box
+                # must have left shared memory first.  A VARLEN box would also write the next sequence's rows:
+                # a block that ends past its sequence is stored from registers instead, rows past the end left out.
+                if not a.VARLEN or first_row + ROWS <= seqlen_q:
+                    o_tile = a.o_smem.index(WG)
+                    tma.store_wait(0)
+                    o_tile.reshape([ROWS, HEAD_DIM]).store(out)
+                    fence_async_shared()
+                    tma.async_copy_shared_to_global(a.o_desc, [box_batch, q_start + first_row, head * HEAD_DIM], o_tile)
+                else:
+                    out_rows = first_row + gl.arange(0, ROWS, layout=orow_layout)
+                    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+                    row_stride = a.num_heads * HEAD_DIM
+                    base = a.Out + (q_start + first_row).to(gl.int64) * row_stride + head * HEAD_DIM
+                    offsets = (out_rows - first_row)[:, None] * row_stride + cols[None, :]
+                    gl.store(base + offsets, out, mask=(out_rows < seqlen_q)[:, None])
+                gl.store(a.Lse + _row_stats(a, box_batch, head, q_start) + rows, lse, mask=rows < seqlen_q)
             block_count += n_blocks
+            q_count += 1
+            if a.VARLEN:
+                q_count -= (n_blocks == 0).to(gl.int32)
         tma.store_wait(0)
 
     # Integer arguments equal to 1 would otherwise become constants, which the aggregate's typed fields refuse.
-    @gluon.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "num_m_blocks", "num_tiles",
-                                  "window_left", "window_right"])
-    def hopper_forward_kernel(q_desc, k_desc, v_desc, o_desc, Lse, num_heads, group, seqlen_q, seqlen_k,
-                              num_m_blocks, num_tiles, qk_scale_log2, window_left, window_right, HAS_LEFT: gl.constexpr,
-                              HAS_RIGHT: gl.constexpr, K_RING: gl.constexpr, V_RING: gl.constexpr,
-                              CONSUMER_REGS: gl.constexpr, ACROSS_HEADS: gl.constexpr):
+    @gluon.jit(do_not_specialize=["lse_head_stride", "num_heads", "group", "seqlen_q", "seqlen_k",
+                                  "num_m_blocks", "num_tiles", "window_left", "window_right"])
+    def hopper_forward_kernel(q_desc, k_desc, v_desc, o_desc, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK,
+                              num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2,
+                              window_left, window_right, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr,
+                              K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                              ACROSS_HEADS: gl.constexpr, VARLEN: gl.constexpr):
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_RING] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_RING] + v_desc.block_type.shape, v_desc.layout)
@@ -404,8 +476,9 @@ if _GLUON:
             mbarrier.init(v_empty.index(i), count=2)
         fence_async_shared()
         a = _Shared(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full, k_empty,
-                    v_full, v_empty, Lse, num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles,
-                    qk_scale_log2, window_left, window_right, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS)
+                    v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
+                    group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left, window_right,
+                    HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN)
         gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
                            [CONSUMER_REGS, CONSUMER_REGS])
 
@@ -416,28 +489,39 @@ def _box_layout(box: tuple, dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for(list(box), element)
 
 
-def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int) -> None:
-    """out = attention(q, k, v) and lse (B, H, Sq), for a call `unsupported_reason` accepted.  A window
-    side of -1 is unbounded; causal is window_right = 0."""
-    batch, seqlen_q, num_heads, head_dim = q.shape
-    seqlen_k, num_heads_kv = k.shape[1], k.shape[2]
+def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None) -> None:
+    """out = attention(q, k, v) and lse, for a call `unsupported_reason` accepted.  A window side of -1 is
+    unbounded; causal is window_right = 0.  Dense: q, k, v, out (B, S, H, D), lse (B, H, Sq).  Variable
+    length: varlen = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k), q, k, v, out the packed
+    (1, total, H, D) tensors seen as one batch entry, lse (H, total_q)."""
+    num_heads, head_dim = q.shape[2], q.shape[3]
+    num_heads_kv = k.shape[2]
+    if varlen is None:
+        batch, seqlen_q, seqlen_k = q.shape[0], q.shape[1], k.shape[1]
+        cu_seqlens_q = cu_seqlens_k = lse
+    else:
+        cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k = varlen
+        batch = cu_seqlens_q.shape[0] - 1
     q_box, kv_box = (1, BLOCK_M // 2, head_dim), (1, BLOCK_N, head_dim)
     q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
     k_desc, v_desc = descriptor(k, kv_box), descriptor(v, kv_box)
     num_m_blocks = -(-seqlen_q // BLOCK_M)
     num_tiles = num_m_blocks * batch * num_heads
     # Persistent: one program per SM, taking tiles in turn, so the producer loads the next tile's
-    # Q, K and V while the consumers finish this one.
-    programs = min(num_tiles, hardware.sm_count(q.device))
+    # Q, K and V while the consumers finish this one.  A variable-length batch's tiles differ in work
+    # by sequence, which a fixed share of tiles per program cannot balance: one program per tile, in
+    # the hardware's order (1.07x-1.14x over persistent on an H200, BENCHMARKS.md session 12).
+    programs = num_tiles if varlen is not None else min(num_tiles, hardware.sm_count(q.device))
     # Causal tiles differ in work.  Taken one head after another, a round of `programs` tiles spans
     # every block size when a head has many blocks, and the programs drift apart (0.86x of cuDNN at
     # 16k on an H200); heaviest-first across heads keeps them level.  With few blocks per head, one
     # head after another keeps its K and V in L2 instead (0.99x against 0.83x at 1k).
-    # A sliding window's tiles are nearly equal; they keep one head after another.
-    across_heads = window_left < 0 and window_right == 0 and 4 * num_m_blocks > programs
+    # A sliding window's tiles are nearly equal, and a variable-length batch has many sequences and
+    # heads: they keep one head after another.
+    across_heads = window_left < 0 and window_right == 0 and 4 * num_m_blocks > programs and varlen is None
     hopper_forward_kernel[(programs, )](
-        q_desc, k_desc, v_desc, o_desc, lse, num_heads,
+        q_desc, k_desc, v_desc, o_desc, out, lse, lse.stride(0), cu_seqlens_q, cu_seqlens_k, num_heads,
         num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
         max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
         K_RING=K_STAGES, V_RING=V_STAGES, CONSUMER_REGS=CONSUMER_REGISTERS, ACROSS_HEADS=across_heads,
-        num_warps=4)
+        VARLEN=varlen is not None, num_warps=4)

@@ -139,14 +139,16 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     out = _new_output(q.shape, torch.bfloat16 if fp8 else q.dtype, q.device)
     lse = _new_output((num_heads, q.shape[0]) if varlen else (q.shape[0], num_heads, q.shape[1]),
                       torch.float32, q.device)
-    dense = not (varlen or paged or fp8 or pack_gqa or num_splits != 1 or attn_bias is not None
-                 or cache_batch_idx is not None or cache_leftpad is not None or seqused_q is not None
-                 or seqused_k is not None or k.shape[1] == 0)
+    # Dense, or variable-length without seqused: the layouts the Hopper kernels take.
+    plain = not (paged or fp8 or pack_gqa or num_splits != 1 or attn_bias is not None or cache_batch_idx is not None
+                 or cache_leftpad is not None or seqused_q is not None or seqused_k is not None or k.numel() == 0)
     # The Hopper kernel's calls first: a short kernel runs for less time than the lines below take on the host.
-    if dense and out.numel() > 0 and hopper_forward.unsupported_reason(
-            q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, dense) is None:
-        hopper_forward.forward(q, k, v, out, lse, softmax_scale, window_left, window_right)
-        return out, lse
+    if plain and out.numel() > 0:
+        hopper = _hopper_operands((q, k, v, out), cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+        if hopper_forward.unsupported_reason(*hopper[0][:3], softmax_scale, window_left, window_right, softcap,
+                                             alibi_slopes, sinks, dropout_p, plain, hopper[1]) is None:
+            hopper_forward.forward(*hopper[0], lse, softmax_scale, window_left, window_right, hopper[2])
+            return out, lse
     if seqused_q is not None:
         # Rows past a sequence's used length are not computed: they read as "saw nothing".
         out.zero_()
@@ -222,6 +224,15 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     if num_splits > 1:
         _combine_splits(target_out, target_lse, out, lse)
     return out, lse
+
+
+def _hopper_operands(tensors, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int) -> tuple:
+    """The Hopper kernels' view of a call: (tensors as (B, S, H, D), their seqlens argument, their varlen
+    argument).  Packed variable-length tensors (total, H, D) become one batch entry (1, total, H, D)."""
+    if cu_seqlens_q is None:
+        return tensors, None, None
+    return (tuple(t[None] for t in tensors), (max_seqlen_q, max_seqlen_k),
+            (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
 
 
 def _split_workspace(num_splits: int, out, lse) -> tuple:
@@ -303,11 +314,13 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=pre_block_m,
         VARLEN=layout_switches["VARLEN"], SEQUSED_Q=layout_switches["SEQUSED_Q"])
 
-    dense = not (q_layout.varlen or seqused_q is not None or seqused_k is not None or attn_bias is not None
-                 or k.shape[1] == 0 or deterministic)
-    if hopper_backward.unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap,
-                                          alibi_slopes, sinks, dropout_p, dense) is None:
-        hopper_backward.backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale, window_left, window_right)
+    plain = not (seqused_q is not None or seqused_k is not None or attn_bias is not None or k.numel() == 0
+                 or deterministic)
+    hopper = _hopper_operands((dout, q, k, v, dq, dk, dv), cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    if hopper_backward.unsupported_reason(*hopper[0][:4], softmax_scale, window_left, window_right, softcap,
+                                          alibi_slopes, sinks, dropout_p, plain, hopper[1]) is None:
+        hopper_backward.backward(*hopper[0][:4], lse, delta, *hopper[0][4:], softmax_scale, window_left, window_right,
+                                 hopper[2])
         return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(None, attn_bias, lse)
 
     group = num_heads // num_heads_kv
