@@ -450,12 +450,7 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
     and varlen as in hopper_forward.forward."""
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_heads_kv = k.shape[2]
-    if varlen is None:
-        batch, seqlen_q, seqlen_k = q.shape[0], q.shape[1], k.shape[1]
-        cu_seqlens_q = cu_seqlens_k = lse
-    else:
-        cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k = varlen
-        batch = cu_seqlens_q.shape[0] - 1
+    batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = hopper_forward.sequences(q, k, lse, varlen)
     box = (1, ROWS, head_dim)
     q_desc, k_desc, v_desc, do_desc = (descriptor(t, box) for t in (q, k, v, dout))
     dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)

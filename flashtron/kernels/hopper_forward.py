@@ -489,6 +489,15 @@ def _box_layout(box: tuple, dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for(list(box), element)
 
 
+def sequences(q, k, lse, varlen) -> tuple:
+    """(batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k) of a call to either Hopper kernel: the longest
+    lengths when variable-length; without cu_seqlens, any tensor as the (never read) pointers."""
+    if varlen is None:
+        return q.shape[0], q.shape[1], k.shape[1], lse, lse
+    cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k = varlen
+    return cu_seqlens_q.shape[0] - 1, max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k
+
+
 def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None) -> None:
     """out = attention(q, k, v) and lse, for a call `unsupported_reason` accepted.  A window side of -1 is
     unbounded; causal is window_right = 0.  Dense: q, k, v, out (B, S, H, D), lse (B, H, Sq).  Variable
@@ -496,12 +505,7 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     (1, total, H, D) tensors seen as one batch entry, lse (H, total_q)."""
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_heads_kv = k.shape[2]
-    if varlen is None:
-        batch, seqlen_q, seqlen_k = q.shape[0], q.shape[1], k.shape[1]
-        cu_seqlens_q = cu_seqlens_k = lse
-    else:
-        cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k = varlen
-        batch = cu_seqlens_q.shape[0] - 1
+    batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = sequences(q, k, lse, varlen)
     q_box, kv_box = (1, BLOCK_M // 2, head_dim), (1, BLOCK_N, head_dim)
     q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
     k_desc, v_desc = descriptor(k, kv_box), descriptor(v, kv_box)
