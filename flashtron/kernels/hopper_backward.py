@@ -18,9 +18,10 @@ with TMA reduce-adds.
 - dQ is scaled and rounded to the input dtype afterwards (`backward`).  The float32 sums make dQ's
   last bits depend on the order the reduce-adds land in: `deterministic=True` takes backward.py.
 
-Like hopper_forward, it covers dense fp16/bf16 calls at head dims 64 and 128 (from the lengths in `MIN_SEQLEN`),
-causal, windowed or neither, GQA/MQA, any Sq and Sk; everything else takes backward.py.  It is checked on the
-GPU against backward.py and the float64 oracle (Gluon has no interpreter).
+Like hopper_forward, it covers dense and variable-length (VARLEN, packed as in hopper_forward) fp16/bf16 calls
+at head dims 64 and 128 (from the lengths in `MIN_SEQLEN`), causal, windowed or neither, GQA/MQA, any Sq and Sk;
+everything else takes backward.py.  It is checked on the GPU against backward.py and the float64 oracle (Gluon
+has no interpreter).
 """
 
 import torch
