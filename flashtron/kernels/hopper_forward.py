@@ -238,8 +238,7 @@ if _GLUON:
             m_block = tile % a.num_m_blocks
             batch_head = tile // a.num_m_blocks
         seq = _sequence(a, batch_head // a.num_heads)
-        seqlen_q = seq[3]
-        seqlen_k = seq[4]
+        _, _, _, seqlen_q, seqlen_k = seq
         key_shift = seqlen_k - seqlen_q
         end_block = gl.cdiv(seqlen_k, KEYS)
         if a.HAS_RIGHT:
@@ -266,9 +265,9 @@ if _GLUON:
         q_count = 0  # tiles with any block so far: Q's phase
         for i in range(_my_tile_count(a)):
             seq, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
-            box_batch = seq[0]
-            q_row = seq[1] + start_m
-            k_row = seq[2] + first_block * KEYS
+            box_batch, q_start, k_start, _, _ = seq
+            q_row = q_start + start_m
+            k_row = k_start + first_block * KEYS
             q_col = head * HEAD_DIM
             kv_col = (head // a.group) * HEAD_DIM
             live = True  # a VARLEN tile past its sequence's end loads nothing
@@ -358,7 +357,7 @@ if _GLUON:
         for i in range(_my_tile_count(a)):
             seq, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
             if not a.VARLEN or n_blocks > 0:  # a VARLEN tile past its sequence's end has no rows
-                box_batch, q_start, seqlen_q, seqlen_k = seq[0], seq[1], seq[3], seq[4]
+                box_batch, q_start, _, seqlen_q, seqlen_k = seq
                 key_shift = seqlen_k - seqlen_q
                 first_row = start_m + WG * ROWS
                 rows = first_row + gl.arange(0, ROWS, layout=row_layout)
