@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func
-from flashtron.kernels import hopper_backward, hopper_forward
+from flashtron.kernels import hopper_backward, hopper_forward, launch
+from flashtron.kernels.backward import attention_backward_postprocess
 from test_flash_attn import check_against_oracle, random_inputs
 from test_hopper_forward import check_on_hopper, count_calls, on_hopper, over_shapes, over_windows
 
@@ -16,6 +17,24 @@ from test_hopper_forward import check_on_hopper, count_calls, on_hopper, over_sh
 def test_cpu_tensors_take_the_portable_kernels():
     q, k, v = random_inputs((1, 9, 9, 2, 2, 128), torch.bfloat16)
     assert hopper_backward.unsupported_reason(q, q, k, v, 0.1, -1, -1, 0.0, None, None, 0.0, True) is not None
+
+
+@pytest.mark.skipif(not (launch.INTERPRET or torch.cuda.is_available()), reason="a Triton kernel")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_postprocess_scales_and_rounds_dq(dtype):
+    """The kernel's last pass (plain Triton: it runs under the interpreter too): dQ = scale * the float32 sums,
+    rounded once, over a length that leaves the last program part-full."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    block = hopper_backward.POSTPROCESS_BLOCK
+    accum = torch.randn(2 * block + 37, device=device) * 100
+    dq = torch.full(accum.shape, float("nan"), dtype=dtype, device=device)
+    scale = 0.3 + torch.rand(()).item()
+    attention_backward_postprocess[(3, )](accum, dq, accum.numel(), scale, BLOCK=block)
+    expected = (accum * scale).to(dtype)  # one float32 product, one rounding
+    if launch.INTERPRET and dtype == torch.bfloat16:  # the interpreter truncates to bf16: within one unit
+        torch.testing.assert_close(dq, expected, rtol=2 ** -7, atol=0)
+    else:
+        assert torch.equal(dq, expected)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])

@@ -10,7 +10,9 @@ Three launches, none of which allocates anything of size seqlen_q x seqlen_k
      over key tiles.
 With P = exp(S - lse), dV = P^T dO, dP = dO V^T, dS = P * (dP - delta),
 dK = scale * dS^T Q, dQ = scale * dS K.  Every output element is written by one
-program in a fixed order, so the backward is deterministic.
+program in a fixed order, so the backward is deterministic.  hopper_backward
+shares the preprocess and ends with `attention_backward_postprocess`, which
+scales and rounds the float32 dQ its reduce-adds summed.
 
 `softmax_lse` arrives in natural log and is moved to base 2 once per row; a
 row that saw no key has lse +inf, so its probabilities are exactly 0.
@@ -51,6 +53,17 @@ def attention_backward_preprocess(
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + batch.to(tl.int64) * stride_lse_b + head.to(tl.int64) * stride_lse_h + q_start.to(tl.int64)
              + offs_m, delta, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def attention_backward_postprocess(DqAccum, Dq, numel, softmax_scale, BLOCK: tl.constexpr):
+    """dQ = softmax_scale * dq_accum, rounded to dQ's dtype: the Hopper kernel's float32 sums, flat (both
+    contiguous).  One pass that reads 4 bytes and writes 2 per element (torch.mul with a 16-bit out= ran
+    1.3x slower, BENCHMARKS.md session 11)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < numel
+    dq = tl.load(DqAccum + offs, mask=inside) * softmax_scale
+    tl.store(Dq + offs, dq.to(Dq.dtype.element_ty), mask=inside)
 
 
 @triton.jit

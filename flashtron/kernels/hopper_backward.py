@@ -15,7 +15,7 @@ with TMA reduce-adds.
   the head dim over all 128 keys, and sends it out through shared memory and one TMA reduce-add
   (float32, summed in L2) while the next block's S and dP run.  Against each consumer reducing a
   (64, headdim) part over its own 64 keys, that halves the reduce traffic and the dQ accumulator.
-- dQ is scaled and rounded to the input dtype afterwards (`backward`).  The float32 sums make dQ's
+- dQ is scaled and rounded to the input dtype afterwards (backward.attention_backward_postprocess).  The float32 sums make dQ's
   last bits depend on the order the reduce-adds land in: `deterministic=True` takes backward.py.
 
 Like hopper_forward, it covers dense and variable-length (VARLEN, packed as in hopper_forward) fp16/bf16 calls
@@ -25,8 +25,10 @@ has no interpreter).
 """
 
 import torch
+import triton
 
 from flashtron.kernels import hardware, hopper_forward
+from flashtron.kernels.backward import attention_backward_postprocess
 from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
 
 if _GLUON:
@@ -45,6 +47,7 @@ _DISABLED = False  # A/B switch for experiments and tests; FLASHTRON_GLUON=0 tur
 ROWS = 64  # query rows per block, and keys per consumer
 STAGES = 2  # Q/dO ring depth
 CONSUMER_REGISTERS = 240
+POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postprocess
 # From which sequence length (the longer of Sq and Sk) this kernel takes each head dim; shorter sequences keep
 # backward.py.  Measured on an H200 (BENCHMARKS.md, session 11), backward alone against backward.py, non-causal /
 # causal: D = 128 at 512 1.13x / 1.01x (not measured below), 1k 1.17x / 1.03x, 2k 1.15x / 1.04x, from 4k
@@ -447,7 +450,7 @@ def _persistent(window_left: int) -> bool:
 def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window_left: int, window_right: int,
              varlen=None) -> None:
     """dq, dk, dv for a call `unsupported_reason` accepted; delta = rowsum(dout * out), lse's layout.
-    dk and dv are contiguous (the launcher allocates them).  A window side of -1 is unbounded.  Tensors
+    dq, dk and dv are contiguous (the launcher allocates them).  A window side of -1 is unbounded.  Tensors
     and varlen as in hopper_forward.forward."""
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_heads_kv = k.shape[2]
@@ -465,4 +468,5 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
         softmax_scale, max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0,
         HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None, RING=STAGES,
         CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
-    torch.mul(dq_accum, softmax_scale, out=dq)  # scaled and rounded in one pass
+    attention_backward_postprocess[(triton.cdiv(dq.numel(), POSTPROCESS_BLOCK), )](
+        dq_accum, dq, dq.numel(), softmax_scale, BLOCK=POSTPROCESS_BLOCK)
