@@ -497,6 +497,17 @@ def sequences(q, k, lse, varlen) -> tuple:
     return cu_seqlens_q.shape[0] - 1, max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k
 
 
+def window_across_heads(num_blocks: int, window_left: int, window_right: int, varlen, programs: int) -> bool:
+    """Whether the forward takes a sliding window's tiles (both edges; num_blocks per head) across heads, as
+    causal ones, rather than one head after another.  A window's tiles are equal but for those the sequence's
+    start clips, and one head's order puts those short tiles in every round of the persistent programs: with
+    2048 tiles on 132 SMs (16k tokens, 16 heads) the busiest program gets 1.065x the mean work, against
+    1.005x when every head's short tiles come last.  Measured on an H200 (BENCHMARKS.md, session 13): window
+    (1024, 0) 1.036x, (256, 0) 1.13x at 16k tokens.  With few blocks per head, one head after another keeps
+    its keys in L2 instead (see `forward`).  The backward's tiles, in the same order, ran 0.96x-1.0x."""
+    return varlen is None and window_left >= 0 and window_right >= 0 and 4 * num_blocks > programs
+
+
 def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None) -> None:
     """out = attention(q, k, v) and lse, for a call `unsupported_reason` accepted.  A window side of -1 is
     unbounded; causal is window_right = 0.  Dense: q, k, v, out (B, S, H, D), lse (B, H, Sq).  Variable
@@ -519,9 +530,9 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     # every block size when a head has many blocks, and the programs drift apart (0.86x of cuDNN at
     # 16k on an H200); heaviest-first across heads keeps them level.  With few blocks per head, one
     # head after another keeps its K and V in L2 instead (0.99x against 0.83x at 1k).
-    # A sliding window's tiles are nearly equal, and a variable-length batch has many sequences and
-    # heads: they keep one head after another.
-    across_heads = window_left < 0 and window_right == 0 and 4 * num_m_blocks > programs and varlen is None
+    # A variable-length batch has many sequences and heads: it keeps one head after another.
+    across_heads = (window_left < 0 and window_right == 0 and 4 * num_m_blocks > programs and varlen is None
+                    or window_across_heads(num_m_blocks, window_left, window_right, varlen, programs))
     hopper_forward_kernel[(programs, )](
         q_desc, k_desc, v_desc, o_desc, out, lse, lse.stride(0), cu_seqlens_q, cu_seqlens_k, num_heads,
         num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
