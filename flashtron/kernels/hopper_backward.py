@@ -15,8 +15,9 @@ with TMA reduce-adds.
   the head dim over all 128 keys, and sends it out through shared memory and one TMA reduce-add
   (float32, summed in L2) while the next block's S and dP run.  Against each consumer reducing a
   (64, headdim) part over its own 64 keys, that halves the reduce traffic and the dQ accumulator.
-- dQ is scaled and rounded to the input dtype afterwards (backward.attention_backward_postprocess).  The float32 sums make dQ's
-  last bits depend on the order the reduce-adds land in: `deterministic=True` takes backward.py.
+- dK and dV go out at a tile's end through shared memory and TMA boxes.  dQ is scaled and rounded to the input
+  dtype afterwards (backward.attention_backward_postprocess).  The float32 sums make dQ's last bits depend on
+  the order the reduce-adds land in: `deterministic=True` takes backward.py.
 
 Like hopper_forward, it covers dense and variable-length (VARLEN, packed as in hopper_forward) fp16/bf16 calls
 at head dims 64 and 128 (from the lengths in `MIN_SEQLEN`), causal, windowed or neither, GQA/MQA, any Sq and Sk;
@@ -91,6 +92,8 @@ if _GLUON:
         v_desc: tma.tensor_descriptor
         do_desc: tma.tensor_descriptor
         dq_desc: tma.tensor_descriptor  # float32 (batch, seqlen_q, heads * headdim)
+        dk_desc: tma.tensor_descriptor
+        dv_desc: tma.tensor_descriptor
         q_smem: gl.shared_memory_descriptor  # (STAGES, 1, 64 rows, headdim)
         do_smem: gl.shared_memory_descriptor  # (STAGES, 1, 64 rows, headdim)
         k_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
@@ -126,9 +129,9 @@ if _GLUON:
         VARLEN: gl.constexpr
 
         @gluon.constexpr_function
-        def __init__(self, q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem,
-                     dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta, lse_head_stride,
-                     CuSeqlensQ, CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k,
+        def __init__(self, q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, q_smem, do_smem, k_smem, v_smem,
+                     p_smem, ds_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta,
+                     lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k,
                      num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left, window_right, HAS_LEFT,
                      HAS_RIGHT, PERSISTENT, VARLEN):
             self.q_desc = q_desc
@@ -136,6 +139,8 @@ if _GLUON:
             self.v_desc = v_desc
             self.do_desc = do_desc
             self.dq_desc = dq_desc
+            self.dk_desc = dk_desc
+            self.dv_desc = dv_desc
             self.q_smem = q_smem
             self.do_smem = do_smem
             self.k_smem = k_smem
@@ -392,20 +397,40 @@ if _GLUON:
             # Out while the next block's S and dP run.
             _tma_reduce_add(a.dq_desc, [box_batch, q_start + m_block * ROWS, head * HEAD_DIM + WG * HALF],
                             a.dq_smem.index(WG))
+        dk_out = (dk * a.softmax_scale).to(dtype)
+        dv_out = dv.to(dtype)
+        # dK and dV out through shared memory and TMA boxes: dV through this consumer's V tile (the other consumer
+        # never reads it), dK through its dQ staging tile.  From registers instead (st.global of 16 bytes per row
+        # and instruction: 6 us a tile on an H200, BENCHMARKS.md session 13) only where a box cannot go: a tile
+        # without blocks (persistent, its K and V buffers may be refilled already) and a VARLEN block that ends
+        # past its sequence (the box would write the next sequence's rows).
+        if steps > 0 and (not a.VARLEN or first_key + ROWS <= seqlen_k):
+            tma.store_wait(0)  # the last reduce-add has read dq_tile
+            dk_tile = a.dq_smem.index(WG)._reinterpret(dtype, [1, ROWS, HEAD_DIM], a.dk_desc.layout)
+            dk_tile.reshape([ROWS, HEAD_DIM]).store(dk_out)
+            v_tile.store(dv_out)
+            fence_async_shared()
+            gl.thread_barrier()
+            key_row = k_start + first_key
+            tma.async_copy_shared_to_global(a.dk_desc, [box_batch, key_row, head_kv * HEAD_DIM], dk_tile)
+            tma.async_copy_shared_to_global(a.dv_desc, [box_batch, key_row, head_kv * HEAD_DIM], a.v_smem.index(WG))
+            if a.PERSISTENT:
+                tma.store_wait(0)  # the boxes have read V's tile: the producer may refill it
+        else:
+            num_heads_kv = a.num_heads // a.group
+            first_row = box_batch * a.seqlen_k + k_start
+            _store_rows(a.DK, dk_out, first_row, head_kv, first_key, num_heads_kv, seqlen_k)
+            _store_rows(a.DV, dv_out, first_row, head_kv, first_key, num_heads_kv, seqlen_k)
         if a.PERSISTENT:
-            if steps > 0:  # every matmul that read K and V is complete: the producer may copy the next tile's
+            if steps > 0:  # every matmul that read K and V is complete, and V's tile is out
                 mbarrier.arrive(a.kv_empty)
-        num_heads_kv = a.num_heads // a.group
-        first_row = box_batch * a.seqlen_k + k_start
-        _store_rows(a.DK, (dk * a.softmax_scale).to(dtype), first_row, head_kv, first_key, num_heads_kv, seqlen_k)
-        _store_rows(a.DV, dv.to(dtype), first_row, head_kv, first_key, num_heads_kv, seqlen_k)
         return steps
 
     @gluon.jit(do_not_specialize=["lse_head_stride", "num_heads", "group", "seqlen_q", "seqlen_k",
                                   "num_n_blocks", "num_tiles", "window_left", "window_right"])
-    def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, Lse, Delta, lse_head_stride, CuSeqlensQ,
-                               CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k, num_n_blocks,
-                               num_tiles, qk_scale_log2, softmax_scale, window_left, window_right,
+    def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, Lse, Delta,
+                               lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k,
+                               num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left, window_right,
                                HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PERSISTENT: gl.constexpr,
                                VARLEN: gl.constexpr, RING: gl.constexpr, CONSUMER_REGS: gl.constexpr):
         ROWS: gl.constexpr = q_desc.block_type.shape[1]
@@ -432,10 +457,11 @@ if _GLUON:
         for i in gl.static_range(2):
             mbarrier.init(ds_ready.index(i), count=2)
         fence_async_shared()
-        a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, dq_smem,
-                    kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta, lse_head_stride, CuSeqlensQ,
-                    CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k, num_n_blocks, num_tiles,
-                    qk_scale_log2, softmax_scale, window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN)
+        a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, q_smem, do_smem, k_smem, v_smem,
+                    p_smem, ds_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta,
+                    lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k, num_n_blocks,
+                    num_tiles, qk_scale_log2, softmax_scale, window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT,
+                    VARLEN)
         gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
                            [CONSUMER_REGS, CONSUMER_REGS])
 
@@ -459,13 +485,14 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
     q_desc, k_desc, v_desc, do_desc = (descriptor(t, box) for t in (q, k, v, dout))
     dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     dq_desc = descriptor(dq_accum, (1, ROWS, head_dim // 2))
+    dk_desc, dv_desc = descriptor(dk, box), descriptor(dv, box)
     num_n_blocks = -(-seqlen_k // (2 * ROWS))
     num_tiles = num_n_blocks * batch * num_heads_kv
     persistent = _persistent(window_left)
     hopper_backward_kernel[(min(num_tiles, hardware.sm_count(q.device)) if persistent else num_tiles, )](
-        q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, lse.stride(0), cu_seqlens_q, cu_seqlens_k, dk, dv,
-        num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_n_blocks, num_tiles, softmax_scale * LOG2E,
-        softmax_scale, max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0,
+        q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, lse, delta, lse.stride(0), cu_seqlens_q,
+        cu_seqlens_k, dk, dv, num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_n_blocks, num_tiles,
+        softmax_scale * LOG2E, softmax_scale, max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0,
         HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None, RING=STAGES,
         CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
     attention_backward_postprocess[(triton.cdiv(dq.numel(), POSTPROCESS_BLOCK), )](
