@@ -29,12 +29,8 @@ def test_postprocess_scales_and_rounds_dq(dtype):
     accum = torch.randn(2 * block + 37, device=device) * 100
     dq = torch.full(accum.shape, float("nan"), dtype=dtype, device=device)
     scale = 0.3 + torch.rand(()).item()
-    attention_backward_postprocess[(3, )](accum, dq, accum.numel(), scale, BLOCK=block)
-    expected = (accum * scale).to(dtype)  # one float32 product, one rounding
-    if launch.INTERPRET and dtype == torch.bfloat16:  # the interpreter truncates to bf16: within one unit
-        torch.testing.assert_close(dq, expected, rtol=2 ** -7, atol=0)
-    else:
-        assert torch.equal(dq, expected)
+    attention_backward_postprocess[(3, )](accum, dq, accum.numel(), scale, BLOCK=block, UPCAST=launch._upcast(dtype))
+    assert torch.equal(dq, (accum * scale).to(dtype))  # one float32 product, one rounding to nearest even
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])

@@ -56,14 +56,14 @@ def attention_backward_preprocess(
 
 
 @triton.jit
-def attention_backward_postprocess(DqAccum, Dq, numel, softmax_scale, BLOCK: tl.constexpr):
+def attention_backward_postprocess(DqAccum, Dq, numel, softmax_scale, BLOCK: tl.constexpr, UPCAST: tl.constexpr):
     """dQ = softmax_scale * dq_accum, rounded to dQ's dtype: the Hopper kernel's float32 sums, flat (both
     contiguous).  One pass that reads 4 bytes and writes 2 per element (torch.mul with a 16-bit out= ran
     1.3x slower, BENCHMARKS.md session 11)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < numel
     dq = tl.load(DqAccum + offs, mask=inside) * softmax_scale
-    tl.store(Dq + offs, dq.to(Dq.dtype.element_ty), mask=inside)
+    tl.store(Dq + offs, downcast(dq, Dq.dtype.element_ty, UPCAST), mask=inside)
 
 
 @triton.jit

@@ -496,4 +496,4 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
         HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None, RING=STAGES,
         CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
     attention_backward_postprocess[(triton.cdiv(dq.numel(), POSTPROCESS_BLOCK), )](
-        dq_accum, dq, dq.numel(), softmax_scale, BLOCK=POSTPROCESS_BLOCK)
+        dq_accum, dq, dq.numel(), softmax_scale, BLOCK=POSTPROCESS_BLOCK, UPCAST=False)  # on the GPU only
