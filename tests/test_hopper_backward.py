@@ -81,8 +81,8 @@ def test_persistent_programs_take_many_tiles(shape, window, programs, launches, 
     """Windowed calls run one program per SM, each taking tiles in turn (ring phases, the K/V hand-over and
     key blocks no query sees carried from tile to tile).  The test shapes have fewer tiles than an H200 has
     SMs, so the SM count is lowered to give every program many tiles; the forward then takes the windowed
-    tiles across heads (hopper_forward.window_across_heads)."""
-    assert hopper_forward.window_across_heads(1, *window, None, programs)
+    tiles across heads (hopper_forward.across_heads)."""
+    assert hopper_forward.across_heads(1, *window, None, programs)
     assert hopper_backward._persistent(window[0])
     monkeypatch.setattr(hopper_backward.hardware, "sm_count", lambda device: programs)
     check_on_hopper(launches, shape, torch.bfloat16, False, window_size=window)

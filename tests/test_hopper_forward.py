@@ -53,16 +53,16 @@ def test_box_needs_heads_side_by_side():
     assert hopper_forward._box(unaligned) is None
 
 
-def test_long_sliding_windows_take_tiles_across_heads():
-    """The forward's tile order for a window with both edges: across heads once a head has more than a
-    quarter of the programs' count of blocks (16k tokens: 128 blocks on 132 SMs), one head after another
-    for shorter sequences and variable-length batches; causal keeps its own rule."""
-    assert hopper_forward.window_across_heads(128, 1024, 0, None, 132)
-    assert hopper_forward.window_across_heads(64, 256, 256, None, 132)
-    assert not hopper_forward.window_across_heads(32, 1024, 0, None, 132)
-    assert not hopper_forward.window_across_heads(128, 1024, 0, (None, None, 16384, 16384), 132)
-    assert not hopper_forward.window_across_heads(128, -1, 0, None, 132)
-    assert not hopper_forward.window_across_heads(128, 1024, -1, None, 132)
+def test_tiles_across_heads_for_causal_and_long_windows():
+    """The forward's tile order: across heads for causal calls and windows with both edges once a head has
+    more than a quarter of the programs' count of blocks (16k tokens: 128 blocks on 132 SMs); one head
+    after another for shorter sequences, variable-length batches and calls whose tiles are equal."""
+    across = hopper_forward.across_heads
+    assert across(128, 1024, 0, None, 132) and across(64, 256, 256, None, 132) and across(128, -1, 0, None, 132)
+    assert not across(32, 1024, 0, None, 132) and not across(32, -1, 0, None, 132)
+    assert not across(128, 1024, 0, (None, None, 16384, 16384), 132)
+    assert not across(128, -1, -1, None, 132) and not across(128, 1024, -1, None, 132)
+    assert not across(128, -1, 5, None, 132)  # a right edge past the diagonal: not measured, one head after another
 
 
 on_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),

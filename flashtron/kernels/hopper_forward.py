@@ -497,15 +497,22 @@ def sequences(q, k, lse, varlen) -> tuple:
     return cu_seqlens_q.shape[0] - 1, max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k
 
 
-def window_across_heads(num_blocks: int, window_left: int, window_right: int, varlen, programs: int) -> bool:
-    """Whether the forward takes a sliding window's tiles (both edges; num_blocks per head) across heads, as
-    causal ones, rather than one head after another.  A window's tiles are equal but for those the sequence's
-    start clips, and one head's order puts those short tiles in every round of the persistent programs: with
-    2048 tiles on 132 SMs (16k tokens, 16 heads) the busiest program gets 1.065x the mean work, against
-    1.005x when every head's short tiles come last.  Measured on an H200 (BENCHMARKS.md, session 13): window
-    (1024, 0) 1.036x, (256, 0) 1.13x at 16k tokens.  With few blocks per head, one head after another keeps
-    its keys in L2 instead (see `forward`).  The backward's tiles, in the same order, ran 0.96x-1.0x."""
-    return varlen is None and window_left >= 0 and window_right >= 0 and 4 * num_blocks > programs
+def across_heads(num_m_blocks: int, window_left: int, window_right: int, varlen, programs: int) -> bool:
+    """Whether the persistent programs take the tiles across heads (ACROSS_HEADS), heaviest first, rather than
+    one head after another.  Only where tiles differ in work and a head has many blocks (more than a quarter
+    of the programs' count); with few blocks per head, one head after another keeps its K and V in L2
+    (0.99x against 0.83x of cuDNN at 1k, causal).  Measured on an H200:
+    - causal: taken one head after another, a round of `programs` tiles spans every block size and the
+      programs drift apart (0.86x of cuDNN at 16k);
+    - a sliding window (both edges): its tiles are equal but for those the sequence's start clips, and one
+      head after another puts those short tiles in every round (with 2048 tiles on 132 SMs the busiest
+      program gets 1.065x the mean work, 1.005x across heads): window (1024, 0) 1.036x-1.053x, (256, 0)
+      1.13x-1.15x at 16k tokens (BENCHMARKS.md, session 13).  The backward's tiles in this order ran
+      0.96x-1.0x, so the backward keeps its own.
+    A variable-length batch has many sequences and heads and keeps one head after another."""
+    causal = window_left < 0 and window_right == 0
+    window = window_left >= 0 and window_right >= 0
+    return varlen is None and (causal or window) and 4 * num_m_blocks > programs
 
 
 def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None) -> None:
@@ -526,16 +533,10 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     # by sequence, which a fixed share of tiles per program cannot balance: one program per tile, in
     # the hardware's order (1.07x-1.14x over persistent on an H200, BENCHMARKS.md session 12).
     programs = num_tiles if varlen is not None else min(num_tiles, hardware.sm_count(q.device))
-    # Causal tiles differ in work.  Taken one head after another, a round of `programs` tiles spans
-    # every block size when a head has many blocks, and the programs drift apart (0.86x of cuDNN at
-    # 16k on an H200); heaviest-first across heads keeps them level.  With few blocks per head, one
-    # head after another keeps its K and V in L2 instead (0.99x against 0.83x at 1k).
-    # A variable-length batch has many sequences and heads: it keeps one head after another.
-    across_heads = (window_left < 0 and window_right == 0 and 4 * num_m_blocks > programs and varlen is None
-                    or window_across_heads(num_m_blocks, window_left, window_right, varlen, programs))
     hopper_forward_kernel[(programs, )](
         q_desc, k_desc, v_desc, o_desc, out, lse, lse.stride(0), cu_seqlens_q, cu_seqlens_k, num_heads,
         num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
         max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
-        K_RING=K_STAGES, V_RING=V_STAGES, CONSUMER_REGS=CONSUMER_REGISTERS, ACROSS_HEADS=across_heads,
-        VARLEN=varlen is not None, num_warps=4)
+        K_RING=K_STAGES, V_RING=V_STAGES, CONSUMER_REGS=CONSUMER_REGISTERS,
+        ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
+        num_warps=4)
