@@ -221,9 +221,10 @@ if _GLUON:
     @gluon.jit
     def _tile(a, tile):
         """(sequence (see _sequence), head, first query row, first key block, key blocks to visit) of a tile.
-        Tiles are numbered block-fastest (one head's tiles share K and V in L2), or with ACROSS_HEADS (causal),
-        head-fastest.  With a right window edge (causal) the last query blocks, the heaviest, come first, so
-        programs taking tiles in turn finish together.  A VARLEN tile past its sequence's end visits 0 blocks.
+        Tiles are numbered block-fastest (one head's tiles share K and V in L2), or with ACROSS_HEADS (causal
+        and long windows, see `across_heads`), head-fastest.  With a right window edge the last query blocks,
+        the heaviest, come first, so programs taking tiles in turn finish together.  A VARLEN tile past its
+        sequence's end visits 0 blocks.
 
         Windows are aligned bottom-right: row r sees keys r + seqlen_k - seqlen_q - window_left to
         r + seqlen_k - seqlen_q + window_right.  Blocks outside every row's window are skipped; at least
