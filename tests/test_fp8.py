@@ -77,6 +77,19 @@ def test_fp8_with_window_and_softcap():
     check(q, k, v, descales, window=(12, 3), softcap=8.0)
 
 
+@pytest.mark.parametrize("window", [(-1, -1), (9, 0)], ids=["causal", "window"])
+def test_fp8_negative_and_zero_descales(window):
+    """Descales are the caller's numbers: a negative product of q's and k's flips the scores, a zero one makes
+    every score 0 (uniform probabilities over the visible keys), a negative v descale flips the output.  Masked
+    scores must stay -inf whatever the scale's sign (-inf times 0 is NaN)."""
+    q, k, v, descales = fp8_inputs(2, 37, 45, 4, 2, 32)
+    descales[0][0, 1] = -descales[0][0, 1]
+    descales[1][1, 0] = 0.0
+    descales[2][1, 1] = -descales[2][1, 1]
+    out = check(q, k, v, descales, causal=True, window=window)
+    assert torch.isfinite(out).all()
+
+
 def test_fp8_descales_default_to_one():
     q, k, v, _ = fp8_inputs(1, 20, 20, 2, 2, 16)
     ones = [torch.ones(1, 2) for _ in range(3)]
