@@ -6,7 +6,9 @@ pair) so that it needs no atomics.  This kernel does FlashAttention-2/3's 5 matm
 with TMA reduce-adds.
 
 - The producer partition (one warpgroup, 24 registers) copies K and V once, then Q and dO block by
-  block into a two-slot ring ("full": the copy's bytes; "empty": one arrival per consumer).
+  block into a two-slot ring ("full": the copy's bytes; "empty": one arrival per consumer).  In the
+  persistent build it also takes the program's next tile from a counter and hands its number to the
+  consumers through shared memory.
 - Two consumer partitions (one warpgroup each, 240 registers) own 64 of the program's keys.  Per query
   block of 64 rows a consumer issues S = Q K^T and dP = dO V^T, forms P = exp2(S * scale - lse) and
   dS = P * (dP - delta), writes P and dS (16-bit) to shared memory and issues dV += P^T dO and
@@ -33,7 +35,7 @@ from flashtron.kernels.backward import attention_backward_postprocess
 from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
 
 if _GLUON:
-    from flashtron.kernels.hopper_forward import _my_tile_count, _row_stats, _sequence, _tile_of
+    from flashtron.kernels.hopper_forward import _row_stats, _sequence
 
 if _GLUON:
     from triton.experimental import gluon
@@ -74,6 +76,7 @@ def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, 
 
 if _GLUON:
     _LOG2E = gl.constexpr(LOG2E)
+    _ONE = gl.constexpr(gl.BlockedLayout([1], [32], [4], [0]))  # a one-element tensor in a 4-warp partition
 
     @builtin
     def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
@@ -106,6 +109,10 @@ if _GLUON:
         qdo_full: gl.shared_memory_descriptor
         qdo_empty: gl.shared_memory_descriptor
         ds_ready: gl.shared_memory_descriptor  # (2 steps): both consumers' dS of a step are in ds_smem
+        tile_smem: gl.shared_memory_descriptor  # persistent: (2, 1) int32, the next tiles' numbers (_hand_over)
+        tile_full: gl.shared_memory_descriptor
+        tile_empty: gl.shared_memory_descriptor
+        TileCounter: gl.tensor  # persistent: int32, zero at launch; the tiles taken after each program's first
         Lse: gl.tensor
         Delta: gl.tensor  # softmax_lse's layout
         lse_head_stride: gl.tensor  # VARLEN only: softmax_lse is (heads, total_q)
@@ -130,10 +137,10 @@ if _GLUON:
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, q_smem, do_smem, k_smem, v_smem,
-                     p_smem, ds_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta,
-                     lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k,
-                     num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left, window_right, HAS_LEFT,
-                     HAS_RIGHT, PERSISTENT, VARLEN):
+                     p_smem, ds_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, tile_smem,
+                     tile_full, tile_empty, TileCounter, Lse, Delta, lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV,
+                     num_heads, group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, qk_scale_log2, softmax_scale,
+                     window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -153,6 +160,10 @@ if _GLUON:
             self.qdo_full = qdo_full
             self.qdo_empty = qdo_empty
             self.ds_ready = ds_ready
+            self.tile_smem = tile_smem
+            self.tile_full = tile_full
+            self.tile_empty = tile_empty
+            self.TileCounter = TileCounter
             self.Lse = Lse
             self.Delta = Delta
             self.lse_head_stride = lse_head_stride
@@ -216,14 +227,44 @@ if _GLUON:
         return first, end
 
     @gluon.jit
+    def _hand_over(a, i, tile):
+        """Producer, persistent: tell both consumers that the program's i-th tile is `tile` (num_tiles: there
+        are no more), through a two-slot ring of tile numbers in shared memory."""
+        slot = i % 2
+        mbarrier.wait(a.tile_empty.index(slot), ((i // 2) & 1) ^ 1)
+        a.tile_smem.index(slot).store(gl.full([1], tile, gl.int32, layout=_ONE))
+        gl.thread_barrier()  # every producer thread's store is before the arrival (which releases them)
+        mbarrier.arrive(a.tile_full.index(slot))
+
+    @gluon.jit
+    def _take_over(a, i):
+        """Consumer, persistent: the program's i-th tile (see _hand_over)."""
+        slot = i % 2
+        mbarrier.wait(a.tile_full.index(slot), (i // 2) & 1)
+        tile = gl.sum(a.tile_smem.index(slot).load(_ONE), axis=0)
+        gl.thread_barrier()  # every thread has read the slot before it is given back
+        mbarrier.arrive(a.tile_empty.index(slot))
+        return tile
+
+    @gluon.jit
     def _producer(a):
         if a.PERSISTENT:
+            # Tiles by arrival: each program's first tile is its program id, and a program that finishes a tile
+            # takes the next untaken one from a counter, so tiles keep their order (one head's key blocks run
+            # together) and the programs end within about one tile of each other.
             done = 0  # the program's blocks in earlier tiles: ring slots and phases run on across tiles
             loaded = 0  # its earlier tiles with any block (the others copy no K and V)
-            for i in range(_my_tile_count(a)):
-                steps = _producer_tile(a, _tile_of(i), done, loaded)
+            i = 0
+            tile = gl.program_id(0)
+            while tile < a.num_tiles:
+                _hand_over(a, i, tile)
+                next_tile = gl.num_programs(0) + gl.atomic_add(a.TileCounter, 1, sem="relaxed")  # under this tile
+                steps = _producer_tile(a, tile, done, loaded)
                 done += steps
                 loaded += (steps > 0).to(gl.int32)
+                tile = next_tile
+                i += 1
+            _hand_over(a, i, a.num_tiles)
         else:
             _producer_tile(a, gl.program_id(0), 0, 0)
 
@@ -285,10 +326,16 @@ if _GLUON:
         if a.PERSISTENT:
             done = 0  # as in _producer
             loaded = 0
-            for i in range(_my_tile_count(a)):
-                steps = _consumer_tile(a, WG, _tile_of(i), done, loaded)
-                done += steps
-                loaded += (steps > 0).to(gl.int32)
+            i = 0
+            live = True
+            while live:
+                tile = _take_over(a, i)
+                live = tile < a.num_tiles
+                if live:
+                    steps = _consumer_tile(a, WG, tile, done, loaded)
+                    done += steps
+                    loaded += (steps > 0).to(gl.int32)
+                i += 1
         else:
             _consumer_tile(a, WG, gl.program_id(0), 0, 0)
         tma.store_wait(0)  # the last reduce-add has read dq_tile before the program's shared memory goes
@@ -428,7 +475,7 @@ if _GLUON:
 
     @gluon.jit(do_not_specialize=["lse_head_stride", "num_heads", "group", "seqlen_q", "seqlen_k",
                                   "num_n_blocks", "num_tiles", "window_left", "window_right"])
-    def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, Lse, Delta,
+    def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, TileCounter, Lse, Delta,
                                lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k,
                                num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left, window_right,
                                HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PERSISTENT: gl.constexpr,
@@ -448,6 +495,9 @@ if _GLUON:
         qdo_full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
         qdo_empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
         ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        tile_smem = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+        tile_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        tile_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         # "full": the copy's transaction bytes.  "empty" and "ready": one arrival per consumer warpgroup.
         mbarrier.init(kv_full, count=1)
         mbarrier.init(kv_empty, count=2)
@@ -456,20 +506,23 @@ if _GLUON:
             mbarrier.init(qdo_empty.index(i), count=2)
         for i in gl.static_range(2):
             mbarrier.init(ds_ready.index(i), count=2)
+            mbarrier.init(tile_full.index(i), count=1)
+            mbarrier.init(tile_empty.index(i), count=2)
         fence_async_shared()
         a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, q_smem, do_smem, k_smem, v_smem,
-                    p_smem, ds_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, Lse, Delta,
-                    lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k, num_n_blocks,
-                    num_tiles, qk_scale_log2, softmax_scale, window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT,
-                    VARLEN)
+                    p_smem, ds_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, tile_smem, tile_full,
+                    tile_empty, TileCounter, Lse, Delta, lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads,
+                    group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left,
+                    window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN)
         gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
                            [CONSUMER_REGS, CONSUMER_REGS])
 
 
 def _persistent(window_left: int) -> bool:
-    """Whether one program per SM takes the tiles in turn (hopper_forward's snake order; PERSISTENT) rather
-    than one program per tile.  Measured on an H200 (BENCHMARKS.md, session 11): 1.07x-1.09x for windows with
-    a left edge, whose tiles are short; within 1-2% either way for the rest, so they keep the simpler grid."""
+    """Whether one program per SM takes tiles by arrival (PERSISTENT, see _producer) rather than one program
+    per tile.  Measured on an H200: 1.07x-1.09x for windows with a left edge, whose tiles are short (session 11,
+    then in the forward's static snake order; tiles by arrival added 1.00x-1.08x, session 15).  Causal and full
+    attention ran 0.95x-1.04x with tiles by arrival (session 15), so they keep the simpler grid."""
     return window_left >= 0
 
 
@@ -483,17 +536,20 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
     batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = hopper_forward.sequences(q, k, lse, varlen)
     box = (1, ROWS, head_dim)
     q_desc, k_desc, v_desc, do_desc = (descriptor(t, box) for t in (q, k, v, dout))
-    dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    # dQ's float32 sums, and after them the persistent programs' tile counter (int32, zeroed with them).
+    dq_buffer = torch.zeros(q.numel() + 1, dtype=torch.float32, device=q.device)
+    dq_accum = dq_buffer[:q.numel()].view(q.shape)
+    tile_counter = dq_buffer[q.numel():].view(torch.int32)
     dq_desc = descriptor(dq_accum, (1, ROWS, head_dim // 2))
     dk_desc, dv_desc = descriptor(dk, box), descriptor(dv, box)
     num_n_blocks = -(-seqlen_k // (2 * ROWS))
     num_tiles = num_n_blocks * batch * num_heads_kv
     persistent = _persistent(window_left)
     hopper_backward_kernel[(min(num_tiles, hardware.sm_count(q.device)) if persistent else num_tiles, )](
-        q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, lse, delta, lse.stride(0), cu_seqlens_q,
-        cu_seqlens_k, dk, dv, num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_n_blocks, num_tiles,
-        softmax_scale * LOG2E, softmax_scale, max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0,
-        HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None, RING=STAGES,
-        CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
+        q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, tile_counter, lse, delta, lse.stride(0),
+        cu_seqlens_q, cu_seqlens_k, dk, dv, num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_n_blocks,
+        num_tiles, softmax_scale * LOG2E, softmax_scale, max(window_left, 0), max(window_right, 0),
+        HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None,
+        RING=STAGES, CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
     attention_backward_postprocess[(triton.cdiv(dq.numel(), POSTPROCESS_BLOCK), )](
         dq_accum, dq, dq.numel(), softmax_scale, BLOCK=POSTPROCESS_BLOCK, UPCAST=False)  # on the GPU only
