@@ -6,9 +6,9 @@ pair) so that it needs no atomics.  This kernel does FlashAttention-2/3's 5 matm
 with TMA reduce-adds.
 
 - The producer partition (one warpgroup, 24 registers) copies K and V once, then Q and dO block by
-  block into a two-slot ring ("full": the copy's bytes; "empty": one arrival per consumer).  In the
-  persistent build it also takes the program's next tile from a counter and hands its number to the
-  consumers through shared memory.
+  block into a ring of 2 (D = 128) or 4 (D = 64) slots ("full": the copy's bytes; "empty": one arrival per
+  consumer).  In the persistent build it also takes the program's next tile from a counter and hands its
+  number to the consumers through shared memory.
 - Two consumer partitions (one warpgroup each, 240 registers) own 64 of the program's keys.  Per query
   block of 64 rows a consumer issues S = Q K^T and dP = dO V^T, forms P = exp2(S * scale - lse) and
   dS = P * (dP - delta), writes P and dS (16-bit) to shared memory and issues dV += P^T dO and
@@ -48,7 +48,9 @@ if _GLUON:
 
 _DISABLED = False  # A/B switch for experiments and tests; FLASHTRON_GLUON=0 turns off both Hopper kernels
 ROWS = 64  # query rows per block, and keys per consumer
-STAGES = 2  # Q/dO ring depth
+# Q/dO ring depth per head dim.  D = 128 fills shared memory at 2 (213 KB); D = 64 has room, and 4 slots measured
+# 1.02x-1.04x over 2 on an H200 (BENCHMARKS.md, session 15; the forward's K/V rings gained nothing from depth).
+STAGES = {64: 4, 128: 2}
 CONSUMER_REGISTERS = 240
 POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postprocess
 # From which sequence length (the longer of Sq and Sk) this kernel takes each head dim; shorter sequences keep
@@ -97,8 +99,8 @@ if _GLUON:
         dq_desc: tma.tensor_descriptor  # float32 (batch, seqlen_q, heads * headdim)
         dk_desc: tma.tensor_descriptor
         dv_desc: tma.tensor_descriptor
-        q_smem: gl.shared_memory_descriptor  # (STAGES, 1, 64 rows, headdim)
-        do_smem: gl.shared_memory_descriptor  # (STAGES, 1, 64 rows, headdim)
+        q_smem: gl.shared_memory_descriptor  # (ring slots, 1, 64 rows, headdim)
+        do_smem: gl.shared_memory_descriptor  # (ring slots, 1, 64 rows, headdim)
         k_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
         v_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
         p_smem: gl.shared_memory_descriptor  # (2 consumers, 64 rows, 64 keys)
@@ -550,6 +552,6 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
         cu_seqlens_q, cu_seqlens_k, dk, dv, num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_n_blocks,
         num_tiles, softmax_scale * LOG2E, softmax_scale, max(window_left, 0), max(window_right, 0),
         HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None,
-        RING=STAGES, CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
+        RING=STAGES[head_dim], CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
     attention_backward_postprocess[(triton.cdiv(dq.numel(), POSTPROCESS_BLOCK), )](
         dq_accum, dq, dq.numel(), softmax_scale, BLOCK=POSTPROCESS_BLOCK, UPCAST=False)  # on the GPU only
