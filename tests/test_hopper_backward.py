@@ -80,9 +80,9 @@ def test_windows_match_oracle(shape, window, launches):
 def test_persistent_programs_take_many_tiles(shape, window, programs, launches, monkeypatch):
     """Windowed calls run one program per SM, each taking its next tile from a counter as it finishes one (the
     tile numbers' hand-over to the consumers, ring phases, the K/V hand-over and key blocks no query sees
-    carried from tile to tile).  The test shapes have fewer tiles than an H200 has
-    SMs, so the SM count is lowered to give every program many tiles; the forward then takes the windowed
-    tiles across heads (hopper_forward.across_heads)."""
+    carried from tile to tile).  The test shapes have fewer tiles than an H200 has SMs, so the SM count is
+    lowered to give every program many tiles; the forward then takes the windowed tiles across heads
+    (hopper_forward.across_heads)."""
     assert hopper_forward.across_heads(1, *window, None, programs)
     assert hopper_backward._persistent(window[0])
     monkeypatch.setattr(hopper_backward.hardware, "sm_count", lambda device: programs)

@@ -49,7 +49,8 @@ if _GLUON:
 _DISABLED = False  # A/B switch for experiments and tests; FLASHTRON_GLUON=0 turns off both Hopper kernels
 ROWS = 64  # query rows per block, and keys per consumer
 # Q/dO ring depth per head dim.  D = 128 fills shared memory at 2 (213 KB); D = 64 has room, and 4 slots measured
-# 1.02x-1.04x over 2 on an H200 (BENCHMARKS.md, session 15; the forward's K/V rings gained nothing from depth).
+# 1.00x-1.05x over 2 on an H200, 6 no better (BENCHMARKS.md, session 15; the forward's K/V rings gained nothing
+# from depth).
 STAGES = {64: 4, 128: 2}
 CONSUMER_REGISTERS = 240
 POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postprocess
