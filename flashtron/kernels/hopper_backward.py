@@ -331,6 +331,8 @@ if _GLUON:
             loaded = 0
             i = 0
             live = True
+            # The tile number is read at the top of the body: carried in the loop's condition instead, it made
+            # ptxas spill 876 bytes (160 this way) and the kernel 0.7x as fast (BENCHMARKS.md, session 15).
             while live:
                 tile = _take_over(a, i)
                 live = tile < a.num_tiles
