@@ -91,7 +91,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                                     rotary_interleaved, tokens_at_one_position=window_left < 0 and window_right < 0)
 
     # Keys of row b: [cache_leftpad[b], cache_seqlens[b] + seqlen_new) (the kernel subtracts the padding).
-    seqused_k = cache_seqlens + seqlen_new
+    # (No new tokens: cache_seqlens itself, which spares a decoding step an elementwise kernel.)
+    seqused_k = cache_seqlens + seqlen_new if seqlen_new else cache_seqlens
     out, softmax_lse = ops.attention(
         q_checked, k_cache, v_cache, softmax_scale, window_left, window_right, softcap, alibi_slopes, None, 0.0,
         None, torch.backends.cuda.matmul.allow_tf32, seqused_k=seqused_k, block_table=block_table,

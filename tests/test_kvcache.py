@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from flashtron import flash_attn_with_kvcache
+from flashtron.kernels import launch
 from reference import assert_within_rule, attention_reference, max_error
 
 HEADS, HEADS_KV, HEAD_DIM = 4, 2, 24
@@ -173,6 +174,32 @@ def test_paged_cache_crosses_block_table_chunks(page_size):
 @pytest.mark.parametrize("num_splits", [1, 3, 0])
 def test_split_kv(num_splits):
     run_case(batch=1, seqlen_q=1, seqlen_new=1, cache_len=150, num_splits=num_splits, causal=False)
+
+
+@pytest.mark.skipif(not (launch.INTERPRET or torch.cuda.is_available()), reason="a Triton kernel")
+def test_split_merge_skips_splits_that_saw_nothing():
+    """The merge of split-KV partials weighs splits by their lse; a split whose lse is +inf saw no key, and its
+    output slot (NaN here) must not reach the output.  A row no split saw gets 0 and lse +inf."""
+    device = "cpu" if launch.INTERPRET else "cuda"
+    splits, batch, seqlen_q, heads, head_dim = 5, 2, 3, 4, 40
+    out_accum = torch.randn(splits, batch, seqlen_q, heads, head_dim)
+    lse_accum = torch.randn(splits, batch, heads, seqlen_q) * 3
+    lse_accum[1:4] = float("inf")  # splits 1..3 saw nothing anywhere ...
+    out_accum[1:4] = float("nan")
+    lse_accum[:, 1, 2, 0] = float("inf")  # ... and no split saw batch 1, head 2, row 0
+    out_accum[:, 1, 0, 2] = float("nan")
+    out = torch.full((batch, seqlen_q, heads, head_dim), 7.0, dtype=torch.bfloat16, device=device)
+    lse = torch.full((batch, heads, seqlen_q), 7.0, device=device)
+    launch._combine_splits(out_accum.to(device), lse_accum.to(device), out, lse)
+    finite = lse_accum.double().masked_fill(lse_accum == float("inf"), float("-inf"))
+    expected_lse = torch.logsumexp(finite, dim=0)
+    weights = torch.exp(finite - expected_lse).nan_to_num(0.0)  # (splits, batch, heads, seqlen_q)
+    expected = (weights.permute(0, 1, 3, 2)[..., None] * out_accum.double().nan_to_num(0.0)).sum(0)
+    expected_lse = expected_lse.masked_fill(expected_lse == float("-inf"), float("inf"))
+    assert torch.equal(lse.cpu()[1, 2, 0], torch.tensor(float("inf")))
+    assert torch.equal(out.cpu()[1, 0, 2], torch.zeros(head_dim, dtype=torch.bfloat16))
+    torch.testing.assert_close(lse.cpu().double(), expected_lse, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "halves"])

@@ -43,10 +43,12 @@ def combine_splits_kernel(
     saw_nothing = top == float("-inf")
     weights = tl.math.exp2(logits - tl.where(saw_nothing, 0.0, top))
     total = tl.sum(weights, 0)
-    # A split whose lse is +inf is not read at all: its output slot may hold anything.
+    # The partials' load does not wait for the lse's (a decoding step's merge is two memory latencies, not
+    # three).  A split whose lse is +inf contributes 0 whatever its output slot holds (NaN included).
     partials = tl.load(OutAccum + splits.to(tl.int64)[:, None] * stride_acc_split + batch.to(tl.int64) * stride_acc_b
                        + row.to(tl.int64) * stride_acc_m + head.to(tl.int64) * stride_acc_h + offs_d[None, :],
-                       mask=(split_in & (lse_s != float("inf")))[:, None] & (offs_d < head_dim)[None, :], other=0.0)
+                       mask=split_in[:, None] & (offs_d < head_dim)[None, :], other=0.0)
+    partials = tl.where((lse_s != float("inf"))[:, None], partials, 0.0)
     out = tl.sum(partials * (weights / tl.where(saw_nothing, 1.0, total))[:, None], 0)
     lse = tl.where(saw_nothing, float("inf"), (top + tl.math.log2(total)) / LOG2E)
     tl.store(Out + batch.to(tl.int64) * stride_ob + row.to(tl.int64) * stride_om + head.to(tl.int64) * stride_oh
