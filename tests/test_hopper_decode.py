@@ -54,6 +54,22 @@ def test_split_counts(monkeypatch):
     assert splits(0, 8, 1024) == 4  # >= 4 tiles per split
 
 
+def test_launch_shapes():
+    """Head dims up to 128 size each program so that two share an SM: 2 x 256 threads within the 64K registers,
+    and 2 rings plus the ~8 KB of layout scratch (106620 bytes in all at head dim 128, compiled for sm_90) within
+    its 228 KB of shared memory.  A grid of two programs per SM or more gets a shallower ring; head dim 256 keeps
+    one program per SM."""
+    for head_dim in (64, 128):
+        for programs in (8, 264, 5000):
+            stages, registers = hopper_decode._launch_shape(head_dim, 2, programs, 132)
+            ring = stages * 2 * hopper_decode.BLOCK_N * head_dim * 2
+            assert stages >= 2 and 2 * 256 * registers <= 65536
+            assert 2 * (ring + 9 * 1024) <= 228 * 1024
+    assert hopper_decode._launch_shape(128, 2, 128, 132)[0] == 3
+    assert hopper_decode._launch_shape(128, 2, 264, 132)[0] == 2
+    assert hopper_decode._launch_shape(256, 2, 8, 132) == (2, None)
+
+
 @pytest.fixture
 def launches(monkeypatch):
     return count_calls(monkeypatch, hopper_decode, "decode", lambda args: args[0].shape)

@@ -46,16 +46,29 @@ _DISABLED = False  # A/B switch for experiments and tests; FLASHTRON_GLUON=0 tur
 ROWS = 64  # the wgmma tile's rows: (query, head) pairs of one kv head, padded
 HEAD_DIMS = (64, 128, 256)
 BLOCK_N = 64  # keys per tile
-RING_BYTES = 128 * 1024  # shared memory for the K and V ring: as many slots as fit, up to MAX_STAGES
+# The K and V ring's shared memory (BENCHMARKS.md, session 16).  Head dims up to 128 cap each thread at
+# PAIR_REGISTERS, so that two programs fit an SM's registers (2 x 256 threads x 128), and their ring at
+# PAIR_RING_BYTES (three 64-key slots at head dim 128), so that two fit its shared memory: one program's start
+# and end then run beside another's loop.  A grid of at least two programs per SM takes MANY_RING_BYTES, which
+# keeps fewer bytes in flight per program and lets the programs finish closer together.  Head dim 256 needs
+# more registers: one program per SM, with a ring of SOLO_RING_BYTES.
+PAIR_REGISTERS = 128
+PAIR_RING_BYTES = 96 * 1024
+MANY_RING_BYTES = 64 * 1024
+SOLO_RING_BYTES = 128 * 1024
 MAX_STAGES = 8
 PRODUCER_REGISTERS = 48
 LOOKUP_TILES = 16  # tiles whose page numbers the producer reads in one load
 MIN_PAGE_SIZE = 8  # a box's rows must cover whole 8-row swizzle atoms (1 KB)
 
 
-def _stages(head_dim: int, element_size: int) -> int:
-    """Ring slots (one K and one V tile each) that fit in RING_BYTES."""
-    return max(2, min(MAX_STAGES, RING_BYTES // (2 * BLOCK_N * head_dim * element_size)))
+def _launch_shape(head_dim: int, element_size: int, programs: int, sm_count: int) -> tuple:
+    """(ring slots, each one K and one V tile; registers per thread or None) of a grid of `programs`."""
+    if head_dim > 128:
+        ring, registers = SOLO_RING_BYTES, None
+    else:
+        ring, registers = (MANY_RING_BYTES if programs >= 2 * sm_count else PAIR_RING_BYTES), PAIR_REGISTERS
+    return max(2, min(MAX_STAGES, ring // (2 * BLOCK_N * head_dim * element_size))), registers
 
 
 def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
@@ -405,9 +418,12 @@ def decode(q, k, v, out, lse, seqused_k, block_table, softmax_scale: float, caus
     box = (1, min(page_size, BLOCK_N), 64)
     k_desc, v_desc = descriptor(k, box, layout), descriptor(v, box, layout)
     split_strides = (out.stride(0), lse.stride(0)) if splits > 1 else (0, 0)
-    hopper_decode_kernel[(splits * batch * num_heads_kv, )](
+    programs = splits * batch * num_heads_kv
+    stages, registers = _launch_shape(head_dim, q.element_size(), programs, hardware.sm_count(q.device))
+    options = {} if registers is None else {"maxnreg": registers}
+    hopper_decode_kernel[(programs, )](
         k_desc, v_desc, q, *q.stride()[:3], out, *out.stride()[-4:-1], split_strides[0], lse, *lse.stride()[-3:-1],
         split_strides[1], seqused_k, block_table, block_table.stride(0), page_size.bit_length() - 1, num_heads_kv,
         num_heads // num_heads_kv, seqlen_q, splits, softmax_scale * LOG2E, HEAD_DIM=head_dim, BLOCK_N=BLOCK_N,
-        STAGES=_stages(head_dim, q.element_size()), TILE_LAYOUT=layout, CAUSAL=causal, SPLIT=splits > 1,
-        PRODUCER_REGS=PRODUCER_REGISTERS, num_warps=4)
+        STAGES=stages, TILE_LAYOUT=layout, CAUSAL=causal, SPLIT=splits > 1, PRODUCER_REGS=PRODUCER_REGISTERS,
+        num_warps=4, **options)
