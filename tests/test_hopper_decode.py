@@ -88,6 +88,9 @@ CASES = [
          causal=False, num_splits=0, cache_len=2000),
     dict(page_size=16, head_dim=128, heads=32, heads_kv=8, dtype=torch.bfloat16, seqlen_q=1, seqlen_new=1,
          causal=True, num_splits=0, cache_len=333, batch=40),
+    # 40 forced splits: a merge over more than 32 partials, most of which saw no key of the shorter sequences.
+    dict(page_size=16, head_dim=256, heads=8, heads_kv=2, dtype=torch.bfloat16, seqlen_q=1, seqlen_new=0,
+         causal=False, num_splits=40, cache_len=3000),
 ]
 
 
@@ -110,3 +113,49 @@ def test_other_calls_keep_the_portable_kernel(launches):
     run_case(device="cuda", paged=True, page_size=16, head_dim=128, heads=8, heads_kv=2, cache_len=300,
              softcap=3.0)
     assert not launches
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_split_calls_repeat_across_streams_and_graphs(launches):
+    """Split decoding calls one after another (eager, on a second stream, replayed from a CUDA graph with new
+    lengths, among them a sequence of one key that most splits do not see) give the same bits as a fresh call,
+    and the first ones agree with the portable kernel on the same cache laid out contiguously."""
+    from flashtron import flash_attn_with_kvcache
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    batch, heads, heads_kv, head_dim, page_size, pages_per_seq = 3, 32, 8, 128, 16, 40
+    q = torch.randn(batch, 1, heads, head_dim, generator=generator).to("cuda", torch.bfloat16)
+    k_cache, v_cache = (torch.randn(batch * pages_per_seq, page_size, heads_kv, head_dim, generator=generator)
+                        .to("cuda", torch.bfloat16) for _ in range(2))
+    table = torch.randperm(batch * pages_per_seq, generator=generator).reshape(batch, -1).to("cuda", torch.int32)
+    seqlens = torch.tensor([640, 1, 333], dtype=torch.int32, device="cuda")
+
+    def step(splits):
+        return flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, block_table=table,
+                                       num_splits=splits, return_softmax_lse=True)
+
+    expected = {splits: [t.clone() for t in step(splits)] for splits in (7, 3)}
+    contiguous = [c[table.long()].flatten(1, 2) for c in (k_cache, v_cache)]
+    reference = flash_attn_with_kvcache(q, *contiguous, cache_seqlens=seqlens, num_splits=1).float()
+    for splits in (7, 3):
+        assert (expected[splits][0].float() - reference).abs().max().item() < 2e-2
+    for splits in (7, 3, 7):
+        assert all(torch.equal(a, b) for a, b in zip(step(splits), expected[splits]))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        side = [[t.clone() for t in step(splits)] for splits in (3, 7)]
+    torch.cuda.current_stream().wait_stream(stream)
+    assert all(torch.equal(a, b) for a, b in zip(side[0], expected[3]))
+    assert all(torch.equal(a, b) for a, b in zip(side[1], expected[7]))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = [step(7), step(3)]
+    for lengths in ([5, 640, 64], [640, 1, 333]):
+        seqlens.copy_(torch.tensor(lengths, dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+        for outputs, splits in zip(captured, (7, 3)):
+            fresh = step(splits)
+            assert all(torch.equal(a, b) for a, b in zip(outputs, fresh)), (lengths, splits)
+    assert launches
