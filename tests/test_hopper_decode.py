@@ -134,20 +134,22 @@ def test_split_calls_repeat_across_streams_and_graphs(launches):
         return flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, block_table=table,
                                        num_splits=splits, return_softmax_lse=True)
 
+    def identical(outputs, others):
+        return all(torch.equal(a, b) for a, b in zip(outputs, others))
+
     expected = {splits: [t.clone() for t in step(splits)] for splits in (7, 3)}
     contiguous = [c[table.long()].flatten(1, 2) for c in (k_cache, v_cache)]
     reference = flash_attn_with_kvcache(q, *contiguous, cache_seqlens=seqlens, num_splits=1).float()
     for splits in (7, 3):
         assert (expected[splits][0].float() - reference).abs().max().item() < 2e-2
     for splits in (7, 3, 7):
-        assert all(torch.equal(a, b) for a, b in zip(step(splits), expected[splits]))
+        assert identical(step(splits), expected[splits])
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         side = [[t.clone() for t in step(splits)] for splits in (3, 7)]
     torch.cuda.current_stream().wait_stream(stream)
-    assert all(torch.equal(a, b) for a, b in zip(side[0], expected[3]))
-    assert all(torch.equal(a, b) for a, b in zip(side[1], expected[7]))
+    assert identical(side[0], expected[3]) and identical(side[1], expected[7])
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = [step(7), step(3)]
@@ -156,6 +158,5 @@ def test_split_calls_repeat_across_streams_and_graphs(launches):
         graph.replay()
         torch.cuda.synchronize()
         for outputs, splits in zip(captured, (7, 3)):
-            fresh = step(splits)
-            assert all(torch.equal(a, b) for a, b in zip(outputs, fresh)), (lengths, splits)
+            assert identical(outputs, step(splits)), (lengths, splits)
     assert launches
