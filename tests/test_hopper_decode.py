@@ -12,7 +12,7 @@ import torch
 
 from flashtron.kernels import hardware, hopper_decode, launch
 from test_hopper_forward import count_calls, on_hopper
-from test_kvcache import run_case
+from test_kvcache import from_pages, run_case
 
 
 def _reason(page_size=16, head_dim=128, heads=32, heads_kv=8, seqlen_q=1, paged=True, **variants):
@@ -138,7 +138,7 @@ def test_split_calls_repeat_across_streams_and_graphs(launches):
         return all(torch.equal(a, b) for a, b in zip(outputs, others))
 
     expected = {splits: [t.clone() for t in step(splits)] for splits in (7, 3)}
-    contiguous = [c[table.long()].flatten(1, 2) for c in (k_cache, v_cache)]
+    contiguous = [from_pages(c, table, pages_per_seq * page_size) for c in (k_cache, v_cache)]
     reference = flash_attn_with_kvcache(q, *contiguous, cache_seqlens=seqlens, num_splits=1).float()
     for splits in (7, 3):
         assert (expected[splits][0].float() - reference).abs().max().item() < 2e-2
