@@ -8,9 +8,10 @@ the portable kernel cannot pass for it.
 import pytest
 import torch
 
-from flashtron import flash_attn_func, flash_attn_qkvpacked_func
+from flashtron import flash_attn_func, flash_attn_qkvpacked_func, flash_attn_varlen_func
 from flashtron.kernels import hardware, hopper_forward
 from test_flash_attn import check_against_oracle, random_inputs
+from test_varlen import cu_seqlens_of
 
 
 def _reason(q, k, v, causal=False, window=(-1, -1), dense=True, **variants):
@@ -63,6 +64,14 @@ def test_tiles_across_heads_for_causal_and_long_windows():
     assert not across(128, 1024, 0, (None, None, 16384, 16384), 132)
     assert not across(128, -1, -1, None, 132) and not across(128, 1024, -1, None, 132)
     assert not across(128, -1, 5, None, 132)  # a right edge past the diagonal: not measured, one head after another
+
+
+def test_three_consumers_only_for_dense_unmasked_head_dim_64():
+    count = hopper_forward.consumer_count
+    assert count(64, -1, -1, None) == 3
+    assert count(128, -1, -1, None) == 2
+    assert count(64, -1, 0, None) == 2 and count(64, 100, 0, None) == 2 and count(64, 100, -1, None) == 2
+    assert count(64, -1, -1, (None, None, 4096, 4096)) == 2
 
 
 on_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
@@ -155,6 +164,28 @@ def test_equals_portable_kernel(shape, launches, monkeypatch):
         torch.testing.assert_close(out, ref_out, atol=2e-3, rtol=0)
         torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
     assert len(launches) == 3
+
+
+@pytest.mark.gpu
+@on_hopper
+@pytest.mark.parametrize("window", [(-1, -1), (-1, 0)] + WINDOWS, ids=lambda w: f"{w[0]}_{w[1]}")
+def test_three_consumers_equal_two(window, launches, monkeypatch):
+    """Tiles of three consumers (192 rows) visit each row's key blocks in the same order as tiles of two, so the
+    outputs are equal bit for bit.  Forced here under every mask and for a variable-length batch, though only
+    dense calls without a mask at D = 64 take three."""
+    q, k, v = (t.detach() for t in random_inputs((2, 1000, 1100, 4, 2, 64), torch.bfloat16, "cuda"))
+    lengths = [1, 200, 1000, 63]
+    cu = cu_seqlens_of(lengths, "cuda")
+    packed = [t.reshape(-1, *t.shape[2:])[:sum(lengths)] for t in (q, k, v)]
+    results = []
+    for consumers in (2, 3):
+        monkeypatch.setattr(hopper_forward, "consumer_count", lambda *args, n=consumers: n)
+        out, lse, _ = flash_attn_func(q, k, v, window_size=window, return_attn_probs=True)
+        out_varlen = flash_attn_varlen_func(*packed, cu, cu, max(lengths), max(lengths), window_size=window)
+        results.append((out, lse, out_varlen))
+    assert len(launches) == 4
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.gpu

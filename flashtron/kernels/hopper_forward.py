@@ -5,14 +5,15 @@ Triton's own pipeliner waits on every wgmma as soon as it is issued, so in the p
 (`triton.experimental.gluon`, part of Triton), which exposes Hopper's asynchronous wgmma, mbarriers,
 the TMA copy engine and warp specialisation, and takes FlashAttention-3's structure:
 
-- A producer partition (one warpgroup, 24 registers per thread) copies Q once per tile, then K and V
+- A producer partition (one warpgroup, 24 or 32 registers per thread) copies Q once per tile, then K and V
   block by block into shared-memory rings.  Each ring slot has a "full" mbarrier (completed by the
   copy's transaction bytes) and an "empty" one (one arrival per consumer warpgroup).
-- Two consumer partitions (one warpgroup each, 240 registers) own 64 of the tile's 128 query rows.
+- Two or three consumer partitions (one warpgroup each, 240 or 160 registers; see `consumer_count`) own 64
+  of the tile's 128 or 192 query rows.
   For key block j a consumer issues S_j = Q K_j^T, then O += P_{j-1} V_{j-1}, waits for S_j only and
   computes block j's softmax while P_{j-1} V_{j-1} still runs; then it waits for that too.  Nothing
-  asynchronous crosses the loop's back-edge (ptxas would otherwise serialise every wgmma).  The two
-  consumers are not synchronised with each other, so one's matmuls can fill the other's softmax.
+  asynchronous crosses the loop's back-edge (ptxas would otherwise serialise every wgmma).  The
+  consumers are not synchronised with each other, so one's matmuls can fill another's softmax.
 - Persistent: one program per SM takes tiles in turn (see `_my_tile_count`), so the producer loads
   the next tile while the consumers finish this one; each consumer writes its output through shared
   memory and one TMA box.
@@ -45,13 +46,13 @@ except ImportError:  # pragma: no cover - older Triton
     _GLUON = False
 
 _DISABLED = os.environ.get("FLASHTRON_GLUON", "1") in ("", "0")
-BLOCK_M = 128  # query rows per tile: two consumer warpgroups of 64
+ROWS = 64  # query rows per consumer warpgroup; a tile has 2 or 3 consumers (see consumer_count)
+CONSUMER_REGISTERS = {2: 240, 3: 160}  # per consumer thread; the producer keeps 24 of 512 (32 with three)
 BLOCK_N = 128  # keys per block
 # The head dims this kernel takes, each from a sequence length (the longer of Sq and Sk) up.  Measured on an
 # H200 against forward.py (BENCHMARKS.md, session 11): D = 64 runs at 0.94x-0.97x at 1k, 1.04x-1.06x from 4k.
 MIN_SEQLEN = {64: 4096, 128: 0}
 K_STAGES, V_STAGES = 2, 2
-CONSUMER_REGISTERS = 240
 LOG2E = 1.4426950408889634
 
 
@@ -107,11 +108,11 @@ if _GLUON:
         q_desc: tma.tensor_descriptor
         k_desc: tma.tensor_descriptor
         v_desc: tma.tensor_descriptor
-        q_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, headdim)
+        q_smem: gl.shared_memory_descriptor  # (consumers, 1, 64 rows, headdim)
         k_smem: gl.shared_memory_descriptor  # (K ring, 1, keys, headdim)
         v_smem: gl.shared_memory_descriptor  # (V ring, 1, keys, headdim)
         o_desc: tma.tensor_descriptor
-        o_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, headdim): the output's way out
+        o_smem: gl.shared_memory_descriptor  # (consumers, 1, 64 rows, headdim): the output's way out
         q_full: gl.shared_memory_descriptor
         q_empty: gl.shared_memory_descriptor
         k_full: gl.shared_memory_descriptor
@@ -229,7 +230,7 @@ if _GLUON:
         Windows are aligned bottom-right: row r sees keys r + seqlen_k - seqlen_q - window_left to
         r + seqlen_k - seqlen_q + window_right.  Blocks outside every row's window are skipped; at least
         one block is visited, so rows that see nothing come out of it masked (output 0, lse +inf)."""
-        TILE_ROWS: gl.constexpr = 2 * a.q_desc.block_type.shape[1]
+        TILE_ROWS: gl.constexpr = a.q_smem.type.shape[0] * a.q_desc.block_type.shape[1]
         KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
         if a.ACROSS_HEADS:
             batch_heads = a.num_tiles // a.num_m_blocks
@@ -262,6 +263,7 @@ if _GLUON:
         ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
         HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
         KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
+        CONSUMERS: gl.constexpr = a.q_smem.type.shape[0]
         block_count = 0  # key blocks loaded so far: ring slot and phase
         q_count = 0  # tiles with any block so far: Q's phase
         for i in range(_my_tile_count(a)):
@@ -275,11 +277,10 @@ if _GLUON:
             if a.VARLEN:
                 live = n_blocks > 0
             mbarrier.wait(a.q_empty, (q_count & 1) ^ 1, pred=live)
-            mbarrier.expect(a.q_full, 2 * a.q_desc.block_type.nbytes, pred=live)
-            tma.async_copy_global_to_shared(a.q_desc, [box_batch, q_row, q_col], a.q_full, a.q_smem.index(0),
-                                            pred=live)
-            tma.async_copy_global_to_shared(a.q_desc, [box_batch, q_row + ROWS, q_col], a.q_full,
-                                            a.q_smem.index(1), pred=live)
+            mbarrier.expect(a.q_full, CONSUMERS * a.q_desc.block_type.nbytes, pred=live)
+            for wg in gl.static_range(CONSUMERS):
+                tma.async_copy_global_to_shared(a.q_desc, [box_batch, q_row + wg * ROWS, q_col], a.q_full,
+                                                a.q_smem.index(wg), pred=live)
             for j in range(n_blocks):
                 count = block_count + j
                 slot = count % K_RING
@@ -452,12 +453,12 @@ if _GLUON:
     def hopper_forward_kernel(q_desc, k_desc, v_desc, o_desc, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK,
                               num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2,
                               window_left, window_right, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr,
-                              K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                              ACROSS_HEADS: gl.constexpr, VARLEN: gl.constexpr):
-        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+                              K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMERS: gl.constexpr,
+                              CONSUMER_REGS: gl.constexpr, ACROSS_HEADS: gl.constexpr, VARLEN: gl.constexpr):
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_RING] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_RING] + v_desc.block_type.shape, v_desc.layout)
-        o_smem = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape, o_desc.layout)
+        o_smem = gl.allocate_shared_memory(o_desc.dtype, [CONSUMERS] + o_desc.block_type.shape, o_desc.layout)
         q_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         k_full = gl.allocate_shared_memory(gl.int64, [K_RING, 1], mbarrier.MBarrierLayout())
@@ -467,20 +468,24 @@ if _GLUON:
         # "full": the copy's transaction bytes complete it.  "empty": one arrival per consumer warpgroup
         # (an arrive is issued by one thread, after its warpgroup's collective wgmma wait).
         mbarrier.init(q_full, count=1)
-        mbarrier.init(q_empty, count=2)
+        mbarrier.init(q_empty, count=CONSUMERS)
         for i in gl.static_range(K_RING):
             mbarrier.init(k_full.index(i), count=1)
-            mbarrier.init(k_empty.index(i), count=2)
+            mbarrier.init(k_empty.index(i), count=CONSUMERS)
         for i in gl.static_range(V_RING):
             mbarrier.init(v_full.index(i), count=1)
-            mbarrier.init(v_empty.index(i), count=2)
+            mbarrier.init(v_empty.index(i), count=CONSUMERS)
         fence_async_shared()
         a = _Shared(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full, k_empty,
                     v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                     group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left, window_right,
                     HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN)
-        gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
-                           [CONSUMER_REGS, CONSUMER_REGS])
+        if CONSUMERS == 3:
+            gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1)), (_consumer, (a, 2))],
+                               [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
+        else:
+            gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
+                               [CONSUMER_REGS, CONSUMER_REGS])
 
 
 @functools.lru_cache(maxsize=None)
@@ -516,6 +521,18 @@ def across_heads(num_m_blocks: int, window_left: int, window_right: int, varlen,
     return varlen is None and (causal or window) and 4 * num_m_blocks > programs
 
 
+def consumer_count(head_dim: int, window_left: int, window_right: int, varlen) -> int:
+    """Consumer warpgroups per tile, each owning 64 query rows.  Three (FlashAttention-3's 192-row tiles) for dense
+    calls at D = 64 without a mask: there a block's matmuls take half as long as at D = 128 and its softmax as
+    long, and a third warpgroup's softmax fills the tensor cores' gaps.  Measured on an H200 (BENCHMARKS.md,
+    session 18), forward alone: 1.03x-1.08x at 2k-16k (1.00x-1.05x of cuDNN from 4k).  Two elsewhere:
+    - D = 128 needs more than the 160 registers per thread three consumers get;
+    - at D = 64 the masked blocks (causal, windows) spill up to 512 bytes at 160 registers: causal ran
+      1.03x-1.06x from 8k but 0.91x at 4k and 0.59x at 1k, window (1024, 0) 0.68x;
+    - variable-length batches waste more rows at each sequence's end with taller tiles (not measured)."""
+    return 3 if head_dim == 64 and window_left < 0 and window_right < 0 and varlen is None else 2
+
+
 def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None) -> None:
     """out = attention(q, k, v) and lse, for a call `unsupported_reason` accepted.  A window side of -1 is
     unbounded; causal is window_right = 0.  Dense: q, k, v, out (B, S, H, D), lse (B, H, Sq).  Variable
@@ -524,10 +541,11 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_heads_kv = k.shape[2]
     batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = sequences(q, k, lse, varlen)
-    q_box, kv_box = (1, BLOCK_M // 2, head_dim), (1, BLOCK_N, head_dim)
+    consumers = consumer_count(head_dim, window_left, window_right, varlen)
+    q_box, kv_box = (1, ROWS, head_dim), (1, BLOCK_N, head_dim)
     q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
     k_desc, v_desc = descriptor(k, kv_box), descriptor(v, kv_box)
-    num_m_blocks = -(-seqlen_q // BLOCK_M)
+    num_m_blocks = -(-seqlen_q // (ROWS * consumers))
     num_tiles = num_m_blocks * batch * num_heads
     # Persistent: one program per SM, taking tiles in turn, so the producer loads the next tile's
     # Q, K and V while the consumers finish this one.  A variable-length batch's tiles differ in work
@@ -538,6 +556,6 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
         q_desc, k_desc, v_desc, o_desc, out, lse, lse.stride(0), cu_seqlens_q, cu_seqlens_k, num_heads,
         num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
         max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
-        K_RING=K_STAGES, V_RING=V_STAGES, CONSUMER_REGS=CONSUMER_REGISTERS,
+        K_RING=K_STAGES, V_RING=V_STAGES, CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
         ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
         num_warps=4)
