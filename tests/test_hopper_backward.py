@@ -40,8 +40,8 @@ def test_short_sequences_keep_the_portable_kernels(monkeypatch, head_dim):
     reason = lambda sq, sk, window: hopper_backward.unsupported_reason(  # noqa: E731
         *(torch.empty(1, sq, 2, head_dim),) * 2, *(torch.empty(1, sk, 2, head_dim),) * 2, 0.1, *window, 0.0,
         None, None, 0.0, True)
-    limit = hopper_backward.MIN_SEQLEN[head_dim]
-    for window in ((-1, -1), (-1, 0), (256, 0)):
+    unmasked, masked = hopper_backward.MIN_SEQLEN[head_dim]
+    for window, limit in (((-1, -1), unmasked), ((-1, 0), masked), ((256, 0), masked), ((-1, 300), masked)):
         assert reason(limit - 1, limit - 1, window) is not None
         assert reason(limit, limit, window) is None
         assert reason(1, limit, window) is None and reason(limit, 1, window) is None  # the longer side decides
@@ -50,8 +50,8 @@ def test_short_sequences_keep_the_portable_kernels(monkeypatch, head_dim):
 @pytest.fixture
 def launches(monkeypatch):
     """Counts the Hopper backward's launches; the tests' short sequences take it too."""
-    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", {64: 0, 128: 0})
-    monkeypatch.setattr(hopper_forward, "MIN_SEQLEN", {64: 0, 128: 0})
+    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", {64: (0, 0), 128: (0, 0)})
+    monkeypatch.setattr(hopper_forward, "MIN_SEQLEN", {64: (0, 0), 128: (0, 0)})
     return count_calls(monkeypatch, hopper_backward, "backward", lambda args: args[1].shape)
 
 

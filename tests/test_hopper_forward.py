@@ -31,10 +31,17 @@ def test_head_dims_and_their_sequence_lengths(monkeypatch):
     monkeypatch.setattr(hopper_forward, "_GLUON", True)
     reason = lambda sq, sk, head_dim: _reason(torch.empty(1, sq, 2, head_dim, dtype=torch.bfloat16),  # noqa: E731
                                               *(torch.empty(1, sk, 2, head_dim, dtype=torch.bfloat16),) * 2)
-    for head_dim, limit in hopper_forward.MIN_SEQLEN.items():
+    def varlen_reason(longest, head_dim):
+        packed = torch.empty(1, 5000, 2, head_dim, dtype=torch.bfloat16)
+        return hopper_forward.unsupported_reason(packed, packed, packed, 0.1, -1, -1, 0.0, None, None, 0.0, True,
+                                                 (longest, 1))
+    for head_dim, (limit, varlen_limit) in hopper_forward.MIN_SEQLEN.items():
         assert reason(max(limit, 1), 1, head_dim) is None and reason(1, max(limit, 1), head_dim) is None
         if limit > 1:
             assert "short" in reason(limit - 1, limit - 1, head_dim)
+        assert varlen_reason(max(varlen_limit, 1), head_dim) is None
+        if varlen_limit > 1:
+            assert "short" in varlen_reason(varlen_limit - 1, head_dim)
     assert "head dim" in reason(4096, 4096, 96) and "head dim" in reason(4096, 4096, 256)
     assert "dtype" in _reason(*(torch.empty(1, 4096, 2, 128),) * 3)  # float32
 
@@ -94,7 +101,7 @@ def count_calls(monkeypatch, module, name, record):
 @pytest.fixture
 def launches(monkeypatch):
     """Counts the Hopper kernel's launches; the tests' short sequences take it at every head dim."""
-    monkeypatch.setattr(hopper_forward, "MIN_SEQLEN", {64: 0, 128: 0})
+    monkeypatch.setattr(hopper_forward, "MIN_SEQLEN", {64: (0, 0), 128: (0, 0)})
     return count_calls(monkeypatch, hopper_forward, "forward", lambda args: args[0].shape)
 
 

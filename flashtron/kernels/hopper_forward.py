@@ -49,9 +49,11 @@ _DISABLED = os.environ.get("FLASHTRON_GLUON", "1") in ("", "0")
 ROWS = 64  # query rows per consumer warpgroup; a tile has 2 or 3 consumers (see consumer_count)
 CONSUMER_REGISTERS = {2: 240, 3: 160}  # per consumer thread; the producer keeps 24 of 512 (32 with three)
 BLOCK_N = 128  # keys per block
-# The head dims this kernel takes, each from a sequence length (the longer of Sq and Sk) up.  Measured on an
-# H200 against forward.py (BENCHMARKS.md, session 11): D = 64 runs at 0.94x-0.97x at 1k, 1.04x-1.06x from 4k.
-MIN_SEQLEN = {64: 4096, 128: 0}
+# The head dims this kernel takes, each from a sequence length (the longer of Sq and Sk; with variable lengths,
+# the longest) up: (dense, variable-length).  Measured on an H200 against forward.py (BENCHMARKS.md, session 18),
+# D = 64: dense non-causal 1.03x at 1k, 1.07x-1.15x at 2k-3k, causal 1.00x at 1k, 1.08x-1.12x at 2k-3k;
+# variable-length (64 sequences from 128 tokens) 0.63x-0.98x up to 3k, one program per tile.
+MIN_SEQLEN = {64: (0, 4096), 128: (0, 0)}
 K_STAGES, V_STAGES = 2, 2
 LOG2E = 1.4426950408889634
 
@@ -90,7 +92,7 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
         return "paged, split, cache, seqused or bias layouts"
     if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in MIN_SEQLEN:
         return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {tuple(MIN_SEQLEN)})"
-    if max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]]:
+    if max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]][seqlens is not None]:
         return f"short sequences at head dim {q.shape[-1]} (the portable kernel is as fast or faster there)"
     if softcap > 0 or alibi_slopes is not None or sinks is not None or dropout_p > 0 or not softmax_scale > 0:
         return "softcap, ALiBi, sinks, dropout or a non-positive scale"
