@@ -73,12 +73,14 @@ def test_tiles_across_heads_for_causal_and_long_windows():
     assert not across(128, -1, 5, None, 132)  # a right edge past the diagonal: not measured, one head after another
 
 
-def test_three_consumers_only_for_dense_unmasked_head_dim_64():
+def test_three_consumers_for_dense_head_dim_64_without_a_mask_or_long_and_causal():
     count = hopper_forward.consumer_count
-    assert count(64, -1, -1, None) == 3
-    assert count(128, -1, -1, None) == 2
-    assert count(64, -1, 0, None) == 2 and count(64, 100, 0, None) == 2 and count(64, 100, -1, None) == 2
-    assert count(64, -1, -1, (None, None, 4096, 4096)) == 2
+    long = hopper_forward.CAUSAL_THREE_FROM
+    assert count(64, -1, -1, None, 1) == 3 and count(64, -1, 0, None, long) == 3
+    assert count(128, -1, -1, None, long) == 2 and count(64, -1, 0, None, long - 1) == 2
+    assert count(64, 100, 0, None, long) == 2 and count(64, 100, -1, None, long) == 2
+    assert count(64, -1, 200, None, long) == 2
+    assert count(64, -1, -1, (None, None, 4096, 4096), long) == 2
 
 
 on_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),

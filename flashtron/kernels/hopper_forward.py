@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - older Triton
 _DISABLED = os.environ.get("FLASHTRON_GLUON", "1") in ("", "0")
 ROWS = 64  # query rows per consumer warpgroup; a tile has 2 or 3 consumers (see consumer_count)
 CONSUMER_REGISTERS = {2: 240, 3: 160}  # per consumer thread; the producer keeps 24 of 512 (32 with three)
+CAUSAL_THREE_FROM = 8192  # see consumer_count
 BLOCK_N = 128  # keys per block
 # The head dims this kernel takes, each from a sequence length (the longer of Sq and Sk; with variable lengths,
 # the longest) up: (dense, variable-length).  Measured on an H200 against forward.py (BENCHMARKS.md, session 18),
@@ -307,7 +308,13 @@ if _GLUON:
         the output so far, and the new row max and sum.  Row r sees keys key_lo[r] to key_hi[r] (where
         HAS_LEFT / HAS_RIGHT bound its window)."""
         layout: gl.constexpr = scores.type.layout
-        if MASK:
+        if MASK and HAS_RIGHT and not HAS_LEFT:
+            # Causal: one bound per row with the sequence's end folded in, which holds fewer registers than the
+            # keys' indices and two masks (three consumers at D = 64 spill 48 bytes instead of 512).
+            cols = gl.arange(0, scores.type.shape[1], layout=gl.SliceLayout(0, layout))
+            last = gl.minimum(key_hi, seqlen_k - 1) - first_key
+            scores = gl.where(cols[None, :] <= last[:, None], scores, float("-inf"))
+        elif MASK:
             keys = first_key + gl.arange(0, scores.type.shape[1], layout=gl.SliceLayout(0, layout))
             keep = (keys < seqlen_k)[None, :]
             if HAS_LEFT:
@@ -523,16 +530,19 @@ def across_heads(num_m_blocks: int, window_left: int, window_right: int, varlen,
     return varlen is None and (causal or window) and 4 * num_m_blocks > programs
 
 
-def consumer_count(head_dim: int, window_left: int, window_right: int, varlen) -> int:
+def consumer_count(head_dim: int, window_left: int, window_right: int, varlen, seqlen: int) -> int:
     """Consumer warpgroups per tile, each owning 64 query rows.  Three (FlashAttention-3's 192-row tiles) for dense
-    calls at D = 64 without a mask: there a block's matmuls take half as long as at D = 128 and its softmax as
-    long, and a third warpgroup's softmax fills the tensor cores' gaps.  Measured on an H200 (BENCHMARKS.md,
-    session 18), forward alone: 1.03x-1.08x at 2k-16k (1.00x-1.05x of cuDNN from 4k).  Two elsewhere:
+    calls at D = 64 without a mask, and causal ones from CAUSAL_THREE_FROM tokens (the longer of Sq and Sk): at
+    D = 64 a block's matmuls take half as long as at D = 128 and its softmax as long, and a third warpgroup's
+    softmax fills the tensor cores' gaps.  Measured on an H200 (BENCHMARKS.md, session 18), forward alone: without
+    a mask 1.03x-1.08x at 2k-16k; causal 1.05x-1.07x at 8k-16k, but 0.97x at 4k and 0.68x at 1k, where a
+    192-row tile's first consumers compute up to a whole block that their rows do not see.  Two elsewhere:
     - D = 128 needs more than the 160 registers per thread three consumers get;
-    - at D = 64 the masked blocks (causal, windows) spill up to 512 bytes at 160 registers: causal ran
-      1.03x-1.06x from 8k but 0.91x at 4k and 0.59x at 1k, window (1024, 0) 0.68x;
+    - windows with a left edge spill 428 bytes at 160 registers (window (1024, 0) ran 0.68x);
     - variable-length batches waste more rows at each sequence's end with taller tiles (not measured)."""
-    return 3 if head_dim == 64 and window_left < 0 and window_right < 0 and varlen is None else 2
+    if head_dim != 64 or varlen is not None or window_left >= 0:
+        return 2
+    return 3 if window_right < 0 or (window_right == 0 and seqlen >= CAUSAL_THREE_FROM) else 2
 
 
 def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None) -> None:
@@ -543,7 +553,7 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_heads_kv = k.shape[2]
     batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = sequences(q, k, lse, varlen)
-    consumers = consumer_count(head_dim, window_left, window_right, varlen)
+    consumers = consumer_count(head_dim, window_left, window_right, varlen, max(seqlen_q, seqlen_k))
     q_box, kv_box = (1, ROWS, head_dim), (1, BLOCK_N, head_dim)
     q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
     k_desc, v_desc = descriptor(k, kv_box), descriptor(v, kv_box)
