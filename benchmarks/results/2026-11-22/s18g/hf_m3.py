@@ -1,0 +1,568 @@
+"""The forward on Hopper (sm_90), in Gluon: warp-specialised, with the softmax hidden behind the matmuls.
+
+Triton's own pipeliner waits on every wgmma as soon as it is issued, so in the portable kernel
+(forward.py) the tensor cores idle while the softmax runs.  This kernel is written in Gluon
+(`triton.experimental.gluon`, part of Triton), which exposes Hopper's asynchronous wgmma, mbarriers,
+the TMA copy engine and warp specialisation, and takes FlashAttention-3's structure:
+
+- A producer partition (one warpgroup, 24 or 32 registers per thread) copies Q once per tile, then K and V
+  block by block into shared-memory rings.  Each ring slot has a "full" mbarrier (completed by the
+  copy's transaction bytes) and an "empty" one (one arrival per consumer warpgroup).
+- Two or three consumer partitions (one warpgroup each, 240 or 160 registers; see `consumer_count`) own 64
+  of the tile's 128 or 192 query rows.
+  For key block j a consumer issues S_j = Q K_j^T, then O += P_{j-1} V_{j-1}, waits for S_j only and
+  computes block j's softmax while P_{j-1} V_{j-1} still runs; then it waits for that too.  Nothing
+  asynchronous crosses the loop's back-edge (ptxas would otherwise serialise every wgmma).  The
+  consumers are not synchronised with each other, so one's matmuls can fill another's softmax.
+- Persistent: one program per SM takes tiles in turn (see `_my_tile_count`), so the producer loads
+  the next tile while the consumers finish this one; each consumer writes its output through shared
+  memory and one TMA box.
+
+Tensors are read and written through 3-D TMA boxes over (batch, seqlen, heads * headdim): rows past a
+sequence's end read as zeros and are not written, so no box touches a neighbouring batch entry.
+Variable-length batches (VARLEN) are packed into one batch entry, so a box there can reach the next
+sequence's rows: keys past the end are masked, and an output block that ends past its sequence is
+stored from registers, rows past the end left out.  This kernel covers the common training shapes
+(see `unsupported_reason`); everything else, and every other device, takes forward.py.
+It is checked on the GPU against forward.py (Gluon has no interpreter).
+"""
+
+import functools
+import os
+from typing import Optional
+
+import torch
+
+from flashtron.kernels import hardware
+
+try:  # Gluon ships with Triton >= 3.5.
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    _GLUON = True
+except ImportError:  # pragma: no cover - older Triton
+    _GLUON = False
+
+_DISABLED = os.environ.get("FLASHTRON_GLUON", "1") in ("", "0")
+ROWS = 64  # query rows per consumer warpgroup; a tile has 2 or 3 consumers (see consumer_count)
+CONSUMER_REGISTERS = {2: 240, 3: 160}  # per consumer thread; the producer keeps 24 of 512 (32 with three)
+BLOCK_N = 128  # keys per block
+# The head dims this kernel takes, each from a sequence length (the longer of Sq and Sk; with variable lengths,
+# the longest) up: (dense, variable-length).  Measured on an H200 against forward.py (BENCHMARKS.md, session 18),
+# D = 64: dense non-causal 1.03x at 1k, 1.07x-1.15x at 2k-3k, causal 1.00x at 1k, 1.08x-1.12x at 2k-3k;
+# variable-length (64 sequences from 128 tokens) 0.63x-0.98x up to 3k, one program per tile.
+MIN_SEQLEN = {64: (0, 4096), 128: (0, 0)}
+K_STAGES, V_STAGES = 2, 2
+LOG2E = 1.4426950408889634
+
+
+def _box(t: torch.Tensor) -> Optional[tuple]:
+    """(shape, strides) of t (batch, seqlen, heads, headdim) seen as (batch, seqlen, heads * headdim), or None
+    where its strides do not allow a TMA box (unit stride on headdim, heads side by side, 16-byte aligned rows
+    and batches)."""
+    batch, seqlen, heads, head_dim = t.shape
+    batch_stride, row_stride, head_stride, dim_stride = t.stride()
+    if dim_stride != 1 or head_stride != head_dim or t.data_ptr() % 16:
+        return None
+    if row_stride < heads * head_dim or (batch > 1 and batch_stride < seqlen * row_stride):
+        return None  # rows or batch entries overlap (an expanded tensor)
+    if (row_stride * t.element_size()) % 16 or (batch_stride * t.element_size()) % 16:
+        return None
+    return [batch, seqlen, heads * head_dim], [batch_stride, row_stride, 1]
+
+
+def descriptor(t: torch.Tensor, box: tuple, layout=None):
+    """A TMA descriptor of `box` boxes over t (batch, seqlen, heads, headdim), which `_box` accepted; the
+    shared layout is the default one for the box unless given."""
+    return TensorDescriptor(t, *_box(t), list(box), layout or _box_layout(box, t.dtype))
+
+
+def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
+                       plain: bool, seqlens=None) -> Optional[str]:
+    """None when this kernel computes the call, else why the portable kernel does.  q, k, v are (B, S, H, D):
+    a variable-length call passes its packed tensors as (1, total, H, D) and seqlens = (max_seqlen_q,
+    max_seqlen_k).  plain: no paged, cache, split, seqused, bias or fp8 layout."""
+    if not _GLUON or _DISABLED:
+        return "Gluon unavailable or disabled (FLASHTRON_GLUON=0)"
+    if hardware.capability(q.device) != (9, 0):
+        return "not an sm_90 GPU"
+    if not plain:
+        return "paged, split, cache, seqused or bias layouts"
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in MIN_SEQLEN:
+        return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {tuple(MIN_SEQLEN)})"
+    if max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]][seqlens is not None]:
+        return f"short sequences at head dim {q.shape[-1]} (the portable kernel is as fast or faster there)"
+    if softcap > 0 or alibi_slopes is not None or sinks is not None or dropout_p > 0 or not softmax_scale > 0:
+        return "softcap, ALiBi, sinks, dropout or a non-positive scale"
+    if _box(q) is None or _box(k) is None or _box(v) is None:
+        return "strides do not allow TMA boxes"
+    return None
+
+
+if _GLUON:
+    from triton.language.core import _aggregate as aggregate
+
+    @aggregate
+    class _Shared:
+        """What every partition of one CTA sees: descriptors, rings, barriers and the problem's shape."""
+        q_desc: tma.tensor_descriptor
+        k_desc: tma.tensor_descriptor
+        v_desc: tma.tensor_descriptor
+        q_smem: gl.shared_memory_descriptor  # (consumers, 1, 64 rows, headdim)
+        k_smem: gl.shared_memory_descriptor  # (K ring, 1, keys, headdim)
+        v_smem: gl.shared_memory_descriptor  # (V ring, 1, keys, headdim)
+        o_desc: tma.tensor_descriptor
+        o_smem: gl.shared_memory_descriptor  # (consumers, 1, 64 rows, headdim): the output's way out
+        q_full: gl.shared_memory_descriptor
+        q_empty: gl.shared_memory_descriptor
+        k_full: gl.shared_memory_descriptor
+        k_empty: gl.shared_memory_descriptor
+        v_full: gl.shared_memory_descriptor
+        v_empty: gl.shared_memory_descriptor
+        Out: gl.tensor  # the output itself, for VARLEN tiles that end past their sequence
+        Lse: gl.tensor
+        lse_head_stride: gl.tensor  # VARLEN only: softmax_lse is (heads, total_q)
+        CuSeqlensQ: gl.tensor  # VARLEN only
+        CuSeqlensK: gl.tensor
+        num_heads: gl.tensor
+        group: gl.tensor
+        seqlen_q: gl.tensor  # VARLEN: the longest sequence's
+        seqlen_k: gl.tensor
+        num_m_blocks: gl.tensor
+        num_tiles: gl.tensor
+        qk_scale_log2: gl.tensor
+        window_left: gl.tensor
+        window_right: gl.tensor
+        HAS_LEFT: gl.constexpr
+        HAS_RIGHT: gl.constexpr
+        ACROSS_HEADS: gl.constexpr
+        VARLEN: gl.constexpr
+
+        @gluon.constexpr_function
+        def __init__(self, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full,
+                     k_empty, v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
+                     group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left,
+                     window_right, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN):
+            self.q_desc = q_desc
+            self.k_desc = k_desc
+            self.v_desc = v_desc
+            self.q_smem = q_smem
+            self.k_smem = k_smem
+            self.v_smem = v_smem
+            self.o_desc = o_desc
+            self.o_smem = o_smem
+            self.q_full = q_full
+            self.q_empty = q_empty
+            self.k_full = k_full
+            self.k_empty = k_empty
+            self.v_full = v_full
+            self.v_empty = v_empty
+            self.Out = Out
+            self.Lse = Lse
+            self.lse_head_stride = lse_head_stride
+            self.CuSeqlensQ = CuSeqlensQ
+            self.CuSeqlensK = CuSeqlensK
+            self.num_heads = num_heads
+            self.group = group
+            self.seqlen_q = seqlen_q
+            self.seqlen_k = seqlen_k
+            self.num_m_blocks = num_m_blocks
+            self.num_tiles = num_tiles
+            self.qk_scale_log2 = qk_scale_log2
+            self.window_left = window_left
+            self.window_right = window_right
+            self.HAS_LEFT = gl.constexpr(HAS_LEFT)
+            self.HAS_RIGHT = gl.constexpr(HAS_RIGHT)
+            self.ACROSS_HEADS = gl.constexpr(ACROSS_HEADS)
+            self.VARLEN = gl.constexpr(VARLEN)
+
+    @gluon.jit
+    def _my_tile_count(a):
+        """How many tiles this program computes.  Programs take tiles in rounds of num_programs, in
+        snake order (round r runs forward when r is even, backward when odd): with tiles sorted heaviest
+        first, every program's sum of work is then within one tile of the others'."""
+        programs = gl.num_programs(0)
+        pid = gl.program_id(0)
+        rounds = a.num_tiles // programs
+        remaining = a.num_tiles - rounds * programs
+        position = gl.where(rounds % 2 == 0, pid, programs - 1 - pid)
+        return rounds + gl.where(position < remaining, 1, 0)
+
+    @gluon.jit
+    def _tile_of(i):
+        """This program's i-th tile (see _my_tile_count)."""
+        programs = gl.num_programs(0)
+        pid = gl.program_id(0)
+        return i * programs + gl.where(i % 2 == 0, pid, programs - 1 - pid)
+
+    @gluon.jit
+    def _sequence(a, batch):
+        """(box batch, first query row, first key row, seqlen_q, seqlen_k) of sequence `batch`: in a dense
+        call its batch entry, rows from 0; with VARLEN, rows cu_seqlens[batch] on of the packed tensors, seen
+        as one batch entry (a box may then read a neighbouring sequence's rows: they are masked or not
+        written, never used)."""
+        if a.VARLEN:
+            q_start = gl.load(a.CuSeqlensQ + batch)
+            k_start = gl.load(a.CuSeqlensK + batch)
+            seqlen_q = gl.load(a.CuSeqlensQ + batch + 1) - q_start
+            seqlen_k = gl.load(a.CuSeqlensK + batch + 1) - k_start
+            return batch * 0, q_start, k_start, seqlen_q, seqlen_k
+        else:
+            return batch, batch * 0, batch * 0, a.seqlen_q, a.seqlen_k
+
+    @gluon.jit
+    def _row_stats(a, box_batch, head, q_start):
+        """Where a sequence's row statistics (softmax_lse, delta) start: (batch, heads, seqlen_q), or with
+        VARLEN (heads, total_q)."""
+        if a.VARLEN:
+            return head.to(gl.int64) * a.lse_head_stride + q_start
+        else:
+            return (box_batch * a.num_heads + head).to(gl.int64) * a.seqlen_q
+
+    @gluon.jit
+    def _tile(a, tile):
+        """(sequence (see _sequence), head, first query row, first key block, key blocks to visit) of a tile.
+        Tiles are numbered block-fastest (one head's tiles share K and V in L2), or with ACROSS_HEADS (causal
+        and long windows, see `across_heads`), head-fastest.  With a right window edge the last query blocks,
+        the heaviest, come first, so programs taking tiles in turn finish together.  A VARLEN tile past its
+        sequence's end visits 0 blocks.
+
+        Windows are aligned bottom-right: row r sees keys r + seqlen_k - seqlen_q - window_left to
+        r + seqlen_k - seqlen_q + window_right.  Blocks outside every row's window are skipped; at least
+        one block is visited, so rows that see nothing come out of it masked (output 0, lse +inf)."""
+        TILE_ROWS: gl.constexpr = a.q_smem.type.shape[0] * a.q_desc.block_type.shape[1]
+        KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
+        if a.ACROSS_HEADS:
+            batch_heads = a.num_tiles // a.num_m_blocks
+            m_block = tile // batch_heads
+            batch_head = tile % batch_heads
+        else:
+            m_block = tile % a.num_m_blocks
+            batch_head = tile // a.num_m_blocks
+        seq = _sequence(a, batch_head // a.num_heads)
+        _, _, _, seqlen_q, seqlen_k = seq
+        key_shift = seqlen_k - seqlen_q
+        end_block = gl.cdiv(seqlen_k, KEYS)
+        if a.HAS_RIGHT:
+            m_block = a.num_m_blocks - 1 - m_block
+            last_key = gl.minimum((m_block + 1) * TILE_ROWS, seqlen_q) - 1 + key_shift + a.window_right
+            end_block = gl.minimum(end_block, gl.cdiv(gl.maximum(last_key + 1, 0), KEYS))
+        first_block = 0
+        if a.HAS_LEFT:
+            # Below seqlen_k: row r's window starts at most at r + seqlen_k - seqlen_q < seqlen_k.
+            first_block = gl.maximum(m_block * TILE_ROWS + key_shift - a.window_left, 0) // KEYS
+        n_blocks = gl.maximum(end_block - first_block, 1)
+        if a.VARLEN:
+            n_blocks = gl.where(m_block * TILE_ROWS < seqlen_q, n_blocks, 0)
+        return seq, batch_head % a.num_heads, m_block * TILE_ROWS, first_block, n_blocks
+
+    @gluon.jit
+    def _producer(a):
+        K_RING: gl.constexpr = a.k_smem.type.shape[0]
+        V_RING: gl.constexpr = a.v_smem.type.shape[0]
+        ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
+        HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
+        KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
+        CONSUMERS: gl.constexpr = a.q_smem.type.shape[0]
+        block_count = 0  # key blocks loaded so far: ring slot and phase
+        q_count = 0  # tiles with any block so far: Q's phase
+        for i in range(_my_tile_count(a)):
+            seq, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
+            box_batch, q_start, k_start, _, _ = seq
+            q_row = q_start + start_m
+            k_row = k_start + first_block * KEYS
+            q_col = head * HEAD_DIM
+            kv_col = (head // a.group) * HEAD_DIM
+            live = True  # a VARLEN tile past its sequence's end loads nothing
+            if a.VARLEN:
+                live = n_blocks > 0
+            mbarrier.wait(a.q_empty, (q_count & 1) ^ 1, pred=live)
+            mbarrier.expect(a.q_full, CONSUMERS * a.q_desc.block_type.nbytes, pred=live)
+            for wg in gl.static_range(CONSUMERS):
+                tma.async_copy_global_to_shared(a.q_desc, [box_batch, q_row + wg * ROWS, q_col], a.q_full,
+                                                a.q_smem.index(wg), pred=live)
+            for j in range(n_blocks):
+                count = block_count + j
+                slot = count % K_RING
+                mbarrier.wait(a.k_empty.index(slot), ((count // K_RING) & 1) ^ 1)
+                mbarrier.expect(a.k_full.index(slot), a.k_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(a.k_desc, [box_batch, k_row + j * KEYS, kv_col],
+                                                a.k_full.index(slot), a.k_smem.index(slot))
+                slot = count % V_RING
+                mbarrier.wait(a.v_empty.index(slot), ((count // V_RING) & 1) ^ 1)
+                mbarrier.expect(a.v_full.index(slot), a.v_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(a.v_desc, [box_batch, k_row + j * KEYS, kv_col],
+                                                a.v_full.index(slot), a.v_smem.index(slot))
+            block_count += n_blocks
+            q_count += 1
+            if a.VARLEN:
+                q_count -= (n_blocks == 0).to(gl.int32)
+
+    @gluon.jit
+    def _online_softmax(scores, row_max, row_sum, qk_scale_log2, first_key, key_lo, key_hi, seqlen_k,
+                        MASK: gl.constexpr, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr):
+        """Block probabilities (base 2, scale folded in: the scale is positive), the factor that rescales
+        the output so far, and the new row max and sum.  Row r sees keys key_lo[r] to key_hi[r] (where
+        HAS_LEFT / HAS_RIGHT bound its window)."""
+        layout: gl.constexpr = scores.type.layout
+        if MASK and HAS_RIGHT and not HAS_LEFT:
+            # Causal: one bound per row, the sequence's end folded in (fewer live registers than keys + two masks).
+            cols = gl.arange(0, scores.type.shape[1], layout=gl.SliceLayout(0, layout))
+            last = gl.minimum(key_hi, seqlen_k - 1) - first_key
+            scores = gl.where(cols[None, :] <= last[:, None], scores, float("-inf"))
+        elif MASK:
+            keys = first_key + gl.arange(0, scores.type.shape[1], layout=gl.SliceLayout(0, layout))
+            keep = (keys < seqlen_k)[None, :]
+            if HAS_LEFT:
+                keep = keep & (keys[None, :] >= key_lo[:, None])
+            if HAS_RIGHT:
+                keep = keep & (keys[None, :] <= key_hi[:, None])
+            scores = gl.where(keep, scores, float("-inf"))
+        new_max = gl.maximum(row_max, gl.max(scores, 1) * qk_scale_log2)
+        # A row with nothing visible yet keeps its max at -inf; subtract 0 instead so exp2 gives 0, not NaN.
+        reference = gl.where(new_max == float("-inf"), 0.0, new_max)
+        probs = gl.exp2(scores * qk_scale_log2 - reference[:, None])
+        alpha = gl.exp2(row_max - reference)
+        row_sum = row_sum * alpha + gl.sum(probs, 1)
+        return probs, alpha, new_max, row_sum
+
+    @gluon.jit
+    def _softmax_block(scores, row_max, row_sum, qk_scale_log2, j, full_lo, full_hi, key_lo, key_hi, seqlen_k,
+                       HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr):
+        """_online_softmax for key block j (of scores.shape[1] keys), masked only outside blocks
+        [full_lo, full_hi), where the sequence's end or a window edge crosses a block."""
+        KEYS: gl.constexpr = scores.type.shape[1]
+        masked = j >= full_hi
+        if HAS_LEFT:
+            masked = masked | (j < full_lo)
+        if masked:
+            return _online_softmax(scores, row_max, row_sum, qk_scale_log2, j * KEYS, key_lo, key_hi, seqlen_k, True,
+                                   HAS_LEFT, HAS_RIGHT)
+        else:
+            return _online_softmax(scores, row_max, row_sum, qk_scale_log2, j * KEYS, key_lo, key_hi, seqlen_k, False,
+                                   HAS_LEFT, HAS_RIGHT)
+
+    @gluon.jit
+    def _consumer(a, WG: gl.constexpr):
+        K_RING: gl.constexpr = a.k_smem.type.shape[0]
+        V_RING: gl.constexpr = a.v_smem.type.shape[0]
+        ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
+        HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
+        KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
+        dtype: gl.constexpr = a.q_desc.dtype
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, KEYS, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+        orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+        q_tile = a.q_smem.index(WG).reshape([ROWS, HEAD_DIM])
+        zero_scores = gl.zeros([ROWS, KEYS], gl.float32, layout=s_layout)
+        block_count = 0  # key blocks used so far: ring slot and phase
+        q_count = 0  # tiles with any block so far: Q's phase
+        for i in range(_my_tile_count(a)):
+            seq, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
+            if not a.VARLEN or n_blocks > 0:  # a VARLEN tile past its sequence's end has no rows
+                box_batch, q_start, _, seqlen_q, seqlen_k = seq
+                key_shift = seqlen_k - seqlen_q
+                first_row = start_m + WG * ROWS
+                rows = first_row + gl.arange(0, ROWS, layout=row_layout)
+                key_lo = rows + key_shift - a.window_left
+                key_hi = rows + key_shift + a.window_right
+                # Blocks in [full_lo, full_hi) need no mask for any of this warpgroup's rows.
+                full_lo = 0
+                full_hi = seqlen_k // KEYS
+                if a.HAS_LEFT:
+                    full_lo = gl.cdiv(gl.maximum(first_row + ROWS - 1 + key_shift - a.window_left, 0), KEYS)
+                if a.HAS_RIGHT:
+                    full_hi = gl.minimum(full_hi, gl.maximum(first_row + key_shift + a.window_right + 1, 0) // KEYS)
+                acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
+                row_max = gl.full([ROWS], float("-inf"), gl.float32, layout=row_layout)
+                row_sum = gl.zeros([ROWS], gl.float32, layout=row_layout)
+
+                mbarrier.wait(a.q_full, q_count & 1)
+                # Key block 0: its scores, alone.
+                slot = block_count % K_RING
+                mbarrier.wait(a.k_full.index(slot), (block_count // K_RING) & 1)
+                scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
+                                       zero_scores, use_acc=False, is_async=True)
+                scores = warpgroup_mma_wait(0, deps=(scores, ))
+                mbarrier.arrive(a.k_empty.index(slot))
+                mbarrier.arrive(a.q_empty, pred=n_blocks == 1)
+                probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2, first_block,
+                                                                full_lo, full_hi, key_lo, key_hi, seqlen_k, a.HAS_LEFT,
+                                                                a.HAS_RIGHT)
+                p_op = gl.convert_layout(probs.to(dtype), p_layout)
+                for j in range(1, n_blocks):
+                    # S_j = Q K_j^T and O += P_{j-1} V_{j-1} on the tensor cores; block j's softmax runs under
+                    # the second.
+                    count = block_count + j
+                    slot = count % K_RING
+                    mbarrier.wait(a.k_full.index(slot), (count // K_RING) & 1)
+                    scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
+                                           zero_scores, use_acc=False, is_async=True)
+                    acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
+                    v_slot = (count - 1) % V_RING
+                    mbarrier.wait(a.v_full.index(v_slot), ((count - 1) // V_RING) & 1)
+                    acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
+                    scores = warpgroup_mma_wait(1, deps=(scores, ))
+                    mbarrier.arrive(a.k_empty.index(slot))
+                    mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
+                    probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2,
+                                                                    first_block + j, full_lo, full_hi, key_lo, key_hi,
+                                                                    seqlen_k, a.HAS_LEFT, a.HAS_RIGHT)
+                    acc = warpgroup_mma_wait(0, deps=(acc, ))
+                    mbarrier.arrive(a.v_empty.index(v_slot))
+                    p_op = gl.convert_layout(probs.to(dtype), p_layout)
+                # The last block's P V.
+                count = block_count + n_blocks - 1
+                acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
+                v_slot = count % V_RING
+                mbarrier.wait(a.v_full.index(v_slot), (count // V_RING) & 1)
+                acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
+                acc = warpgroup_mma_wait(0, deps=(acc, ))
+                mbarrier.arrive(a.v_empty.index(v_slot))
+
+                # A row that saw no key (a window, or causal with seqlen_q > seqlen_k) gets output 0 and lse +inf.
+                saw_nothing = row_sum == 0.0
+                lse = gl.where(saw_nothing, float("inf"), (row_max + gl.log2(row_sum)) * 0.6931471805599453)
+                scale = gl.convert_layout(gl.where(saw_nothing, 0.0, 1.0 / row_sum), orow_layout)
+                out = (acc * scale[:, None]).to(dtype)
+                # Out through shared memory and one TMA box (clipped at the tensor's end); the previous tile's box
+                # must have left shared memory first.  A VARLEN box would also write the next sequence's rows:
+                # a block that ends past its sequence is stored from registers instead, rows past the end left out.
+                if not a.VARLEN or first_row + ROWS <= seqlen_q:
+                    o_tile = a.o_smem.index(WG)
+                    tma.store_wait(0)
+                    o_tile.reshape([ROWS, HEAD_DIM]).store(out)
+                    fence_async_shared()
+                    tma.async_copy_shared_to_global(a.o_desc, [box_batch, q_start + first_row, head * HEAD_DIM], o_tile)
+                else:
+                    out_rows = first_row + gl.arange(0, ROWS, layout=orow_layout)
+                    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+                    row_stride = a.num_heads * HEAD_DIM
+                    base = a.Out + (q_start + first_row).to(gl.int64) * row_stride + head * HEAD_DIM
+                    offsets = (out_rows - first_row)[:, None] * row_stride + cols[None, :]
+                    gl.store(base + offsets, out, mask=(out_rows < seqlen_q)[:, None])
+                gl.store(a.Lse + _row_stats(a, box_batch, head, q_start) + rows, lse, mask=rows < seqlen_q)
+            block_count += n_blocks
+            q_count += 1
+            if a.VARLEN:
+                q_count -= (n_blocks == 0).to(gl.int32)
+        tma.store_wait(0)
+
+    # Integer arguments equal to 1 would otherwise become constants, which the aggregate's typed fields refuse.
+    @gluon.jit(do_not_specialize=["lse_head_stride", "num_heads", "group", "seqlen_q", "seqlen_k",
+                                  "num_m_blocks", "num_tiles", "window_left", "window_right"])
+    def hopper_forward_kernel(q_desc, k_desc, v_desc, o_desc, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK,
+                              num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2,
+                              window_left, window_right, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr,
+                              K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMERS: gl.constexpr,
+                              CONSUMER_REGS: gl.constexpr, ACROSS_HEADS: gl.constexpr, VARLEN: gl.constexpr):
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_RING] + k_desc.block_type.shape, k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_RING] + v_desc.block_type.shape, v_desc.layout)
+        o_smem = gl.allocate_shared_memory(o_desc.dtype, [CONSUMERS] + o_desc.block_type.shape, o_desc.layout)
+        q_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_full = gl.allocate_shared_memory(gl.int64, [K_RING, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [K_RING, 1], mbarrier.MBarrierLayout())
+        v_full = gl.allocate_shared_memory(gl.int64, [V_RING, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [V_RING, 1], mbarrier.MBarrierLayout())
+        # "full": the copy's transaction bytes complete it.  "empty": one arrival per consumer warpgroup
+        # (an arrive is issued by one thread, after its warpgroup's collective wgmma wait).
+        mbarrier.init(q_full, count=1)
+        mbarrier.init(q_empty, count=CONSUMERS)
+        for i in gl.static_range(K_RING):
+            mbarrier.init(k_full.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=CONSUMERS)
+        for i in gl.static_range(V_RING):
+            mbarrier.init(v_full.index(i), count=1)
+            mbarrier.init(v_empty.index(i), count=CONSUMERS)
+        fence_async_shared()
+        a = _Shared(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full, k_empty,
+                    v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
+                    group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left, window_right,
+                    HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN)
+        if CONSUMERS == 3:
+            gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1)), (_consumer, (a, 2))],
+                               [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
+        else:
+            gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
+                               [CONSUMER_REGS, CONSUMER_REGS])
+
+
+@functools.lru_cache(maxsize=None)
+def _box_layout(box: tuple, dtype: torch.dtype):
+    element = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}[dtype]
+    return gl.NVMMASharedLayout.get_default_for(list(box), element)
+
+
+def sequences(q, k, lse, varlen) -> tuple:
+    """(batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k) of a call to either Hopper kernel: the longest
+    lengths when variable-length; without cu_seqlens, any tensor as the (never read) pointers."""
+    if varlen is None:
+        return q.shape[0], q.shape[1], k.shape[1], lse, lse
+    cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k = varlen
+    return cu_seqlens_q.shape[0] - 1, max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k
+
+
+def across_heads(num_m_blocks: int, window_left: int, window_right: int, varlen, programs: int) -> bool:
+    """Whether the persistent programs take the tiles across heads (ACROSS_HEADS), heaviest first, rather than
+    one head after another.  Only where tiles differ in work and a head has many blocks (more than a quarter
+    of the programs' count); with few blocks per head, one head after another keeps its K and V in L2
+    (0.99x against 0.83x of cuDNN at 1k, causal).  Measured on an H200:
+    - causal: taken one head after another, a round of `programs` tiles spans every block size and the
+      programs drift apart (0.86x of cuDNN at 16k);
+    - a sliding window (both edges): its tiles are equal but for those the sequence's start clips, and one
+      head after another puts those short tiles in every round (with 2048 tiles on 132 SMs the busiest
+      program gets 1.065x the mean work, 1.005x across heads): window (1024, 0) 1.036x-1.053x, (256, 0)
+      1.13x-1.15x at 16k tokens (BENCHMARKS.md, session 13).  The backward's tiles in this order ran
+      0.96x-1.0x, so the backward keeps its own.
+    A variable-length batch has many sequences and heads and keeps one head after another."""
+    causal = window_left < 0 and window_right == 0
+    window = window_left >= 0 and window_right >= 0
+    return varlen is None and (causal or window) and 4 * num_m_blocks > programs
+
+
+def consumer_count(head_dim: int, window_left: int, window_right: int, varlen) -> int:
+    """Consumer warpgroups per tile, each owning 64 query rows.  Three (FlashAttention-3's 192-row tiles) for dense
+    calls at D = 64 without a mask: there a block's matmuls take half as long as at D = 128 and its softmax as
+    long, and a third warpgroup's softmax fills the tensor cores' gaps.  Measured on an H200 (BENCHMARKS.md,
+    session 18), forward alone: 1.03x-1.08x at 2k-16k (1.00x-1.05x of cuDNN from 4k).  Two elsewhere:
+    - D = 128 needs more than the 160 registers per thread three consumers get;
+    - at D = 64 the masked blocks (causal, windows) spill up to 512 bytes at 160 registers: causal ran
+      1.03x-1.06x from 8k but 0.91x at 4k and 0.59x at 1k, window (1024, 0) 0.68x;
+    - variable-length batches waste more rows at each sequence's end with taller tiles (not measured)."""
+    return 3 if head_dim == 64 and window_left < 0 and window_right < 0 and varlen is None else 2
+
+
+def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None) -> None:
+    """out = attention(q, k, v) and lse, for a call `unsupported_reason` accepted.  A window side of -1 is
+    unbounded; causal is window_right = 0.  Dense: q, k, v, out (B, S, H, D), lse (B, H, Sq).  Variable
+    length: varlen = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k), q, k, v, out the packed
+    (1, total, H, D) tensors seen as one batch entry, lse (H, total_q)."""
+    num_heads, head_dim = q.shape[2], q.shape[3]
+    num_heads_kv = k.shape[2]
+    batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = sequences(q, k, lse, varlen)
+    consumers = consumer_count(head_dim, window_left, window_right, varlen)
+    q_box, kv_box = (1, ROWS, head_dim), (1, BLOCK_N, head_dim)
+    q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
+    k_desc, v_desc = descriptor(k, kv_box), descriptor(v, kv_box)
+    num_m_blocks = -(-seqlen_q // (ROWS * consumers))
+    num_tiles = num_m_blocks * batch * num_heads
+    # Persistent: one program per SM, taking tiles in turn, so the producer loads the next tile's
+    # Q, K and V while the consumers finish this one.  A variable-length batch's tiles differ in work
+    # by sequence, which a fixed share of tiles per program cannot balance: one program per tile, in
+    # the hardware's order (1.07x-1.14x over persistent on an H200, BENCHMARKS.md session 12).
+    programs = num_tiles if varlen is not None else min(num_tiles, hardware.sm_count(q.device))
+    hopper_forward_kernel[(programs, )](
+        q_desc, k_desc, v_desc, o_desc, out, lse, lse.stride(0), cu_seqlens_q, cu_seqlens_k, num_heads,
+        num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
+        max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
+        K_RING=K_STAGES, V_RING=V_STAGES, CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
+        ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
+        num_warps=4)
