@@ -535,9 +535,9 @@ def consumer_count(head_dim: int, window_left: int, window_right: int, varlen, s
     calls at D = 64 without a mask, and causal ones from CAUSAL_THREE_FROM tokens (the longer of Sq and Sk): at
     D = 64 a block's matmuls take half as long as at D = 128 and its softmax as long, and a third warpgroup's
     softmax fills the tensor cores' gaps.  Measured on an H200 (BENCHMARKS.md, session 18), forward alone: without
-    a mask 1.03x-1.08x at 2k-16k; causal 1.05x-1.07x at 8k-16k, but 0.97x at 4k and 0.68x at 1k (likely
-    because a 192-row tile's first consumers also compute the diagonal blocks only its last one sees, a cost
-    that weighs more the fewer blocks a tile has; not measured).  Two elsewhere:
+    a mask 1.03x-1.08x at 2k-16k; causal 1.05x-1.07x at 8k-16k, but 0.97x at 4k and 0.65x-0.68x at 1k (not for
+    the spills, nor for the diagonal blocks a tile's first consumers compute without seeing them: skipping
+    those changed nothing; why is not known).  Two elsewhere:
     - D = 128 needs more than the 160 registers per thread three consumers get;
     - windows with a left edge spill 428 bytes at 160 registers (window (1024, 0) ran 0.68x);
     - variable-length batches waste more rows at each sequence's end with taller tiles (not measured)."""
