@@ -181,7 +181,7 @@ def test_equals_portable_kernel(shape, launches, monkeypatch):
 def test_three_consumers_equal_two(window, launches, monkeypatch):
     """Tiles of three consumers (192 rows) visit each row's key blocks in the same order as tiles of two, so the
     outputs are equal bit for bit.  Forced here under every mask and for a variable-length batch, though only
-    dense calls without a mask at D = 64 take three."""
+    dense D = 64 calls without a mask, or causal ones from CAUSAL_THREE_FROM tokens, take three."""
     q, k, v = (t.detach() for t in random_inputs((2, 1000, 1100, 4, 2, 64), torch.bfloat16, "cuda"))
     lengths = [1, 200, 1000, 63]
     cu = cu_seqlens_of(lengths, "cuda")

@@ -54,7 +54,7 @@ ROWS = 64  # query rows per block, and keys per consumer
 STAGES = {64: 4, 128: 2}
 CONSUMER_REGISTERS = 240
 POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postprocess
-# From which sequence length (the longer of Sq and Sk) this kernel takes each head dim, (without a mask, with
+# From which sequence length (the longer of Sq and Sk) this kernel takes each head dim, as (without a mask, with
 # one: causal or a window); shorter sequences keep backward.py.  Measured on an H200 against backward.py,
 # non-causal / causal: D = 128 (BENCHMARKS.md, session 11, backward alone) at 512 1.13x / 1.01x (not measured
 # below), 1k 1.17x / 1.03x, 2k 1.15x / 1.04x, from 4k 1.18x-1.29x, window (1024, 0) 1.24x-1.33x from 1k; D = 64

@@ -539,7 +539,7 @@ def consumer_count(head_dim: int, window_left: int, window_right: int, varlen, s
     the spills, nor for the diagonal blocks a tile's first consumers compute without seeing them: skipping
     those changed nothing; why is not known).  Two elsewhere:
     - D = 128 needs more than the 160 registers per thread three consumers get;
-    - windows with a left edge spill 428 bytes at 160 registers (window (1024, 0) ran 0.68x);
+    - windows: window (1024, 0) ran 0.68x-0.92x with three (other windows not measured);
     - variable-length batches waste more rows at each sequence's end with taller tiles (not measured)."""
     if head_dim != 64 or varlen is not None or window_left >= 0:
         return 2
