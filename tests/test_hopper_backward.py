@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func
-from flashtron.kernels import hopper_backward, hopper_forward, launch
+from flashtron.kernels import hardware, hopper_backward, hopper_forward, launch
 from flashtron.kernels.backward import attention_backward_postprocess
 from test_flash_attn import check_against_oracle, random_inputs
 from test_hopper_forward import check_on_hopper, count_calls, on_hopper, over_shapes, over_windows
@@ -35,22 +35,35 @@ def test_postprocess_scales_and_rounds_dq(dtype):
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_short_sequences_keep_the_portable_kernels(monkeypatch, head_dim):
-    monkeypatch.setattr(hopper_backward.hopper_forward, "unsupported_reason", lambda *args: None)
+    monkeypatch.setattr(hopper_backward.hopper_forward, "unsupported_reason", lambda *args, **kwargs: None)
     monkeypatch.setattr(hopper_backward, "_box", lambda t: ([1], [1]))
-    reason = lambda sq, sk, window: hopper_backward.unsupported_reason(  # noqa: E731
+    reason = lambda sq, sk, window, seqlens=None: hopper_backward.unsupported_reason(  # noqa: E731
         *(torch.empty(1, sq, 2, head_dim),) * 2, *(torch.empty(1, sk, 2, head_dim),) * 2, 0.1, *window, 0.0,
-        None, None, 0.0, True)
-    unmasked, masked = hopper_backward.MIN_SEQLEN[head_dim]
-    for window, limit in (((-1, -1), unmasked), ((-1, 0), masked), ((256, 0), masked), ((-1, 300), masked)):
+        None, None, 0.0, True, seqlens)
+    for window in ((-1, -1), (-1, 0), (256, 0), (-1, 300)):
+        limit, varlen_limit = hopper_backward.MIN_SEQLEN[head_dim, window != (-1, -1)]
         assert reason(limit - 1, limit - 1, window) is not None
         assert reason(limit, limit, window) is None
         assert reason(1, limit, window) is None and reason(limit, 1, window) is None  # the longer side decides
+        assert reason(9000, 9000, window, (varlen_limit - 1, 1)) is not None
+        assert reason(9000, 9000, window, (1, varlen_limit)) is None  # the longest sequence decides
+
+
+def test_variable_length_backward_need_not_follow_the_forward(monkeypatch):
+    """At D = 64 a causal variable-length batch of 1k-token sequences takes the portable forward and the Gluon
+    backward (their thresholds differ, measured in BENCHMARKS.md session 18)."""
+    monkeypatch.setattr(hardware, "capability", lambda device: (9, 0))
+    monkeypatch.setattr(hopper_forward, "_GLUON", True)
+    packed = torch.empty(1, 5000, 2, 64, dtype=torch.bfloat16)
+    args = (0.1, -1, 0, 0.0, None, None, 0.0, True, (1024, 1024))
+    assert "short" in hopper_forward.unsupported_reason(packed, packed, packed, *args)
+    assert hopper_backward.unsupported_reason(packed, packed, packed, packed, *args) is None
 
 
 @pytest.fixture
 def launches(monkeypatch):
     """Counts the Hopper backward's launches; the tests' short sequences take it too."""
-    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", {64: (0, 0), 128: (0, 0)})
+    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", dict.fromkeys(hopper_backward.MIN_SEQLEN, (0, 0)))
     monkeypatch.setattr(hopper_forward, "MIN_SEQLEN", {64: (0, 0), 128: (0, 0)})
     return count_calls(monkeypatch, hopper_backward, "backward", lambda args: args[1].shape)
 

@@ -19,7 +19,7 @@ from test_varlen import check_varlen_against_oracle, cu_seqlens_of
 def launches(monkeypatch):
     """Counts both Hopper kernels' launches (forward, backward); the tests' short sequences take them."""
     monkeypatch.setattr(hopper_forward, "MIN_SEQLEN", {64: (0, 0), 128: (0, 0)})
-    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", {64: (0, 0), 128: (0, 0)})
+    monkeypatch.setattr(hopper_backward, "MIN_SEQLEN", dict.fromkeys(hopper_backward.MIN_SEQLEN, (0, 0)))
     return (count_calls(monkeypatch, hopper_forward, "forward", lambda args: args[0].shape),
             count_calls(monkeypatch, hopper_backward, "backward", lambda args: args[1].shape))
 
@@ -50,6 +50,18 @@ over_batches = pytest.mark.parametrize("lengths", BATCHES, ids=["self", "cross",
 def test_matches_oracle(lengths, causal, dtype, heads, launches):
     check_varlen_against_oracle(*lengths, *heads, dtype, causal, device="cuda")
     _took_both(launches)
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_portable_forward_then_gluon_backward(monkeypatch):
+    """With the shipped thresholds a causal batch at D = 64 with sequences up to 1k tokens runs the portable forward
+    and the Gluon backward, which reads the portable kernel's lse."""
+    forward_calls = count_calls(monkeypatch, hopper_forward, "forward", lambda args: args[0].shape)
+    backward_calls = count_calls(monkeypatch, hopper_backward, "backward", lambda args: args[1].shape)
+    check_varlen_against_oracle([1000, 0, 129, 1024, 77], [1000, 0, 129, 1024, 77], 4, 2, 64, torch.bfloat16, True,
+                                device="cuda")
+    assert not forward_calls and backward_calls
 
 
 @pytest.mark.gpu

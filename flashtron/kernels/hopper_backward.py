@@ -54,13 +54,14 @@ ROWS = 64  # query rows per block, and keys per consumer
 STAGES = {64: 4, 128: 2}
 CONSUMER_REGISTERS = 240
 POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postprocess
-# From which sequence length (the longer of Sq and Sk) this kernel takes each head dim, as (without a mask, with
-# one: causal or a window); shorter sequences keep backward.py.  Measured on an H200 against backward.py,
-# non-causal / causal: D = 128 (BENCHMARKS.md, session 11, backward alone) at 512 1.13x / 1.01x (not measured
-# below), 1k 1.17x / 1.03x, 2k 1.15x / 1.04x, from 4k 1.18x-1.29x, window (1024, 0) 1.24x-1.33x from 1k; D = 64
-# (session 18, forward+backward) at 1k 1.00x / 0.96x, 2k 1.07x / 0.98x, 3k 1.06x / 1.00x, 4k 1.08x / 1.04x.
-# The forward's own limits (hopper_forward.MIN_SEQLEN) apply too.
-MIN_SEQLEN = {64: (2048, 4096), 128: (512, 512)}
+# From which sequence length (the longer of Sq and Sk; with variable lengths, the longest) this kernel takes each
+# (head dim, mask: causal or a window), as (dense, variable-length); shorter sequences keep backward.py, whichever
+# kernel ran the forward.  Measured on an H200 against backward.py, non-causal / causal: D = 128 (BENCHMARKS.md,
+# session 11, backward alone) at 512 1.13x / 1.01x (not measured below), 1k 1.17x / 1.03x, 2k 1.15x / 1.04x, from
+# 4k 1.18x-1.29x, window (1024, 0) 1.24x-1.33x from 1k; D = 64 (session 18, within forward+backward) dense at 1k
+# 1.00x / 0.96x, 2k 1.07x / 0.98x, 3k 1.06x / 1.00x, 4k 1.08x / 1.04x, variable-length (64 sequences from 128
+# tokens to the longest) at 1k 0.95x / 1.09x, 2k 1.01x / 1.15x, 3k 1.05x / 1.19x.
+MIN_SEQLEN = {(64, False): (2048, 2048), (64, True): (4096, 1024), (128, False): (512, 512), (128, True): (512, 512)}
 
 
 def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
@@ -70,12 +71,13 @@ def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, 
     if _DISABLED:
         return "disabled"
     reason = hopper_forward.unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap,
-                                               alibi_slopes, sinks, dropout_p, plain, seqlens)
+                                               alibi_slopes, sinks, dropout_p, plain, seqlens, check_length=False)
     if reason is None and _box(dout) is None:
         return "dout's strides do not allow TMA boxes"
-    masked = window_left >= 0 or window_right >= 0
-    if reason is None and max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]][masked]:
-        return "short sequences (backward.py is as fast or faster there)"
+    if reason is None:
+        masked = window_left >= 0 or window_right >= 0
+        if max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1], masked][seqlens is not None]:
+            return "short sequences (backward.py is as fast or faster there)"
     return reason
 
 

@@ -81,10 +81,11 @@ def descriptor(t: torch.Tensor, box: tuple, layout=None):
 
 
 def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
-                       plain: bool, seqlens=None) -> Optional[str]:
+                       plain: bool, seqlens=None, check_length: bool = True) -> Optional[str]:
     """None when this kernel computes the call, else why the portable kernel does.  q, k, v are (B, S, H, D):
     a variable-length call passes its packed tensors as (1, total, H, D) and seqlens = (max_seqlen_q,
-    max_seqlen_k).  plain: no paged, cache, split, seqused, bias or fp8 layout."""
+    max_seqlen_k).  plain: no paged, cache, split, seqused, bias or fp8 layout.  check_length=False leaves
+    MIN_SEQLEN out (the backward has its own)."""
     if not _GLUON or _DISABLED:
         return "Gluon unavailable or disabled (FLASHTRON_GLUON=0)"
     if hardware.capability(q.device) != (9, 0):
@@ -93,7 +94,7 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
         return "paged, split, cache, seqused or bias layouts"
     if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in MIN_SEQLEN:
         return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {tuple(MIN_SEQLEN)})"
-    if max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]][seqlens is not None]:
+    if check_length and max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]][seqlens is not None]:
         return f"short sequences at head dim {q.shape[-1]} (the portable kernel is as fast or faster there)"
     if softcap > 0 or alibi_slopes is not None or sinks is not None or dropout_p > 0 or not softmax_scale > 0:
         return "softcap, ALiBi, sinks, dropout or a non-positive scale"
