@@ -60,7 +60,8 @@ POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postpr
 # session 11, backward alone) at 512 1.13x / 1.01x (not measured below), 1k 1.17x / 1.03x, 2k 1.15x / 1.04x, from
 # 4k 1.18x-1.29x, window (1024, 0) 1.24x-1.33x from 1k; D = 64 (session 18, within forward+backward) dense at 1k
 # 1.00x / 0.96x, 2k 1.07x / 0.98x, 3k 1.06x / 1.00x, 4k 1.08x / 1.04x, variable-length (64 sequences from 128
-# tokens to the longest) at 1k 0.95x / 1.09x, 2k 1.01x / 1.15x, 3k 1.05x / 1.19x.
+# tokens to the longest) at 1k 0.95x / 1.09x, 2k 1.01x / 1.15x, 3k 1.05x / 1.19x.  Windows take the causal
+# column (at D = 64 not measured on their own).
 MIN_SEQLEN = {(64, False): (2048, 2048), (64, True): (4096, 1024), (128, False): (512, 512), (128, True): (512, 512)}
 
 
