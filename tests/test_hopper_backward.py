@@ -60,6 +60,15 @@ def test_variable_length_backward_need_not_follow_the_forward(monkeypatch):
     assert hopper_backward.unsupported_reason(packed, packed, packed, packed, *args) is None
 
 
+def test_causal_head_groups_make_about_one_round_of_programs():
+    """The causal tile order's group of heads (_head_group): the SM count over the key blocks per head, between
+    one head and all of them."""
+    group = hopper_backward._head_group
+    assert group(128, 16, 132) == 8 and group(256, 8, 132) == 16 and group(64, 32, 132) == 4
+    assert group(16, 128, 132) == 1 and group(16, 999, 132) == 1  # never fewer than one head
+    assert group(3, 16, 132) == 3  # never more than there are
+
+
 @pytest.fixture
 def launches(monkeypatch):
     """Counts the Hopper backward's launches; the tests' short sequences take it too."""
@@ -105,6 +114,28 @@ def test_persistent_programs_take_many_tiles(shape, window, programs, launches, 
 def _gradients(q, k, v, dout, window):
     out = flash_attn_func(q, k, v, window_size=window)
     return torch.autograd.grad(out, (q, k, v), dout)
+
+
+@pytest.mark.gpu
+@on_hopper
+@pytest.mark.parametrize("shape", [(1, 1000, 1000, 5, 5, 128), (5, 333, 777, 4, 2, 64), (3, 777, 333, 4, 1, 128)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_causal_head_groups(shape, launches, monkeypatch):
+    """Causal tiles go in groups of heads (_tile).  Every group size, with a last group of fewer heads or
+    not, gives the same dK and dV bits (each key block's sums run in the same order whichever program takes
+    it), dQ equal up to the order of its float32 sums, and gradients within the oracle's rule."""
+    q, k, v = random_inputs(shape, torch.bfloat16, "cuda")
+    dout = torch.randn_like(q)
+    grads = {}
+    for group in (1, 2, 3, 99):
+        monkeypatch.setattr(hopper_backward, "_head_group", lambda *args, group=group: group)
+        grads[group] = _gradients(q, k, v, dout, (-1, 0))
+    for group in (1, 2, 3):
+        assert torch.equal(grads[group][1], grads[99][1]) and torch.equal(grads[group][2], grads[99][2])
+        scale = grads[99][0].float().abs().max().item()
+        assert (grads[group][0].float() - grads[99][0].float()).abs().max().item() <= 0.01 * scale
+    assert len(launches) == 4
+    check_on_hopper(launches, shape, torch.bfloat16, True)  # with groups of 3
 
 
 @pytest.mark.gpu

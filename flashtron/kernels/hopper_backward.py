@@ -60,9 +60,10 @@ POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postpr
 # session 11, backward alone) at 512 1.13x / 1.01x (not measured below), 1k 1.17x / 1.03x, 2k 1.15x / 1.04x, from
 # 4k 1.18x-1.29x, window (1024, 0) 1.24x-1.33x from 1k; D = 64 (session 18, within forward+backward) dense at 1k
 # 1.00x / 0.96x, 2k 1.07x / 0.98x, 3k 1.06x / 1.00x, 4k 1.08x / 1.04x, variable-length (64 sequences from 128
-# tokens to the longest) at 1k 0.95x / 1.09x, 2k 1.01x / 1.15x, 3k 1.05x / 1.19x.  Windows take the causal
+# tokens to the longest) at 1k 0.95x / 1.09x, 2k 1.01x / 1.15x, 3k 1.05x / 1.19x; dense causal after session 19's
+# tile order (backward alone) 1.16x / 1.24x / 1.33x at 1k / 2k / 4k (not measured below).  Windows take the causal
 # column (at D = 64 not measured on their own).
-MIN_SEQLEN = {(64, False): (2048, 2048), (64, True): (4096, 1024), (128, False): (512, 512), (128, True): (512, 512)}
+MIN_SEQLEN = {(64, False): (2048, 2048), (64, True): (1024, 1024), (128, False): (512, 512), (128, True): (512, 512)}
 
 
 def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
@@ -134,6 +135,7 @@ if _GLUON:
         seqlen_k: gl.tensor
         num_n_blocks: gl.tensor
         num_tiles: gl.tensor
+        head_group: gl.tensor  # causal tile order: heads per group (_tile)
         qk_scale_log2: gl.tensor
         softmax_scale: gl.tensor
         window_left: gl.tensor
@@ -147,8 +149,8 @@ if _GLUON:
         def __init__(self, q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, q_smem, do_smem, k_smem, v_smem,
                      p_smem, ds_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, tile_smem,
                      tile_full, tile_empty, TileCounter, Lse, Delta, lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV,
-                     num_heads, group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, qk_scale_log2, softmax_scale,
-                     window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN):
+                     num_heads, group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, head_group, qk_scale_log2,
+                     softmax_scale, window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -185,6 +187,7 @@ if _GLUON:
             self.seqlen_k = seqlen_k
             self.num_n_blocks = num_n_blocks
             self.num_tiles = num_tiles
+            self.head_group = head_group
             self.qk_scale_log2 = qk_scale_log2
             self.softmax_scale = softmax_scale
             self.window_left = window_left
@@ -197,15 +200,20 @@ if _GLUON:
     @gluon.jit
     def _tile(a, tile):
         """(sequence (hopper_forward._sequence), kv head, key block) of a tile.  Under causal (a right window
-        edge and no left one) the key blocks seen by the most query rows (the first ones) come first, across
-        heads; otherwise one head's blocks are adjacent, so concurrent programs share its Q and dO in L2.
-        A variable-length batch, causal or not, keeps one head's blocks adjacent: across its many sequences
-        and heads, the first blocks share nothing in L2 (0.96x of backward.py against 1.24x, BENCHMARKS.md
-        session 12), and the hardware's order balances tiles of unequal work."""
+        edge and no left one) the tiles go in groups of head_group heads (_head_group: about one round of
+        programs), and within a group the key blocks seen by the most query rows (the first ones) come first,
+        across its heads.  Otherwise one head's blocks are adjacent.  Either way concurrent programs share a few
+        heads' Q, dO and dQ sums in L2.  A variable-length batch, causal or not, keeps one head's blocks
+        adjacent: across its many sequences and heads, the first blocks share nothing in L2 (0.96x of
+        backward.py against 1.24x, BENCHMARKS.md session 12), and the hardware's order balances tiles of unequal
+        work."""
         batch_heads = a.num_tiles // a.num_n_blocks
         if a.HAS_RIGHT and not a.HAS_LEFT and not a.VARLEN:
-            n_block = tile // batch_heads
-            batch_head = tile % batch_heads
+            group_tiles = a.head_group * a.num_n_blocks
+            first_head = tile // group_tiles * a.head_group
+            heads = gl.minimum(a.head_group, batch_heads - first_head)  # the last group may have fewer
+            n_block = tile % group_tiles // heads
+            batch_head = first_head + tile % group_tiles % heads
         else:
             n_block = tile % a.num_n_blocks
             batch_head = tile // a.num_n_blocks
@@ -484,11 +492,11 @@ if _GLUON:
         return steps
 
     @gluon.jit(do_not_specialize=["lse_head_stride", "num_heads", "group", "seqlen_q", "seqlen_k",
-                                  "num_n_blocks", "num_tiles", "window_left", "window_right"])
+                                  "num_n_blocks", "num_tiles", "head_group", "window_left", "window_right"])
     def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, TileCounter, Lse, Delta,
                                lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads, group, seqlen_q, seqlen_k,
-                               num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left, window_right,
-                               HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PERSISTENT: gl.constexpr,
+                               num_n_blocks, num_tiles, head_group, qk_scale_log2, softmax_scale, window_left,
+                               window_right, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PERSISTENT: gl.constexpr,
                                VARLEN: gl.constexpr, RING: gl.constexpr, CONSUMER_REGS: gl.constexpr):
         ROWS: gl.constexpr = q_desc.block_type.shape[1]
         dtype: gl.constexpr = q_desc.dtype
@@ -522,8 +530,8 @@ if _GLUON:
         a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, q_smem, do_smem, k_smem, v_smem,
                     p_smem, ds_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, tile_smem, tile_full,
                     tile_empty, TileCounter, Lse, Delta, lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads,
-                    group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, qk_scale_log2, softmax_scale, window_left,
-                    window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN)
+                    group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, head_group, qk_scale_log2, softmax_scale,
+                    window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN)
         gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
                            [CONSUMER_REGS, CONSUMER_REGS])
 
@@ -534,6 +542,16 @@ def _persistent(window_left: int) -> bool:
     then in the forward's static snake order; tiles by arrival added 1.00x-1.08x, session 15).  Causal and full
     attention ran 0.95x-1.04x with tiles by arrival (session 15), so they keep the simpler grid."""
     return window_left >= 0
+
+
+def _head_group(batch_heads: int, num_n_blocks: int, programs: int) -> int:
+    """The causal tile order's group of heads (_tile): as many as make one round of `programs` (the SM count),
+    at least one.  Interleaving every head's key blocks instead (longest first, for balance) gave each
+    concurrent program a head of its own at short lengths, so every Q and dO copy and dQ reduce-add went to
+    HBM.  Measured on an H200 over that order, whole backward (session 19): D = 128 1.29x / 1.33x / 1.16x /
+    1.06x / 1.06x at 1k / 2k / 4k / 8k / 16k, D = 64 1.20x-1.29x from 1k to 8k and 1.13x at 16k, each
+    within 1% of the best group size tried (1, 2, 4, 8 or 16 heads)."""
+    return max(1, min(batch_heads, round(programs / num_n_blocks)))
 
 
 def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window_left: int, window_right: int,
@@ -555,10 +573,12 @@ def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window
     num_n_blocks = -(-seqlen_k // (2 * ROWS))
     num_tiles = num_n_blocks * batch * num_heads_kv
     persistent = _persistent(window_left)
-    hopper_backward_kernel[(min(num_tiles, hardware.sm_count(q.device)) if persistent else num_tiles, )](
+    programs = hardware.sm_count(q.device)
+    hopper_backward_kernel[(min(num_tiles, programs) if persistent else num_tiles, )](
         q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, tile_counter, lse, delta, lse.stride(0),
         cu_seqlens_q, cu_seqlens_k, dk, dv, num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_n_blocks,
-        num_tiles, softmax_scale * LOG2E, softmax_scale, max(window_left, 0), max(window_right, 0),
+        num_tiles, _head_group(batch * num_heads_kv, num_n_blocks, programs), softmax_scale * LOG2E, softmax_scale,
+        max(window_left, 0), max(window_right, 0),
         HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None,
         RING=STAGES[head_dim], CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
     attention_backward_postprocess[(triton.cdiv(dq.numel(), POSTPROCESS_BLOCK), )](
