@@ -549,7 +549,7 @@ def _head_group(batch_heads: int, num_n_blocks: int, programs: int) -> int:
     at least one.  Interleaving every head's key blocks instead (longest first, for balance) gave each
     concurrent program a head of its own at short lengths, so every Q and dO copy and dQ reduce-add went to
     HBM.  Measured on an H200 over that order, whole backward (session 19): D = 128 1.29x / 1.33x / 1.16x /
-    1.06x / 1.06x at 1k / 2k / 4k / 8k / 16k, D = 64 1.20x-1.29x from 1k to 8k and 1.13x at 16k, each
+    1.10x / 1.06x at 1k / 2k / 4k / 8k / 16k, D = 64 1.20x-1.29x from 1k to 8k and 1.13x at 16k, each
     within 1% of the best group size tried (1, 2, 4, 8 or 16 heads)."""
     return max(1, min(batch_heads, round(programs / num_n_blocks)))
 
