@@ -109,6 +109,8 @@ def _setup_context(ctx, inputs, output):
     ctx.deterministic = deterministic
     ctx.max_seqlens = (max_seqlen_q, max_seqlen_k)
     ctx.mark_non_differentiable(softmax_lse)
+    # softmax_lse never has a gradient: without this, autograd would fill one with zeros for every backward.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dout, _dlse):
@@ -117,6 +119,8 @@ def _backward(ctx, dout, _dlse):
     if ctx.kv_cache:
         raise NotImplementedError("attention over a KV cache (block_table, cache_batch_idx or cache_leftpad) has "
                                   "no backward: it serves inference; pass tensors that do not require grad")
+    if dout is None:  # nothing flowed into out
+        return (None, ) * _NUM_INPUTS
     saved = ctx.saved_tensors
     (q, k, v, out, softmax_lse, alibi_slopes, sinks, dropout_seed,
      cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, attn_bias) = saved
@@ -134,8 +138,9 @@ def _backward(ctx, dout, _dlse):
             None, None, None)
 
 
-# attention_forward's inputs, in order: attn_bias is the last of 19.
+# attention_forward's inputs, in order: attn_bias is the 19th of 26.
 _ATTN_BIAS_INPUT = 18
+_NUM_INPUTS = 26
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)

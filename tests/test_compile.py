@@ -10,6 +10,8 @@ checks the ops' schemas, fake implementations and autograd registration.
 Runs on the CPU, in plain mode and under TRITON_INTERPRET=1; sizes are tiny.
 """
 
+import types
+
 import pytest
 import torch
 import torch._dynamo
@@ -182,6 +184,15 @@ def test_opcheck_attention_backward(causal):
     # The backward is not itself differentiable (no double backward), so inputs do not require grad.
     _opcheck(torch.ops.flashtron.attention_backward.default,
              (dout, q, k, v, out, lse, 0.25, -1, window_right, 0.0, None, None, 0.0, None, False))
+
+
+def test_backward_without_an_output_gradient_returns_none():
+    """softmax_lse's gradient is never materialised (it has none), so the formula may see dout None too, as when
+    nothing flowed into out: every input's gradient is then None, and no kernel runs."""
+    ctx = types.SimpleNamespace(fp8=False, kv_cache=False)
+    grads = ops._backward(ctx, None, None)
+    assert len(grads) == ops._NUM_INPUTS and all(g is None for g in grads)
+    assert len(torch.ops.flashtron.attention_forward.default._schema.arguments) == ops._NUM_INPUTS
 
 
 def test_custom_op_gradients_match_eager_formula():

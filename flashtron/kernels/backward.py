@@ -21,6 +21,7 @@ row that saw no key has lse +inf, so its probabilities are exactly 0.
 import triton
 import triton.language as tl
 
+from flashtron.kernels import compiled
 from flashtron.kernels.block_info import BAND_MASK, FULL_MASK, head_dim_mask, inner_block_range, visible
 from flashtron.kernels.dropout import dropout_keep, dropout_seed
 from flashtron.kernels.precision import downcast, mma
@@ -29,6 +30,7 @@ from flashtron.kernels.seqlen_info import sequence_extent
 from flashtron.kernels.tile_scheduler import tile_of_program
 
 
+@compiled.fast_launch
 @triton.jit
 def attention_backward_preprocess(
         Out, DOut, Delta,
@@ -36,9 +38,16 @@ def attention_backward_preprocess(
         stride_dob, stride_dom, stride_doh,
         stride_lse_b, stride_lse_h, CuSeqlensQ, SeqUsedQ,
         num_heads, max_seqlen_q, num_m_blocks,
-        head_dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
-        VARLEN: tl.constexpr, SEQUSED_Q: tl.constexpr):
+        head_dim, DqAccum, stride_ab, stride_am, stride_ah, TileCounter,
+        BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
+        VARLEN: tl.constexpr, SEQUSED_Q: tl.constexpr, ZERO_DQ: tl.constexpr):
+    """Delta = rowsum(dO * O) in float32, softmax_lse's layout.  ZERO_DQ (dense calls of the Hopper backward):
+    also zero the same rows of its float32 dQ sums, DqAccum (B, Sq, H, head_dim), and its tile counter, which
+    saves a launch and a pass of its own."""
     m_block, batch_head, batch, head = tile_of_program(tl.program_id(0), num_m_blocks, num_heads, False)
+    if ZERO_DQ:
+        if tl.program_id(0) == 0:
+            tl.store(TileCounter, 0)
     q_start, seqlen_q = sequence_extent(CuSeqlensQ, SeqUsedQ, batch, max_seqlen_q, VARLEN, SEQUSED_Q)
     if m_block * BLOCK_M >= seqlen_q:
         return
@@ -46,6 +55,9 @@ def attention_backward_preprocess(
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < seqlen_q)[:, None] & head_dim_mask(offs_d, head_dim, EVEN_D)[None, :]
     rows = (q_start + offs_m).to(tl.int64)[:, None]
+    if ZERO_DQ:
+        tl.store(DqAccum + batch.to(tl.int64) * stride_ab + head.to(tl.int64) * stride_ah + rows * stride_am
+                 + offs_d[None, :], tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), mask=mask)
     o = tl.load(Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh
                 + rows * stride_om + offs_d[None, :], mask=mask, other=0.0)
     do = tl.load(DOut + batch.to(tl.int64) * stride_dob + head.to(tl.int64) * stride_doh
@@ -55,6 +67,7 @@ def attention_backward_preprocess(
              + offs_m, delta, mask=offs_m < seqlen_q)
 
 
+@compiled.fast_launch
 @triton.jit
 def attention_backward_postprocess(DqAccum, Dq, numel, softmax_scale, BLOCK: tl.constexpr, UPCAST: tl.constexpr):
     """dQ = softmax_scale * dq_accum, rounded to dQ's dtype: the Hopper kernel's float32 sums, flat (both
@@ -146,6 +159,7 @@ def _dkdv_segment(dk, dv, k, v, q_base, do_base, lse_base, delta_base, qt_tile, 
 
 # A one-row query (max_seqlen_q == 1, specialised as a constant) made ptxas 13.0 crash on this kernel's
 # TMA variant (sm_90a, Triton 3.6); the length stays a runtime value.
+@compiled.fast_launch
 @triton.jit(do_not_specialize=["max_seqlen_q"])
 def attention_backward_dkdv(
         Q, K, V, DOut, QDesc, DODesc, Lse, Delta, DK, DV,
@@ -305,6 +319,7 @@ def _dq_segment(dq, q, do, lse_log2, delta, k_base, v_base, kt_tile, vt_tile, st
     return dq
 
 
+@compiled.fast_launch
 @triton.jit
 def attention_backward_dq(
         Q, K, V, DOut, KDesc, VDesc, Lse, Delta, DQ,

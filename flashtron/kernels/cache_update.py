@@ -15,12 +15,13 @@ import torch
 import triton
 import triton.language as tl
 
-from flashtron.kernels import launch
+from flashtron.kernels import compiled, launch
 from flashtron.kernels.rotary import block_rows, copy_columns, device_context, rotate_rows
 
 _MAX_PROGRAMS = 2**31 - 1
 
 
+@compiled.fast_launch
 @triton.jit
 def cache_update_kernel(KCache, VCache, K, V, CacheSeqlens, CacheBatchIdx, CacheLeftpad, BlockTable, Cos, Sin,
                         seqlen_new, num_heads, num_m_blocks, head_dim_k, head_dim_v, rotary_half, seqlen_ro,

@@ -14,11 +14,13 @@ query row of one head, over every split, in fp32.
 import triton
 import triton.language as tl
 
+from flashtron.kernels import compiled
 from flashtron.kernels.precision import downcast
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
+@compiled.fast_launch
 @triton.jit
 def combine_splits_kernel(
         OutAccum, LseAccum, Out, Lse,

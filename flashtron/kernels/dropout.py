@@ -12,6 +12,8 @@ dropout_p; survivors are scaled by 1 / (1 - dropout_p).
 import triton
 import triton.language as tl
 
+from flashtron.kernels import compiled
+
 
 @triton.jit
 def dropout_keep(seed, batch_head, offs_q, start_k, dropout_p, BLOCK_K: tl.constexpr):
@@ -37,6 +39,7 @@ def dropout_seed(DropoutSeed, DROPOUT: tl.constexpr):
     return seed
 
 
+@compiled.fast_launch
 @triton.jit
 def dropout_mask_kernel(Seed, Keep, seqlen_q, seqlen_k, num_m_blocks, num_n_blocks, dropout_p, first_batch_head,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):

@@ -14,6 +14,7 @@ strides) are formed in int64; offsets inside a tile stay int32.
 import triton
 import triton.language as tl
 
+from flashtron.kernels import compiled
 from flashtron.kernels.block_info import (BAND_MASK, FULL_MASK, head_dim_mask, inner_block_range,
                                           split_block_range, visible)
 from flashtron.kernels.dropout import dropout_keep, dropout_seed
@@ -149,6 +150,7 @@ def _forward_segment(acc, row_max, row_sum, q, k_base, v_base, kt_tile, v_tile, 
     return acc, row_max, row_sum
 
 
+@compiled.fast_launch
 @triton.jit
 def attention_forward_kernel(
         Q, K, V, KDesc, VDesc, Out, Lse,

@@ -17,9 +17,10 @@ with TMA reduce-adds.
   the head dim over all 128 keys, and sends it out through shared memory and one TMA reduce-add
   (float32, summed in L2) while the next block's S and dP run.  Against each consumer reducing a
   (64, headdim) part over its own 64 keys, that halves the reduce traffic and the dQ accumulator.
-- dK and dV go out at a tile's end through shared memory and TMA boxes.  dQ is scaled and rounded to the input
-  dtype afterwards (backward.attention_backward_postprocess).  The float32 sums make dQ's last bits depend on
-  the order the reduce-adds land in: `deterministic=True` takes backward.py.
+- dK and dV go out at a tile's end through shared memory and TMA boxes.  Before the kernel, the delta pass
+  (backward.attention_backward_preprocess) computes rowsum(dO * O) and zeroes the dQ sums; after it, dQ is
+  scaled and rounded to the input dtype (backward.attention_backward_postprocess).  The float32 sums make dQ's
+  last bits depend on the order the reduce-adds land in: `deterministic=True` takes backward.py.
 
 Like hopper_forward, it covers dense and variable-length (VARLEN, packed as in hopper_forward) fp16/bf16 calls
 at head dims 64 and 128 (from the lengths in `MIN_SEQLEN`), causal, windowed or neither, GQA/MQA, any Sq and Sk;
@@ -30,8 +31,8 @@ has no interpreter).
 import torch
 import triton
 
-from flashtron.kernels import hardware, hopper_forward
-from flashtron.kernels.backward import attention_backward_postprocess
+from flashtron.kernels import compiled, hardware, hopper_forward
+from flashtron.kernels.backward import attention_backward_postprocess, attention_backward_preprocess
 from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
 
 if _GLUON:
@@ -54,6 +55,7 @@ ROWS = 64  # query rows per block, and keys per consumer
 STAGES = {64: 4, 128: 2}
 CONSUMER_REGISTERS = 240
 POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postprocess
+PREPROCESS_ROWS = 64  # query rows per program of attention_backward_preprocess
 # From which sequence length (the longer of Sq and Sk; with variable lengths, the longest) this kernel takes each
 # (head dim, mask: causal or a window), as (dense, variable-length); shorter sequences keep backward.py, whichever
 # kernel ran the forward.  Measured on an H200 against backward.py, non-causal / causal: D = 128 (BENCHMARKS.md,
@@ -491,6 +493,7 @@ if _GLUON:
                 mbarrier.arrive(a.kv_empty)
         return steps
 
+    @compiled.fast_launch
     @gluon.jit(do_not_specialize=["lse_head_stride", "num_heads", "group", "seqlen_q", "seqlen_k",
                                   "num_n_blocks", "num_tiles", "head_group", "window_left", "window_right"])
     def hopper_backward_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, TileCounter, Lse, Delta,
@@ -554,20 +557,30 @@ def _head_group(batch_heads: int, num_n_blocks: int, programs: int) -> int:
     return max(1, min(batch_heads, round(programs / num_n_blocks)))
 
 
-def backward(dout, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, window_left: int, window_right: int,
+def backward(dout, q, k, v, out, lse, delta, dq, dk, dv, softmax_scale: float, window_left: int, window_right: int,
              varlen=None) -> None:
-    """dq, dk, dv for a call `unsupported_reason` accepted; delta = rowsum(dout * out), lse's layout.
-    dq, dk and dv are contiguous (the launcher allocates them).  A window side of -1 is unbounded.  Tensors
-    and varlen as in hopper_forward.forward."""
+    """delta = rowsum(dout * out) (lse's layout), then dq, dk, dv, for a call `unsupported_reason` accepted.  dq, dk
+    and dv are contiguous (the launcher allocates them).  A window side of -1 is unbounded.  Tensors and varlen as
+    in hopper_forward.forward."""
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_heads_kv = k.shape[2]
     batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = hopper_forward.sequences(q, k, lse, varlen)
+    # dQ's float32 sums, and after them the persistent programs' tile counter (int32).  The preprocess zeroes both
+    # for dense calls; a variable-length batch's rows past its last sequence are no sequence's, so it is zeroed here.
+    numel = q.numel()
+    dq_buffer = (torch.zeros if varlen is not None else torch.empty)(numel + 1, dtype=torch.float32, device=q.device)
+    dq_accum = dq_buffer[:numel].view(q.shape)
+    tile_counter = dq_buffer[numel:].view(torch.int32)
+    pre_blocks = -(-seqlen_q // PREPROCESS_ROWS)
+    # (batch, row, head) strides; a variable-length batch's sequences are rows of its one batch entry.
+    strides = (lambda t: (0, t.stride(1), t.stride(2))) if varlen is not None else (lambda t: t.stride()[:3])
+    attention_backward_preprocess[(pre_blocks * batch * num_heads, )](
+        out, dout, delta, *strides(out), *strides(dout), 0 if varlen is not None else lse.stride(0), lse.stride(-2),
+        cu_seqlens_q, cu_seqlens_q, num_heads, seqlen_q, pre_blocks, head_dim, dq_accum, *strides(dq_accum),
+        tile_counter, BLOCK_D=head_dim, EVEN_D=True, BLOCK_M=PREPROCESS_ROWS, VARLEN=varlen is not None,
+        SEQUSED_Q=False, ZERO_DQ=varlen is None)
     box = (1, ROWS, head_dim)
     q_desc, k_desc, v_desc, do_desc = (descriptor(t, box) for t in (q, k, v, dout))
-    # dQ's float32 sums, and after them the persistent programs' tile counter (int32, zeroed with them).
-    dq_buffer = torch.zeros(q.numel() + 1, dtype=torch.float32, device=q.device)
-    dq_accum = dq_buffer[:q.numel()].view(q.shape)
-    tile_counter = dq_buffer[q.numel():].view(torch.int32)
     dq_desc = descriptor(dq_accum, (1, ROWS, head_dim // 2))
     dk_desc, dv_desc = descriptor(dk, box), descriptor(dv, box)
     num_n_blocks = -(-seqlen_k // (2 * ROWS))

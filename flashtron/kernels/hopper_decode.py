@@ -32,7 +32,7 @@ from typing import Optional
 
 import torch
 
-from flashtron.kernels import hardware, hopper_forward
+from flashtron.kernels import compiled, hardware, hopper_forward
 from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
 
 if _GLUON:
@@ -374,6 +374,7 @@ if _GLUON:
         gl.store(lse_ptrs, lse, mask=rows < rows_used)
 
     # Integer arguments equal to 1 would otherwise become constants, which the aggregate's typed fields refuse.
+    @compiled.fast_launch
     @gluon.jit(do_not_specialize=["stride_qb", "stride_qm", "stride_qh", "stride_ob", "stride_om", "stride_oh",
                                   "stride_o_split", "stride_lse_b", "stride_lse_h", "stride_lse_split",
                                   "stride_block_table", "log2_page", "num_heads_kv", "group", "seqlen_q",

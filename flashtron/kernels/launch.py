@@ -304,6 +304,16 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         # No query rows (or nothing at all): every gradient is zero or empty.
         dsinks = lse.new_empty(0) if sinks is None else torch.zeros_like(sinks)
         return dq.zero_(), dk.zero_(), dv.zero_(), dsinks, _bias_gradient(dbias_full, attn_bias, lse)
+    plain = not (seqused_q is not None or seqused_k is not None or attn_bias is not None or k.numel() == 0
+                 or deterministic)
+    hopper = _hopper_operands((dout, q, k, v, out, dq, dk, dv), cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                              max_seqlen_k)
+    if hopper_backward.unsupported_reason(*hopper[0][:4], softmax_scale, window_left, window_right, softcap,
+                                          alibi_slopes, sinks, dropout_p, plain, hopper[1]) is None:
+        hopper_backward.backward(*hopper[0][:5], lse, delta, *hopper[0][5:], softmax_scale, window_left, window_right,
+                                 hopper[2])
+        return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(None, attn_bias, lse)
+
     block_d = _padded_head_dim(head_dim)
     pre_block_m = 64
     num_pre_blocks = triton.cdiv(q_layout.max_seqlen, pre_block_m)
@@ -311,17 +321,8 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     attention_backward_preprocess[_grid(num_pre_blocks, q_layout.batch * num_heads)](
         out, dout, delta, *q_layout.strides(out), *q_layout.strides(dout), *layout_args[:2],
         cu_seqlens_q_arg, seqused_q_arg, num_heads, q_layout.max_seqlen, num_pre_blocks, head_dim,
-        BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=pre_block_m,
-        VARLEN=layout_switches["VARLEN"], SEQUSED_Q=layout_switches["SEQUSED_Q"])
-
-    plain = not (seqused_q is not None or seqused_k is not None or attn_bias is not None or k.numel() == 0
-                 or deterministic)
-    hopper = _hopper_operands((dout, q, k, v, dq, dk, dv), cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    if hopper_backward.unsupported_reason(*hopper[0][:4], softmax_scale, window_left, window_right, softcap,
-                                          alibi_slopes, sinks, dropout_p, plain, hopper[1]) is None:
-        hopper_backward.backward(*hopper[0][:4], lse, delta, *hopper[0][4:], softmax_scale, window_left, window_right,
-                                 hopper[2])
-        return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(None, attn_bias, lse)
+        delta, 0, 0, 0, delta, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=pre_block_m,
+        VARLEN=layout_switches["VARLEN"], SEQUSED_Q=layout_switches["SEQUSED_Q"], ZERO_DQ=False)
 
     group = num_heads // num_heads_kv
     common = dict(head_dim=head_dim, BLOCK_D=block_d, EVEN_D=block_d == head_dim, **layout_switches,

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from flashtron.kernels import compiled
 from flashtron.kernels import launch  # noqa: F401  (installs the interpreter fixes under TRITON_INTERPRET=1)
 from flashtron.kernels.precision import downcast
 
@@ -65,6 +66,7 @@ def copy_columns(src_rows, dst_rows, row_mask, first_column, num_columns, stride
         tl.store(dst_rows[:, None] + columns[None, :] * stride_dst_d, values, mask=mask)
 
 
+@compiled.fast_launch
 @triton.jit
 def rotary_kernel(Out, X, Cos, Sin, CuSeqlens, SeqlenOffsets, seqlen_offset, seqlen, num_heads, num_m_blocks,
                   head_dim, rotary_half, seqlen_ro,
