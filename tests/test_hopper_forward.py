@@ -76,11 +76,21 @@ def test_tiles_across_heads_for_causal_and_long_windows():
 def test_three_consumers_for_dense_head_dim_64_without_a_mask_or_long_and_causal():
     count = hopper_forward.consumer_count
     long = hopper_forward.CAUSAL_THREE_FROM
-    assert count(64, -1, -1, None, 1) == 3 and count(64, -1, 0, None, long) == 3
-    assert count(128, -1, -1, None, long) == 2 and count(64, -1, 0, None, long - 1) == 2
-    assert count(64, 100, 0, None, long) == 2 and count(64, 100, -1, None, long) == 2
-    assert count(64, -1, 200, None, long) == 2
-    assert count(64, -1, -1, (None, None, 4096, 4096), long) == 2
+    assert count(64, -1, -1, None, 1536, 1) == 3 and count(64, -1, 0, None, long, long) == 3
+    assert count(64, -1, 0, None, 1, long) == 2  # one row: a 192-row tile is 1.5x a 128-row one
+    assert count(64, -1, 0, None, long - 128, long) == 3  # the longer side decides the causal length...
+    assert count(64, -1, 0, None, long - 1, long - 1) == 2
+    assert count(128, -1, -1, None, long, long) == 2
+    assert count(64, 100, 0, None, long, long) == 2 and count(64, 100, -1, None, long, long) == 2
+    assert count(64, -1, 200, None, long, long) == 2
+    assert count(64, -1, -1, (None, None, 4096, 4096), long, long) == 2
+
+
+@pytest.mark.parametrize("seqlen_q, consumers", [(1024, 2), (1152, 3), (1536, 3), (2048, 3), (2100, 3), (3072, 3),
+                                                  (4096, 3), (16384, 3), (100, 2), (640, 2), (700, 3)])
+def test_three_consumers_only_where_their_taller_tiles_pad_little(seqlen_q, consumers):
+    """...and Sq's padding: rows launched in 192-row tiles within THREE_MAX_PADDING of those in 128-row tiles."""
+    assert hopper_forward.consumer_count(64, -1, -1, None, seqlen_q, 4) == consumers
 
 
 on_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),

@@ -49,6 +49,7 @@ _DISABLED = os.environ.get("FLASHTRON_GLUON", "1") in ("", "0")
 ROWS = 64  # query rows per consumer warpgroup; a tile has 2 or 3 consumers (see consumer_count)
 CONSUMER_REGISTERS = {2: 240, 3: 160}  # per consumer thread; the producer keeps 24 of 512 (32 with three)
 CAUSAL_THREE_FROM = 8192  # see consumer_count
+THREE_MAX_PADDING = 1.06  # see consumer_count
 BLOCK_N = 128  # keys per block
 # The head dims this kernel takes, each from a sequence length (the longer of Sq and Sk; with variable lengths,
 # the longest) up: (dense, variable-length).  Measured on an H200 against forward.py (BENCHMARKS.md, session 18),
@@ -546,7 +547,7 @@ def across_heads(num_m_blocks: int, window_left: int, window_right: int, varlen,
     return varlen is None and (causal or window) and 4 * num_m_blocks > programs
 
 
-def consumer_count(head_dim: int, window_left: int, window_right: int, varlen, seqlen: int) -> int:
+def consumer_count(head_dim: int, window_left: int, window_right: int, varlen, seqlen_q: int, seqlen_k: int) -> int:
     """Consumer warpgroups per tile, each owning 64 query rows.  Three (FlashAttention-3's 192-row tiles) for dense
     calls at D = 64 without a mask, and causal ones from CAUSAL_THREE_FROM tokens (the longer of Sq and Sk): at
     D = 64 a block's matmuls take half as long as at D = 128 and its softmax as long, and a third warpgroup's
@@ -556,10 +557,17 @@ def consumer_count(head_dim: int, window_left: int, window_right: int, varlen, s
     those changed nothing; why is not known).  Two elsewhere:
     - D = 128 needs more than the 160 registers per thread three consumers get;
     - windows: window (1024, 0) ran 0.68x-0.92x with three (other windows not measured);
-    - variable-length batches waste more rows at each sequence's end with taller tiles (not measured)."""
+    - variable-length batches waste more rows at each sequence's end with taller tiles (not measured);
+    - where 192-row tiles would launch THREE_MAX_PADDING more rows than 128-row ones: the third consumer's gain
+      (1.065x-1.075x where both tile heights divide Sq, at 1.5k and 3k) is lost to the rows past Sq.  At 1k
+      (5 1/3 tiles of 192 rows, 12.5% more rows) three ran 0.948x of two; at 2k and 4k (3.1% more) 1.014x and
+      1.039x (BENCHMARKS.md, session 20)."""
     if head_dim != 64 or varlen is not None or window_left >= 0:
         return 2
-    return 3 if window_right < 0 or (window_right == 0 and seqlen >= CAUSAL_THREE_FROM) else 2
+    if not (window_right < 0 or (window_right == 0 and max(seqlen_q, seqlen_k) >= CAUSAL_THREE_FROM)):
+        return 2
+    rows_in_threes, rows_in_twos = -(-seqlen_q // (3 * ROWS)) * 3 * ROWS, -(-seqlen_q // (2 * ROWS)) * 2 * ROWS
+    return 3 if rows_in_threes <= THREE_MAX_PADDING * rows_in_twos else 2
 
 
 def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None) -> None:
@@ -570,7 +578,7 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_heads_kv = k.shape[2]
     batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = sequences(q, k, lse, varlen)
-    consumers = consumer_count(head_dim, window_left, window_right, varlen, max(seqlen_q, seqlen_k))
+    consumers = consumer_count(head_dim, window_left, window_right, varlen, seqlen_q, seqlen_k)
     q_box, kv_box = (1, ROWS, head_dim), (1, BLOCK_N, head_dim)
     q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
     k_desc, v_desc = descriptor(k, kv_box), descriptor(v, kv_box)
