@@ -30,6 +30,9 @@ from flashtron.kernels.seqlen_info import sequence_extent
 from flashtron.kernels.tile_scheduler import tile_of_program
 
 
+PREPROCESS_ROWS = 64  # query rows per program of attention_backward_preprocess, in either backward
+
+
 @compiled.fast_launch
 @triton.jit
 def attention_backward_preprocess(

@@ -32,7 +32,8 @@ import torch
 import triton
 
 from flashtron.kernels import compiled, hardware, hopper_forward
-from flashtron.kernels.backward import attention_backward_postprocess, attention_backward_preprocess
+from flashtron.kernels.backward import (PREPROCESS_ROWS, attention_backward_postprocess,
+                                        attention_backward_preprocess)
 from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
 
 if _GLUON:
@@ -55,7 +56,6 @@ ROWS = 64  # query rows per block, and keys per consumer
 STAGES = {64: 4, 128: 2}
 CONSUMER_REGISTERS = 240
 POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postprocess
-PREPROCESS_ROWS = 64  # query rows per program of attention_backward_preprocess
 # From which sequence length (the longer of Sq and Sk; with variable lengths, the longest) this kernel takes each
 # (head dim, mask: causal or a window), as (dense, variable-length); shorter sequences keep backward.py, whichever
 # kernel ran the forward.  Measured on an H200 against backward.py, non-causal / causal: D = 128 (BENCHMARKS.md,
@@ -594,5 +594,5 @@ def backward(dout, q, k, v, out, lse, delta, dq, dk, dv, softmax_scale: float, w
         max(window_left, 0), max(window_right, 0),
         HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None,
         RING=STAGES[head_dim], CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
-    attention_backward_postprocess[(triton.cdiv(dq.numel(), POSTPROCESS_BLOCK), )](
-        dq_accum, dq, dq.numel(), softmax_scale, BLOCK=POSTPROCESS_BLOCK, UPCAST=False)  # on the GPU only
+    attention_backward_postprocess[(triton.cdiv(numel, POSTPROCESS_BLOCK), )](
+        dq_accum, dq, numel, softmax_scale, BLOCK=POSTPROCESS_BLOCK, UPCAST=False)  # on the GPU only

@@ -16,7 +16,7 @@ from flashtron.kernels import (configs, hardware, hopper_backward, hopper_decode
                                tma)
 from flashtron.sinks import sink_gradient
 from flashtron.kernels.dropout import dropout_mask_kernel
-from flashtron.kernels.backward import (attention_backward_dkdv, attention_backward_dq,
+from flashtron.kernels.backward import (PREPROCESS_ROWS, attention_backward_dkdv, attention_backward_dq,
                                         attention_backward_preprocess)
 from flashtron.kernels.combine import combine_splits_kernel
 from flashtron.kernels.forward import attention_forward_kernel
@@ -315,13 +315,12 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(None, attn_bias, lse)
 
     block_d = _padded_head_dim(head_dim)
-    pre_block_m = 64
-    num_pre_blocks = triton.cdiv(q_layout.max_seqlen, pre_block_m)
+    num_pre_blocks = triton.cdiv(q_layout.max_seqlen, PREPROCESS_ROWS)
     cu_seqlens_q_arg, seqused_q_arg = q_layout.pointers(q)
     attention_backward_preprocess[_grid(num_pre_blocks, q_layout.batch * num_heads)](
         out, dout, delta, *q_layout.strides(out), *q_layout.strides(dout), *layout_args[:2],
         cu_seqlens_q_arg, seqused_q_arg, num_heads, q_layout.max_seqlen, num_pre_blocks, head_dim,
-        delta, 0, 0, 0, delta, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=pre_block_m,
+        delta, 0, 0, 0, delta, BLOCK_D=block_d, EVEN_D=block_d == head_dim, BLOCK_M=PREPROCESS_ROWS,
         VARLEN=layout_switches["VARLEN"], SEQUSED_Q=layout_switches["SEQUSED_Q"], ZERO_DQ=False)
 
     group = num_heads // num_heads_kv
