@@ -33,6 +33,17 @@ def test_postprocess_scales_and_rounds_dq(dtype):
     assert torch.equal(dq, (accum * scale).to(dtype))  # one float32 product, one rounding to nearest even
 
 
+def test_head_dims_only_the_forward_takes_keep_the_portable_backward(monkeypatch):
+    """D = 256 runs forward on the Hopper kernel, backward on the portable ones."""
+    monkeypatch.setattr(hardware, "capability", lambda device: (9, 0))
+    monkeypatch.setattr(hopper_forward, "_GLUON", True)
+    q = torch.empty(1, 4096, 2, 256, dtype=torch.bfloat16)
+    assert hopper_forward.unsupported_reason(q, q, q, 0.1, -1, 0, 0.0, None, None, 0.0, True) is None
+    for window_right in (-1, 0):
+        assert "head dim 256" in hopper_backward.unsupported_reason(q, q, q, q, 0.1, -1, window_right, 0.0, None, None,
+                                                                    0.0, True)
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_short_sequences_keep_the_portable_kernels(monkeypatch, head_dim):
     monkeypatch.setattr(hopper_backward.hopper_forward, "unsupported_reason", lambda *args, **kwargs: None)

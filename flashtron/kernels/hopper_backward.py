@@ -80,6 +80,8 @@ def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, 
         return "dout's strides do not allow TMA boxes"
     if reason is None:
         masked = window_left >= 0 or window_right >= 0
+        if (q.shape[-1], masked) not in MIN_SEQLEN:
+            return f"head dim {q.shape[-1]} (the backward takes {sorted({d for d, _ in MIN_SEQLEN})})"
         if max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1], masked][seqlens is not None]:
             return "short sequences (backward.py is as fast or faster there)"
     return reason

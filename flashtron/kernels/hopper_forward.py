@@ -50,12 +50,16 @@ ROWS = 64  # query rows per consumer warpgroup; a tile has 2 or 3 consumers (see
 CONSUMER_REGISTERS = {2: 240, 3: 160}  # per consumer thread; the producer keeps 24 of 512 (32 with three)
 CAUSAL_THREE_FROM = 8192  # see consumer_count
 THREE_MAX_PADDING = 1.06  # see consumer_count
-BLOCK_N = 128  # keys per block
+# Keys per block, by head dim.  At D = 256 a 128-key block's scores and the output (64 + 128 fp32 registers per
+# thread) would leave too little of a consumer's 240.
+BLOCK_N = {64: 128, 128: 128, 256: 64}
 # The head dims this kernel takes, each from a sequence length (the longer of Sq and Sk; with variable lengths,
-# the longest) up: (dense, variable-length).  Measured on an H200 against forward.py (BENCHMARKS.md, session 18),
-# D = 64: dense non-causal 1.03x at 1k, 1.07x-1.15x at 2k-3k, causal 1.00x at 1k, 1.08x-1.12x at 2k-3k;
-# variable-length (64 sequences from 128 tokens) 0.63x-0.98x up to 3k, one program per tile.
-MIN_SEQLEN = {64: (0, 4096), 128: (0, 0)}
+# the longest) up: (dense, variable-length), None where not taken.  Measured on an H200 against forward.py:
+# D = 64 (BENCHMARKS.md, session 18): dense non-causal 1.03x at 1k, 1.07x-1.15x at 2k-3k, causal 1.00x at 1k,
+# 1.08x-1.12x at 2k-3k; variable-length (64 sequences from 128 tokens) 0.63x-0.98x up to 3k, one program per tile.
+# D = 256 (session 21), dense, non-causal / causal: 1.35x / 1.52x at 1k, 1.32x / 1.42x at 2k, 1.25x-1.28x / 1.25x-1.34x
+# at 4k-16k; variable-length not measured.
+MIN_SEQLEN = {64: (0, 4096), 128: (0, 0), 256: (0, None)}
 K_STAGES, V_STAGES = 2, 2
 LOG2E = 1.4426950408889634
 
@@ -109,7 +113,10 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
         return "paged, split, cache, seqused or bias layouts"
     if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in MIN_SEQLEN:
         return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {tuple(MIN_SEQLEN)})"
-    if check_length and max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]][seqlens is not None]:
+    min_seqlen = MIN_SEQLEN[q.shape[-1]][seqlens is not None]
+    if min_seqlen is None:
+        return f"variable-length batches at head dim {q.shape[-1]}"
+    if check_length and max(seqlens or (q.shape[1], k.shape[1])) < min_seqlen:
         return f"short sequences at head dim {q.shape[-1]} (the portable kernel is as fast or faster there)"
     if softcap > 0 or alibi_slopes is not None or sinks is not None or dropout_p > 0 or not softmax_scale > 0:
         return "softcap, ALiBi, sinks, dropout or a non-positive scale"
@@ -131,7 +138,7 @@ if _GLUON:
         k_smem: gl.shared_memory_descriptor  # (K ring, 1, keys, headdim)
         v_smem: gl.shared_memory_descriptor  # (V ring, 1, keys, headdim)
         o_desc: tma.tensor_descriptor
-        o_smem: gl.shared_memory_descriptor  # (consumers, 1, 64 rows, headdim): the output's way out
+        o_smem: gl.shared_memory_descriptor  # (consumers, 1, 64 rows, headdim): the output's way out (O_IN_Q: q_smem)
         q_full: gl.shared_memory_descriptor
         q_empty: gl.shared_memory_descriptor
         k_full: gl.shared_memory_descriptor
@@ -156,12 +163,13 @@ if _GLUON:
         HAS_RIGHT: gl.constexpr
         ACROSS_HEADS: gl.constexpr
         VARLEN: gl.constexpr
+        O_IN_Q: gl.constexpr  # the output leaves through the consumers' Q tiles (see `o_in_q`)
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full,
                      k_empty, v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                      group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left,
-                     window_right, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN):
+                     window_right, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -194,6 +202,7 @@ if _GLUON:
             self.HAS_RIGHT = gl.constexpr(HAS_RIGHT)
             self.ACROSS_HEADS = gl.constexpr(ACROSS_HEADS)
             self.VARLEN = gl.constexpr(VARLEN)
+            self.O_IN_Q = gl.constexpr(O_IN_Q)
 
     @gluon.jit
     def _my_tile_count(a):
@@ -409,7 +418,8 @@ if _GLUON:
                                        zero_scores, use_acc=False, is_async=True)
                 scores = warpgroup_mma_wait(0, deps=(scores, ))
                 mbarrier.arrive(a.k_empty.index(slot))
-                mbarrier.arrive(a.q_empty, pred=n_blocks == 1)
+                if not a.O_IN_Q:
+                    mbarrier.arrive(a.q_empty, pred=n_blocks == 1)
                 probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2, first_block,
                                                                 full_lo, full_hi, key_lo, key_hi, seqlen_k, a.HAS_LEFT,
                                                                 a.HAS_RIGHT)
@@ -428,7 +438,8 @@ if _GLUON:
                     acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
                     scores = warpgroup_mma_wait(1, deps=(scores, ))
                     mbarrier.arrive(a.k_empty.index(slot))
-                    mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
+                    if not a.O_IN_Q:
+                        mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
                     probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2,
                                                                     first_block + j, full_lo, full_hi, key_lo, key_hi,
                                                                     seqlen_k, a.HAS_LEFT, a.HAS_RIGHT)
@@ -465,6 +476,9 @@ if _GLUON:
                     base = a.Out + (q_start + first_row).to(gl.int64) * row_stride + head * HEAD_DIM
                     offsets = (out_rows - first_row)[:, None] * row_stride + cols[None, :]
                     gl.store(base + offsets, out, mask=(out_rows < seqlen_q)[:, None])
+                if a.O_IN_Q:  # Q's tile is free once the box has read the output from it
+                    tma.store_wait(0)
+                    mbarrier.arrive(a.q_empty)
                 gl.store(a.Lse + _row_stats(a, box_batch, head, q_start) + rows, lse, mask=rows < seqlen_q)
             block_count += n_blocks
             q_count += 1
@@ -480,11 +494,15 @@ if _GLUON:
                               num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2,
                               window_left, window_right, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr,
                               K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMERS: gl.constexpr,
-                              CONSUMER_REGS: gl.constexpr, ACROSS_HEADS: gl.constexpr, VARLEN: gl.constexpr):
+                              CONSUMER_REGS: gl.constexpr, ACROSS_HEADS: gl.constexpr, VARLEN: gl.constexpr,
+                              O_IN_Q: gl.constexpr):
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_RING] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_RING] + v_desc.block_type.shape, v_desc.layout)
-        o_smem = gl.allocate_shared_memory(o_desc.dtype, [CONSUMERS] + o_desc.block_type.shape, o_desc.layout)
+        if O_IN_Q:
+            o_smem = q_smem
+        else:
+            o_smem = gl.allocate_shared_memory(o_desc.dtype, [CONSUMERS] + o_desc.block_type.shape, o_desc.layout)
         q_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         k_full = gl.allocate_shared_memory(gl.int64, [K_RING, 1], mbarrier.MBarrierLayout())
@@ -505,7 +523,7 @@ if _GLUON:
         a = _Shared(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full, k_empty,
                     v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                     group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left, window_right,
-                    HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN)
+                    HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q)
         if CONSUMERS == 3:
             gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1)), (_consumer, (a, 2))],
                                [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
@@ -570,6 +588,13 @@ def consumer_count(head_dim: int, window_left: int, window_right: int, varlen, s
     return 3 if rows_in_threes <= THREE_MAX_PADDING * rows_in_twos else 2
 
 
+def o_in_q(head_dim: int) -> bool:
+    """Whether the output leaves through the consumers' Q tiles (O_IN_Q) rather than tiles of its own: at D = 256,
+    where Q's tiles (64 KB), two K and two V slots of 64 keys (128 KB) and the output's own tiles (64 KB) would
+    not fit in shared memory.  The next tile's Q then loads only once this tile's output has left."""
+    return head_dim == 256
+
+
 def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None) -> None:
     """out = attention(q, k, v) and lse, for a call `unsupported_reason` accepted.  A window side of -1 is
     unbounded; causal is window_right = 0.  Dense: q, k, v, out (B, S, H, D), lse (B, H, Sq).  Variable
@@ -579,7 +604,7 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     num_heads_kv = k.shape[2]
     batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = sequences(q, k, lse, varlen)
     consumers = consumer_count(head_dim, window_left, window_right, varlen, seqlen_q, seqlen_k)
-    q_box, kv_box = (1, ROWS, head_dim), (1, BLOCK_N, head_dim)
+    q_box, kv_box = (1, ROWS, head_dim), (1, BLOCK_N[head_dim], head_dim)
     q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
     k_desc, v_desc = descriptor(k, kv_box), descriptor(v, kv_box)
     num_m_blocks = -(-seqlen_q // (ROWS * consumers))
@@ -595,4 +620,4 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
         max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
         K_RING=K_STAGES, V_RING=V_STAGES, CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
         ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
-        num_warps=4)
+        O_IN_Q=o_in_q(head_dim), num_warps=4)
