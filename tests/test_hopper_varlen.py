@@ -54,6 +54,18 @@ def test_matches_oracle(lengths, causal, dtype, heads, launches):
 
 @pytest.mark.gpu
 @on_hopper
+@over_batches
+@pytest.mark.parametrize("window", [(-1, -1), (-1, 0), (100, 0)], ids=lambda w: f"{w[0]}_{w[1]}")
+def test_head_dim_256_forward(lengths, window, launches):
+    """D = 256: the Gluon forward, the portable backward (hopper_backward has no D = 256 entry)."""
+    check_varlen_against_oracle(*lengths, 4, 2, 256, torch.bfloat16, False, device="cuda", window_size=window)
+    forward_calls, backward_calls = launches
+    assert forward_calls and not backward_calls
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.gpu
+@on_hopper
 def test_portable_forward_then_gluon_backward(monkeypatch):
     """With the shipped thresholds a causal batch at D = 64 with sequences up to 1k tokens runs the portable forward
     and the Gluon backward, which reads the portable kernel's lse."""
