@@ -44,6 +44,27 @@ def test_head_dims_and_their_sequence_lengths(monkeypatch):
             assert "short" in varlen_reason(varlen_limit - 1, head_dim)
     assert "head dim" in reason(4096, 4096, 96) and "head dim" in reason(4096, 4096, 512)
     assert "dtype" in _reason(*(torch.empty(1, 4096, 2, 128),) * 3)  # float32
+    fp8 = torch.float8_e4m3fn
+    for head_dim in (32, 64, 128, 256):
+        taken = _reason(*(torch.empty(1, 100, 2, head_dim, dtype=fp8),) * 3) is None
+        assert taken == (head_dim in hopper_forward.FP8_HEAD_DIMS)
+    packed = torch.empty(1, 5000, 2, 128, dtype=fp8)
+    assert "FP8" in hopper_forward.unsupported_reason(packed, packed, packed, 0.1, -1, -1, 0.0, None, None, 0.0, True,
+                                                      (4096, 4096))
+
+
+@pytest.mark.skipif(not hopper_forward._GLUON, reason="needs Gluon")
+@pytest.mark.parametrize("seqlen", [1, 16, 37, 130])
+def test_fp8_values_copied_keys_innermost(seqlen):
+    """FP8's P V reads v keys-innermost, (B, Hk * D, Sk rounded up to 16); the rounding must be zeros (a NaN there
+    would reach the output through P's zeros)."""
+    v = (torch.randn(2, seqlen, 3, 64) * 3).to(torch.float8_e4m3fn)
+    vt, desc = hopper_forward.values_transposed(v, 128)
+    padded = -(-seqlen // 16) * 16
+    assert vt.shape == (2, 3 * 64, padded) and vt.is_contiguous()
+    assert torch.equal(vt.view(2, 3, 64, padded)[..., :seqlen].float(), v.permute(0, 2, 3, 1).float())
+    assert torch.equal(vt[..., seqlen:].float(), torch.zeros(2, 3 * 64, padded - seqlen))
+    assert list(desc.block_shape) == [1, 64, 128]
 
 
 def test_box_needs_heads_side_by_side():
@@ -211,6 +232,47 @@ def test_three_consumers_equal_two(window, launches, monkeypatch):
     assert len(launches) == 4
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+# FP8 at D = 128: keys not a multiple of 16 (the rounded copy of v), GQA and MQA, Sq > Sk, one key block and many.
+FP8_SHAPES = [(2, 1000, 3000, 4, 2, 128), (1, 3000, 17, 2, 2, 128), (3, 511, 700, 6, 1, 128), (2, 1, 700, 4, 4, 128),
+              (4, 2000, 2000, 8, 2, 128)]
+
+
+@pytest.mark.gpu
+@on_hopper
+@pytest.mark.parametrize("shape", FP8_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("window", [(-1, -1), (-1, 0), (300, 0), (100, 50)], ids=lambda w: f"{w[0]}_{w[1]}")
+def test_fp8_matches_oracle(shape, window, launches):
+    from test_fp8 import check, fp8_inputs
+    check(*fp8_inputs(*shape, device="cuda"), window=window)
+    assert launches, "the call did not take the Hopper kernel"
+
+
+@pytest.mark.gpu
+@on_hopper
+@pytest.mark.parametrize("window", [(-1, -1), (-1, 0), (9, 0)], ids=lambda w: f"{w[0]}_{w[1]}")
+def test_fp8_negative_and_zero_descales(window, launches):
+    """q's and k's descales fold into the row max only where their product is positive; a negative one flips the
+    scores, a zero one makes them all 0, and masked scores stay -inf whatever the sign."""
+    from test_fp8 import check, fp8_inputs
+    q, k, v, descales = fp8_inputs(2, 370, 450, 4, 2, 128, device="cuda")
+    descales[0][0, 1] = -descales[0][0, 1]
+    descales[1][1, 0] = 0.0
+    descales[2][1, 1] = -descales[2][1, 1]
+    assert torch.isfinite(check(q, k, v, descales, window=window)).all()
+    assert launches
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_fp8_varlen_keeps_the_portable_kernel(launches):
+    from test_fp8 import fp8_inputs
+    q, k, v, descales = fp8_inputs(1, 300, 300, 4, 2, 128, device="cuda")
+    cu = cu_seqlens_of([100, 200], "cuda")
+    out = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, 200, 200, causal=True, q_descale=descales[0].expand(2, 2),
+                                 k_descale=descales[1].expand(2, 2), v_descale=descales[2].expand(2, 2))
+    assert not launches and torch.isfinite(out).all()
 
 
 @pytest.mark.gpu

@@ -17,6 +17,10 @@ the TMA copy engine and warp specialisation, and takes FlashAttention-3's struct
 - Persistent: one program per SM takes tiles in turn (see `_my_tile_count`), so the producer loads
   the next tile while the consumers finish this one; each consumer writes its output through shared
   memory and one TMA box.
+- FP8 (q, k, v float8_e4m3fn, dense, D = 128): both matmuls on the fp8 tensor cores.  fp8 wgmma reads its
+  operands with the reduction dim contiguous, so V is copied keys-innermost first (`values_transposed`), and P
+  goes to P V through shared memory (the output tile) rather than registers.  The descales fold into the
+  scores' scale; the output is bfloat16.
 
 Tensors are read and written through 3-D TMA boxes over (batch, seqlen, heads * headdim): rows past a
 sequence's end read as zeros and are not written, so no box touches a neighbouring batch entry.
@@ -60,6 +64,11 @@ BLOCK_N = {64: 128, 128: 128, 256: 64}
 # D = 256 (session 21), dense, non-causal / causal: 1.35x / 1.52x at 1k, 1.32x / 1.42x at 2k, 1.25x-1.28x / 1.25x-1.34x
 # at 4k-16k; variable-length (64 sequences from 128 tokens, MHA and GQA) 1.37x-1.46x up to 1k, 1.21x-1.31x at 2k-8k.
 MIN_SEQLEN = {64: (0, 4096), 128: (0, 0), 256: (0, 0)}
+# FP8 (float8_e4m3fn q, k, v with descales, bfloat16 out): the head dims taken, dense calls from any length.  At
+# D = 128 1.07x-1.12x of forward.py's FP8 at 4k-16k; at D = 64 0.92x-1.09x, so forward.py keeps it (BENCHMARKS.md,
+# session 21).  Variable-length FP8 batches keep forward.py: a sequence's keys start anywhere in v's keys-innermost
+# copy, and a TMA box whose innermost start is not 16-byte aligned faults (illegal instruction, session 21).
+FP8_HEAD_DIMS = (128,)
 K_STAGES, V_STAGES = 2, 2
 LOG2E = 1.4426950408889634
 
@@ -103,7 +112,7 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
                        plain: bool, seqlens=None, check_length: bool = True) -> Optional[str]:
     """None when this kernel computes the call, else why the portable kernel does.  q, k, v are (B, S, H, D):
     a variable-length call passes its packed tensors as (1, total, H, D) and seqlens = (max_seqlen_q,
-    max_seqlen_k).  plain: no paged, cache, split, seqused, bias or fp8 layout.  check_length=False leaves
+    max_seqlen_k).  plain: no paged, cache, split, seqused or bias layout.  check_length=False leaves
     MIN_SEQLEN out (the backward has its own)."""
     if not _GLUON or _DISABLED:
         return "Gluon unavailable or disabled (FLASHTRON_GLUON=0)"
@@ -111,9 +120,12 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
         return "not an sm_90 GPU"
     if not plain:
         return "paged, split, cache, seqused or bias layouts"
-    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in MIN_SEQLEN:
+    if q.dtype == torch.float8_e4m3fn:
+        if q.shape[-1] not in FP8_HEAD_DIMS or seqlens is not None:
+            return f"FP8 at head dim {q.shape[-1]} or variable lengths (taken: dense, head dim in {FP8_HEAD_DIMS})"
+    elif q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in MIN_SEQLEN:
         return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {tuple(MIN_SEQLEN)})"
-    if check_length and max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]][seqlens is not None]:
+    elif check_length and max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]][seqlens is not None]:
         return f"short sequences at head dim {q.shape[-1]} (the portable kernel is as fast or faster there)"
     if softcap > 0 or alibi_slopes is not None or sinks is not None or dropout_p > 0 or not softmax_scale > 0:
         return "softcap, ALiBi, sinks, dropout or a non-positive scale"
@@ -130,12 +142,13 @@ if _GLUON:
         """What every partition of one CTA sees: descriptors, rings, barriers and the problem's shape."""
         q_desc: tma.tensor_descriptor
         k_desc: tma.tensor_descriptor
-        v_desc: tma.tensor_descriptor
+        v_desc: tma.tensor_descriptor  # FP8: over v's keys-innermost copy (see `values_transposed`)
         q_smem: gl.shared_memory_descriptor  # (consumers, 1, 64 rows, headdim)
         k_smem: gl.shared_memory_descriptor  # (K ring, 1, keys, headdim)
-        v_smem: gl.shared_memory_descriptor  # (V ring, 1, keys, headdim)
+        v_smem: gl.shared_memory_descriptor  # (V ring, 1, keys, headdim); FP8: (V ring, 1, headdim, keys)
         o_desc: tma.tensor_descriptor
-        o_smem: gl.shared_memory_descriptor  # (consumers, 1, 64 rows, headdim): the output's way out (O_IN_Q: q_smem)
+        o_smem: gl.shared_memory_descriptor  # (consumers, 1, 64 rows, headdim): the output's way out (O_IN_Q: q_smem);
+        # FP8: also each block's P on its way to P V
         q_full: gl.shared_memory_descriptor
         q_empty: gl.shared_memory_descriptor
         k_full: gl.shared_memory_descriptor
@@ -156,17 +169,20 @@ if _GLUON:
         qk_scale_log2: gl.tensor
         window_left: gl.tensor
         window_right: gl.tensor
+        Descale: gl.tensor  # FP8: float32 (3, batch, kv heads), the q, k and v factors
+        descale_plane: gl.tensor
         HAS_LEFT: gl.constexpr
         HAS_RIGHT: gl.constexpr
         ACROSS_HEADS: gl.constexpr
         VARLEN: gl.constexpr
         O_IN_Q: gl.constexpr  # the output leaves through the consumers' Q tiles (see `o_in_q`)
+        FP8: gl.constexpr
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full,
                      k_empty, v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                      group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left,
-                     window_right, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q):
+                     window_right, Descale, descale_plane, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q, FP8):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -195,11 +211,14 @@ if _GLUON:
             self.qk_scale_log2 = qk_scale_log2
             self.window_left = window_left
             self.window_right = window_right
+            self.Descale = Descale
+            self.descale_plane = descale_plane
             self.HAS_LEFT = gl.constexpr(HAS_LEFT)
             self.HAS_RIGHT = gl.constexpr(HAS_RIGHT)
             self.ACROSS_HEADS = gl.constexpr(ACROSS_HEADS)
             self.VARLEN = gl.constexpr(VARLEN)
             self.O_IN_Q = gl.constexpr(O_IN_Q)
+            self.FP8 = gl.constexpr(FP8)
 
     @gluon.jit
     def _my_tile_count(a):
@@ -246,7 +265,8 @@ if _GLUON:
 
     @gluon.jit
     def _tile(a, tile):
-        """(sequence (see _sequence), head, first query row, first key block, key blocks to visit) of a tile.
+        """(sequence (see _sequence), batch entry (the sequence's index), head, first query row, first key block,
+        key blocks to visit) of a tile.
         Tiles are numbered block-fastest (one head's tiles share K and V in L2), or with ACROSS_HEADS (causal
         and long windows, see `across_heads`), head-fastest.  With a right window edge the last query blocks,
         the heaviest, come first, so programs taking tiles in turn finish together.  A VARLEN tile past its
@@ -264,7 +284,8 @@ if _GLUON:
         else:
             m_block = tile % a.num_m_blocks
             batch_head = tile // a.num_m_blocks
-        seq = _sequence(a, batch_head // a.num_heads)
+        batch = batch_head // a.num_heads
+        seq = _sequence(a, batch)
         _, _, _, seqlen_q, seqlen_k = seq
         key_shift = seqlen_k - seqlen_q
         end_block = gl.cdiv(seqlen_k, KEYS)
@@ -279,7 +300,7 @@ if _GLUON:
         n_blocks = gl.maximum(end_block - first_block, 1)
         if a.VARLEN:
             n_blocks = gl.where(m_block * TILE_ROWS < seqlen_q, n_blocks, 0)
-        return seq, batch_head % a.num_heads, m_block * TILE_ROWS, first_block, n_blocks
+        return seq, batch, batch_head % a.num_heads, m_block * TILE_ROWS, first_block, n_blocks
 
     @gluon.jit
     def _producer(a):
@@ -292,7 +313,7 @@ if _GLUON:
         block_count = 0  # key blocks loaded so far: ring slot and phase
         q_count = 0  # tiles with any block so far: Q's phase
         for i in range(_my_tile_count(a)):
-            seq, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
+            seq, _, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
             box_batch, q_start, k_start, _, _ = seq
             q_row = q_start + start_m
             k_row = k_start + first_block * KEYS
@@ -316,8 +337,11 @@ if _GLUON:
                 slot = count % V_RING
                 mbarrier.wait(a.v_empty.index(slot), ((count // V_RING) & 1) ^ 1)
                 mbarrier.expect(a.v_full.index(slot), a.v_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(a.v_desc, [box_batch, k_row + j * KEYS, kv_col],
-                                                a.v_full.index(slot), a.v_smem.index(slot))
+                if a.FP8:  # keys innermost: (batch, kv heads * headdim, keys)
+                    v_coord = [box_batch, kv_col, k_row + j * KEYS]
+                else:
+                    v_coord = [box_batch, k_row + j * KEYS, kv_col]
+                tma.async_copy_global_to_shared(a.v_desc, v_coord, a.v_full.index(slot), a.v_smem.index(slot))
             block_count += n_blocks
             q_count += 1
             if a.VARLEN:
@@ -369,17 +393,63 @@ if _GLUON:
                                    HAS_LEFT, HAS_RIGHT)
 
     @gluon.jit
+    def _values(a, slot):
+        """V's tile in ring slot `slot` as P V's (keys, headdim) operand; with FP8 a view of the keys-innermost tile
+        (fp8 wgmma reads both operands with the reduction dim contiguous)."""
+        HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
+        KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
+        if a.FP8:
+            return a.v_smem.index(slot).reshape([HEAD_DIM, KEYS]).permute((1, 0))
+        else:
+            return a.v_smem.index(slot).reshape([KEYS, HEAD_DIM])
+
+    @gluon.jit
+    def _probabilities(a, probs, p_layout: gl.constexpr, WG: gl.constexpr):
+        """P as P V's A operand: in registers, or with FP8 through the consumer's output tile.  An fp8 operand in
+        registers costs ~200 integer instructions per thread and block (the conversion's bytes are split and
+        joined again, BENCHMARKS.md session 21); stored to shared memory they stay packed."""
+        if a.FP8:
+            ROWS: gl.constexpr = probs.type.shape[0]
+            KEYS: gl.constexpr = probs.type.shape[1]
+            layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, KEYS], gl.float8e4nv)
+            p_tile = a.o_smem.index(WG)._reinterpret(gl.float8e4nv, [ROWS, KEYS], layout)
+            p_tile.store(probs.to(gl.float8e4nv))
+            fence_async_shared()
+            gl.thread_barrier()  # every thread's part is in before the warpgroup's matmul reads it
+            return p_tile
+        else:
+            return gl.convert_layout(probs.to(a.q_desc.dtype), p_layout)
+
+    @gluon.jit
+    def _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum, j, full_lo, full_hi, key_lo, key_hi, seqlen_k):
+        """_softmax_block with the scores' scale (base 2).  FP8's includes q's and k's descales, which may have either
+        sign: folded into the row max where positive (one FFMA per score), else multiplied into the scores first."""
+        if a.FP8:
+            if qk_scale > 0:
+                probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, qk_scale, j, full_lo,
+                                                                full_hi, key_lo, key_hi, seqlen_k, a.HAS_LEFT,
+                                                                a.HAS_RIGHT)
+            else:
+                probs, alpha, row_max, row_sum = _softmax_block(scores * qk_scale, row_max, row_sum, 1.0, j, full_lo,
+                                                                full_hi, key_lo, key_hi, seqlen_k, a.HAS_LEFT,
+                                                                a.HAS_RIGHT)
+            return probs, alpha, row_max, row_sum
+        else:
+            return _softmax_block(scores, row_max, row_sum, qk_scale, j, full_lo, full_hi, key_lo, key_hi, seqlen_k,
+                                  a.HAS_LEFT, a.HAS_RIGHT)
+
+    @gluon.jit
     def _consumer(a, WG: gl.constexpr):
         K_RING: gl.constexpr = a.k_smem.type.shape[0]
         V_RING: gl.constexpr = a.v_smem.type.shape[0]
         ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
         HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
         KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
-        dtype: gl.constexpr = a.q_desc.dtype
+        MMA_K: gl.constexpr = 256 // a.q_desc.dtype.primitive_bitwidth  # a wgmma's reduction: 16, or 32 with FP8
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, KEYS, 16])
+                                                           instr_shape=[16, KEYS, MMA_K])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, HEAD_DIM, 16])
+                                                           instr_shape=[16, HEAD_DIM, MMA_K])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
         orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -388,9 +458,15 @@ if _GLUON:
         block_count = 0  # key blocks used so far: ring slot and phase
         q_count = 0  # tiles with any block so far: Q's phase
         for i in range(_my_tile_count(a)):
-            seq, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
+            seq, batch, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
             if not a.VARLEN or n_blocks > 0:  # a VARLEN tile past its sequence's end has no rows
                 box_batch, q_start, _, seqlen_q, seqlen_k = seq
+                qk_scale = a.qk_scale_log2
+                if a.FP8:  # the descales of this tile's batch entry and kv head
+                    descales = a.Descale + batch * (a.num_heads // a.group) + head // a.group
+                    qk_scale = qk_scale * gl.load(descales) * gl.load(descales + a.descale_plane)
+                    v_scale = gl.load(descales + 2 * a.descale_plane)
+                    tma.store_wait(0)  # P goes through the output tile: the previous tile's box has read it
                 key_shift = seqlen_k - seqlen_q
                 first_row = start_m + WG * ROWS
                 rows = first_row + gl.arange(0, ROWS, layout=row_layout)
@@ -417,10 +493,10 @@ if _GLUON:
                 mbarrier.arrive(a.k_empty.index(slot))
                 if not a.O_IN_Q:
                     mbarrier.arrive(a.q_empty, pred=n_blocks == 1)
-                probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2, first_block,
-                                                                full_lo, full_hi, key_lo, key_hi, seqlen_k, a.HAS_LEFT,
-                                                                a.HAS_RIGHT)
-                p_op = gl.convert_layout(probs.to(dtype), p_layout)
+                probs, alpha, row_max, row_sum = _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum,
+                                                                       first_block, full_lo, full_hi, key_lo, key_hi,
+                                                                       seqlen_k)
+                p_op = _probabilities(a, probs, p_layout, WG)
                 for j in range(1, n_blocks):
                     # S_j = Q K_j^T and O += P_{j-1} V_{j-1} on the tensor cores; block j's softmax runs under
                     # the second.
@@ -432,31 +508,34 @@ if _GLUON:
                     acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
                     v_slot = (count - 1) % V_RING
                     mbarrier.wait(a.v_full.index(v_slot), ((count - 1) // V_RING) & 1)
-                    acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
+                    acc = warpgroup_mma(p_op, _values(a, v_slot), acc, is_async=True)
                     scores = warpgroup_mma_wait(1, deps=(scores, ))
                     mbarrier.arrive(a.k_empty.index(slot))
                     if not a.O_IN_Q:
                         mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
-                    probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, a.qk_scale_log2,
-                                                                    first_block + j, full_lo, full_hi, key_lo, key_hi,
-                                                                    seqlen_k, a.HAS_LEFT, a.HAS_RIGHT)
+                    probs, alpha, row_max, row_sum = _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum,
+                                                                           first_block + j, full_lo, full_hi, key_lo,
+                                                                           key_hi, seqlen_k)
                     acc = warpgroup_mma_wait(0, deps=(acc, ))
                     mbarrier.arrive(a.v_empty.index(v_slot))
-                    p_op = gl.convert_layout(probs.to(dtype), p_layout)
+                    p_op = _probabilities(a, probs, p_layout, WG)
                 # The last block's P V.
                 count = block_count + n_blocks - 1
                 acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
                 v_slot = count % V_RING
                 mbarrier.wait(a.v_full.index(v_slot), (count // V_RING) & 1)
-                acc = warpgroup_mma(p_op, a.v_smem.index(v_slot).reshape([KEYS, HEAD_DIM]), acc, is_async=True)
+                acc = warpgroup_mma(p_op, _values(a, v_slot), acc, is_async=True)
                 acc = warpgroup_mma_wait(0, deps=(acc, ))
                 mbarrier.arrive(a.v_empty.index(v_slot))
 
                 # A row that saw no key (a window, or causal with seqlen_q > seqlen_k) gets output 0 and lse +inf.
                 saw_nothing = row_sum == 0.0
                 lse = gl.where(saw_nothing, float("inf"), (row_max + gl.log2(row_sum)) * 0.6931471805599453)
-                scale = gl.convert_layout(gl.where(saw_nothing, 0.0, 1.0 / row_sum), orow_layout)
-                out = (acc * scale[:, None]).to(dtype)
+                inverse = 1.0 / row_sum
+                if a.FP8:
+                    inverse = inverse * v_scale
+                scale = gl.convert_layout(gl.where(saw_nothing, 0.0, inverse), orow_layout)
+                out = (acc * scale[:, None]).to(a.o_desc.dtype)
                 # Out through shared memory and one TMA box (clipped at the tensor's end); the previous tile's box
                 # must have left shared memory first.  A VARLEN box would also write the next sequence's rows:
                 # a block that ends past its sequence is stored from registers instead, rows past the end left out.
@@ -486,13 +565,14 @@ if _GLUON:
     # Integer arguments equal to 1 would otherwise become constants, which the aggregate's typed fields refuse.
     @compiled.fast_launch
     @gluon.jit(do_not_specialize=["lse_head_stride", "num_heads", "group", "seqlen_q", "seqlen_k",
-                                  "num_m_blocks", "num_tiles", "window_left", "window_right"])
+                                  "num_m_blocks", "num_tiles", "window_left", "window_right", "descale_plane"])
     def hopper_forward_kernel(q_desc, k_desc, v_desc, o_desc, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK,
                               num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2,
-                              window_left, window_right, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr,
+                              window_left, window_right, Descale, descale_plane, HAS_LEFT: gl.constexpr,
+                              HAS_RIGHT: gl.constexpr,
                               K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMERS: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, ACROSS_HEADS: gl.constexpr, VARLEN: gl.constexpr,
-                              O_IN_Q: gl.constexpr):
+                              O_IN_Q: gl.constexpr, FP8: gl.constexpr):
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_RING] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_RING] + v_desc.block_type.shape, v_desc.layout)
@@ -520,7 +600,7 @@ if _GLUON:
         a = _Shared(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full, k_empty,
                     v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                     group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left, window_right,
-                    HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q)
+                    Descale, descale_plane, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q, FP8)
         if CONSUMERS == 3:
             gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1)), (_consumer, (a, 2))],
                                [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
@@ -531,7 +611,8 @@ if _GLUON:
 
 @functools.lru_cache(maxsize=None)
 def _box_layout(box: tuple, dtype: torch.dtype):
-    element = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}[dtype]
+    element = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32,
+               torch.float8_e4m3fn: gl.float8e4nv}[dtype]
     return gl.NVMMASharedLayout.get_default_for(list(box), element)
 
 
@@ -592,18 +673,38 @@ def o_in_q(head_dim: int) -> bool:
     return head_dim == 256
 
 
-def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None) -> None:
+def values_transposed(v: torch.Tensor, keys: int) -> tuple:
+    """FP8's v: (B, Sk, Hk, D) copied keys-innermost as (B, Hk * D, Sk rounded up to 16 keys, TMA's 16-byte rows;
+    the rounding is zeros), and a descriptor of (1, D, keys) boxes over the copy."""
+    batch, seqlen, heads, head_dim = v.shape
+    padded = -(-seqlen // 16) * 16
+    vt = torch.empty(batch, heads * head_dim, padded, dtype=v.dtype, device=v.device)
+    vt.view(batch, heads, head_dim, padded)[..., :seqlen].copy_(v.permute(0, 2, 3, 1))
+    if padded > seqlen:  # read as P V's keys past Sk, whose probabilities are 0: a NaN there would still spread
+        vt[..., seqlen:].zero_()
+    box = [1, head_dim, keys]
+    shape, strides = [batch, heads * head_dim, padded], [heads * head_dim * padded, padded, 1]
+    return vt, TensorDescriptor(vt, shape, strides, box, _box_layout(tuple(box), v.dtype))
+
+
+def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None,
+            descale=None) -> None:
     """out = attention(q, k, v) and lse, for a call `unsupported_reason` accepted.  A window side of -1 is
     unbounded; causal is window_right = 0.  Dense: q, k, v, out (B, S, H, D), lse (B, H, Sq).  Variable
     length: varlen = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k), q, k, v, out the packed
-    (1, total, H, D) tensors seen as one batch entry, lse (H, total_q)."""
+    (1, total, H, D) tensors seen as one batch entry, lse (H, total_q).  FP8: q, k, v float8_e4m3fn, out
+    bfloat16, descale float32 (3, B, Hk) contiguous (q's, k's and v's factors)."""
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_heads_kv = k.shape[2]
     batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = sequences(q, k, lse, varlen)
     consumers = consumer_count(head_dim, window_left, window_right, varlen, seqlen_q, seqlen_k)
     q_box, kv_box = (1, ROWS, head_dim), (1, BLOCK_N[head_dim], head_dim)
     q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
-    k_desc, v_desc = descriptor(k, kv_box), descriptor(v, kv_box)
+    k_desc = descriptor(k, kv_box)
+    if descale is None:
+        v_desc = descriptor(v, kv_box)
+    else:
+        v, v_desc = values_transposed(v, BLOCK_N[head_dim])  # the copy lives until the launch
     num_m_blocks = -(-seqlen_q // (ROWS * consumers))
     num_tiles = num_m_blocks * batch * num_heads
     # Persistent: one program per SM, taking tiles in turn, so the producer loads the next tile's
@@ -614,7 +715,8 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     hopper_forward_kernel[(programs, )](
         q_desc, k_desc, v_desc, o_desc, out, lse, lse.stride(0), cu_seqlens_q, cu_seqlens_k, num_heads,
         num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
-        max(window_left, 0), max(window_right, 0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
+        max(window_left, 0), max(window_right, 0), lse if descale is None else descale,
+        0 if descale is None else descale.stride(0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
         K_RING=K_STAGES, V_RING=V_STAGES, CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
         ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
-        O_IN_Q=o_in_q(head_dim), num_warps=4)
+        O_IN_Q=o_in_q(head_dim), FP8=descale is not None, num_warps=4)

@@ -140,14 +140,14 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     lse = _new_output((num_heads, q.shape[0]) if varlen else (q.shape[0], num_heads, q.shape[1]),
                       torch.float32, q.device)
     # Dense, or variable-length without seqused: the layouts the Hopper kernels take.
-    plain = not (paged or fp8 or pack_gqa or num_splits != 1 or attn_bias is not None or cache_batch_idx is not None
+    plain = not (paged or pack_gqa or num_splits != 1 or attn_bias is not None or cache_batch_idx is not None
                  or cache_leftpad is not None or seqused_q is not None or seqused_k is not None or k.numel() == 0)
     # The Hopper kernel's calls first: a short kernel runs for less time than the lines below take on the host.
     if plain and out.numel() > 0:
         hopper = _hopper_operands((q, k, v, out), cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
         if hopper_forward.unsupported_reason(*hopper[0][:3], softmax_scale, window_left, window_right, softcap,
                                              alibi_slopes, sinks, dropout_p, plain, hopper[1]) is None:
-            hopper_forward.forward(*hopper[0], lse, softmax_scale, window_left, window_right, hopper[2])
+            hopper_forward.forward(*hopper[0], lse, softmax_scale, window_left, window_right, hopper[2], descale)
             return out, lse
     if seqused_q is not None:
         # Rows past a sequence's used length are not computed: they read as "saw nothing".
