@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the test suite twice: CPU tensors through the PyTorch blockwise path, then
 # through the Triton kernels under Triton's interpreter.  Where a GPU is present,
-# the GPU suite (marker `gpu`) runs in the first pass.
+# the GPU suite (marker `gpu`) runs in the first pass.  Both passes run in two pytest-xdist workers
+# (`-n 2`, default `load` distribution: tests, not whole files, go to whichever worker is free, which
+# balances better than `loadfile` because test_variants.py alone is about 30% of the interpreter pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pytest -q "$@"
-TRITON_INTERPRET=1 python -m pytest -q -m "not gpu" "$@"
+python -m pytest -q -n 2 "$@"
+TRITON_INTERPRET=1 python -m pytest -q -n 2 -m "not gpu" "$@"

@@ -9,6 +9,11 @@ import torch  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
+# Under pytest-xdist (`-n N`, as scripts/test.sh runs), each worker gets its share of torch's threads:
+# N workers each running torch's default of one thread per core oversubscribe the cores.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def pytest_report_header(config):
     engine = "Triton kernels under the interpreter" if INTERPRET else "PyTorch blockwise path"
