@@ -49,8 +49,8 @@ def test_head_dims_and_their_sequence_lengths(monkeypatch):
         taken = _reason(*(torch.empty(1, 100, 2, head_dim, dtype=fp8),) * 3) is None
         assert taken == (head_dim in hopper_forward.FP8_HEAD_DIMS)
     packed = torch.empty(1, 5000, 2, 128, dtype=fp8)
-    assert "FP8" in hopper_forward.unsupported_reason(packed, packed, packed, 0.1, -1, -1, 0.0, None, None, 0.0, True,
-                                                      (4096, 4096))
+    assert hopper_forward.unsupported_reason(packed, packed, packed, 0.1, -1, -1, 0.0, None, None, 0.0, True,
+                                             (1, 1)) is None
 
 
 @pytest.mark.skipif(not hopper_forward._GLUON, reason="needs Gluon")
@@ -59,12 +59,27 @@ def test_fp8_values_copied_keys_innermost(seqlen):
     """FP8's P V reads v keys-innermost, (B, Hk * D, Sk rounded up to 16); the rounding must be zeros (a NaN there
     would reach the output through P's zeros)."""
     v = (torch.randn(2, seqlen, 3, 64) * 3).to(torch.float8_e4m3fn)
-    vt, desc = hopper_forward.values_transposed(v, 128)
+    vt, desc, starts = hopper_forward.values_transposed(v, 128)
     padded = -(-seqlen // 16) * 16
-    assert vt.shape == (2, 3 * 64, padded) and vt.is_contiguous()
+    assert vt.shape == (2, 3 * 64, padded) and vt.is_contiguous() and starts is None
     assert torch.equal(vt.view(2, 3, 64, padded)[..., :seqlen].float(), v.permute(0, 2, 3, 1).float())
     assert torch.equal(vt[..., seqlen:].float(), torch.zeros(2, 3 * 64, padded - seqlen))
     assert list(desc.block_shape) == [1, 64, 128]
+
+
+@pytest.mark.skipif(not hopper_forward._GLUON, reason="needs Gluon")
+def test_fp8_packed_values_start_each_sequence_at_16_keys():
+    """Packed sequences: a TMA box's innermost start must be 16-byte aligned, so each sequence's keys start at a
+    multiple of 16 in the copy, at the returned offsets, with zeros between."""
+    lengths = [17, 0, 32, 1, 5]
+    v = (torch.randn(1, sum(lengths), 2, 64) * 3).to(torch.float8_e4m3fn)
+    vt, _, starts = hopper_forward.values_transposed(v, 128, cu_seqlens_of(lengths))
+    assert starts.tolist() == [0, 32, 32, 64, 80, 96] and starts.dtype == torch.int32
+    expected = torch.zeros(2 * 64, vt.shape[2])
+    for b, n in enumerate(lengths):
+        first = sum(lengths[:b])
+        expected[:, starts[b]:starts[b] + n] = v[0, first:first + n].reshape(n, 2 * 64).t().float()
+    assert torch.equal(vt[0].float(), expected) and vt.shape[2] % 16 == 0
 
 
 def test_box_needs_heads_side_by_side():
@@ -266,13 +281,22 @@ def test_fp8_negative_and_zero_descales(window, launches):
 
 @pytest.mark.gpu
 @on_hopper
-def test_fp8_varlen_keeps_the_portable_kernel(launches):
-    from test_fp8 import fp8_inputs
-    q, k, v, descales = fp8_inputs(1, 300, 300, 4, 2, 128, device="cuda")
-    cu = cu_seqlens_of([100, 200], "cuda")
-    out = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, 200, 200, causal=True, q_descale=descales[0].expand(2, 2),
-                                 k_descale=descales[1].expand(2, 2), v_descale=descales[2].expand(2, 2))
-    assert not launches and torch.isfinite(out).all()
+@pytest.mark.parametrize("lengths", [[500, 0, 1023, 17], [17, 32, 8, 100, 1]], ids=["long", "short"])
+def test_fp8_varlen(lengths, launches):
+    """Sequences starting at keys that are not multiples of 16 (v's copy aligns them): each equal bit for bit to the
+    dense call on that sequence alone, itself held to the oracle."""
+    from test_fp8 import check, fp8_inputs
+    q, k, v, descales = fp8_inputs(len(lengths), max(lengths), max(lengths), 4, 2, 128, device="cuda")
+    cu = cu_seqlens_of(lengths, "cuda")
+    pack = lambda t: torch.cat([t[b, :n] for b, n in enumerate(lengths)])  # noqa: E731
+    out = flash_attn_varlen_func(pack(q), pack(k), pack(v), cu, cu, max(lengths), max(lengths), causal=True,
+                                 q_descale=descales[0], k_descale=descales[1], v_descale=descales[2])
+    assert launches and launches[0][:2] == (1, sum(lengths))
+    for b, n in enumerate(lengths):
+        if n:
+            expected = check(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n], [s[b:b + 1] for s in descales],
+                             causal=True)
+            assert torch.equal(out[int(cu[b]):int(cu[b]) + n], expected[0])
 
 
 @pytest.mark.gpu

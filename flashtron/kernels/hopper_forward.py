@@ -17,7 +17,7 @@ the TMA copy engine and warp specialisation, and takes FlashAttention-3's struct
 - Persistent: one program per SM takes tiles in turn (see `_my_tile_count`), so the producer loads
   the next tile while the consumers finish this one; each consumer writes its output through shared
   memory and one TMA box.
-- FP8 (q, k, v float8_e4m3fn, dense, D = 128): both matmuls on the fp8 tensor cores.  fp8 wgmma reads its
+- FP8 (q, k, v float8_e4m3fn, D = 128): both matmuls on the fp8 tensor cores.  fp8 wgmma reads its
   operands with the reduction dim contiguous, so V is copied keys-innermost first (`values_transposed`), and P
   goes to P V through shared memory (the output tile) rather than registers.  The descales fold into the
   scores' scale; the output is bfloat16.
@@ -64,10 +64,11 @@ BLOCK_N = {64: 128, 128: 128, 256: 64}
 # D = 256 (session 21), dense, non-causal / causal: 1.35x / 1.52x at 1k, 1.32x / 1.42x at 2k, 1.25x-1.28x / 1.25x-1.34x
 # at 4k-16k; variable-length (64 sequences from 128 tokens, MHA and GQA) 1.37x-1.46x up to 1k, 1.21x-1.31x at 2k-8k.
 MIN_SEQLEN = {64: (0, 4096), 128: (0, 0), 256: (0, 0)}
-# FP8 (float8_e4m3fn q, k, v with descales, bfloat16 out): the head dims taken, dense calls from any length.  At
+# FP8 (float8_e4m3fn q, k, v with descales, bfloat16 out): the head dims taken, from any length.  At
 # D = 128 1.07x-1.12x of forward.py's FP8 at 4k-16k; at D = 64 0.92x-1.09x, so forward.py keeps it (BENCHMARKS.md,
-# session 21).  Variable-length FP8 batches keep forward.py: a sequence's keys start anywhere in v's keys-innermost
-# copy, and a TMA box whose innermost start is not 16-byte aligned faults (illegal instruction, session 21).
+# session 21).  Variable-length batches too (1.18x-5.0x over forward.py's FP8, 64 sequences from 128 tokens): there
+# v's keys-innermost copy starts each sequence at a multiple of 16 keys, since a TMA box whose innermost start is
+# not 16-byte aligned faults (illegal instruction, session 21).
 FP8_HEAD_DIMS = (128,)
 K_STAGES, V_STAGES = 2, 2
 LOG2E = 1.4426950408889634
@@ -121,8 +122,8 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
     if not plain:
         return "paged, split, cache, seqused or bias layouts"
     if q.dtype == torch.float8_e4m3fn:
-        if q.shape[-1] not in FP8_HEAD_DIMS or seqlens is not None:
-            return f"FP8 at head dim {q.shape[-1]} or variable lengths (taken: dense, head dim in {FP8_HEAD_DIMS})"
+        if q.shape[-1] not in FP8_HEAD_DIMS:
+            return f"FP8 at head dim {q.shape[-1]} (taken at {FP8_HEAD_DIMS})"
     elif q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in MIN_SEQLEN:
         return f"dtype {q.dtype} or head dim {q.shape[-1]} (needs fp16/bf16, head dim in {tuple(MIN_SEQLEN)})"
     elif check_length and max(seqlens or (q.shape[1], k.shape[1])) < MIN_SEQLEN[q.shape[-1]][seqlens is not None]:
@@ -171,6 +172,7 @@ if _GLUON:
         window_right: gl.tensor
         Descale: gl.tensor  # FP8: float32 (3, batch, kv heads), the q, k and v factors
         descale_plane: gl.tensor
+        VStarts: gl.tensor  # FP8 with VARLEN: each sequence's first key in v's copy (see `values_transposed`)
         HAS_LEFT: gl.constexpr
         HAS_RIGHT: gl.constexpr
         ACROSS_HEADS: gl.constexpr
@@ -182,7 +184,8 @@ if _GLUON:
         def __init__(self, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full,
                      k_empty, v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                      group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left,
-                     window_right, Descale, descale_plane, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q, FP8):
+                     window_right, Descale, descale_plane, VStarts, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q,
+                     FP8):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -213,6 +216,7 @@ if _GLUON:
             self.window_right = window_right
             self.Descale = Descale
             self.descale_plane = descale_plane
+            self.VStarts = VStarts
             self.HAS_LEFT = gl.constexpr(HAS_LEFT)
             self.HAS_RIGHT = gl.constexpr(HAS_RIGHT)
             self.ACROSS_HEADS = gl.constexpr(ACROSS_HEADS)
@@ -313,10 +317,13 @@ if _GLUON:
         block_count = 0  # key blocks loaded so far: ring slot and phase
         q_count = 0  # tiles with any block so far: Q's phase
         for i in range(_my_tile_count(a)):
-            seq, _, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
+            seq, batch, head, start_m, first_block, n_blocks = _tile(a, _tile_of(i))
             box_batch, q_start, k_start, _, _ = seq
             q_row = q_start + start_m
             k_row = k_start + first_block * KEYS
+            v_key = k_row  # the block's first key in V's boxes
+            if a.FP8 and a.VARLEN:
+                v_key = gl.load(a.VStarts + batch) + first_block * KEYS
             q_col = head * HEAD_DIM
             kv_col = (head // a.group) * HEAD_DIM
             live = True  # a VARLEN tile past its sequence's end loads nothing
@@ -338,7 +345,7 @@ if _GLUON:
                 mbarrier.wait(a.v_empty.index(slot), ((count // V_RING) & 1) ^ 1)
                 mbarrier.expect(a.v_full.index(slot), a.v_desc.block_type.nbytes)
                 if a.FP8:  # keys innermost: (batch, kv heads * headdim, keys)
-                    v_coord = [box_batch, kv_col, k_row + j * KEYS]
+                    v_coord = [box_batch, kv_col, v_key + j * KEYS]
                 else:
                     v_coord = [box_batch, k_row + j * KEYS, kv_col]
                 tma.async_copy_global_to_shared(a.v_desc, v_coord, a.v_full.index(slot), a.v_smem.index(slot))
@@ -568,7 +575,7 @@ if _GLUON:
                                   "num_m_blocks", "num_tiles", "window_left", "window_right", "descale_plane"])
     def hopper_forward_kernel(q_desc, k_desc, v_desc, o_desc, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK,
                               num_heads, group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2,
-                              window_left, window_right, Descale, descale_plane, HAS_LEFT: gl.constexpr,
+                              window_left, window_right, Descale, descale_plane, VStarts, HAS_LEFT: gl.constexpr,
                               HAS_RIGHT: gl.constexpr,
                               K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMERS: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, ACROSS_HEADS: gl.constexpr, VARLEN: gl.constexpr,
@@ -600,7 +607,7 @@ if _GLUON:
         a = _Shared(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full, k_empty,
                     v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                     group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left, window_right,
-                    Descale, descale_plane, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q, FP8)
+                    Descale, descale_plane, VStarts, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q, FP8)
         if CONSUMERS == 3:
             gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1)), (_consumer, (a, 2))],
                                [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
@@ -673,18 +680,34 @@ def o_in_q(head_dim: int) -> bool:
     return head_dim == 256
 
 
-def values_transposed(v: torch.Tensor, keys: int) -> tuple:
-    """FP8's v: (B, Sk, Hk, D) copied keys-innermost as (B, Hk * D, Sk rounded up to 16 keys, TMA's 16-byte rows;
-    the rounding is zeros), and a descriptor of (1, D, keys) boxes over the copy."""
+def values_transposed(v: torch.Tensor, keys: int, cu_seqlens_k=None) -> tuple:
+    """FP8's v: (B, Sk, Hk, D) copied keys-innermost as (B, Hk * D, Sk rounded up to 16 keys), and a descriptor
+    of (1, D, keys) boxes over the copy.  A TMA box's innermost start must be 16-byte aligned, and its rows 16-byte
+    multiples: so with cu_seqlens_k (v packed as (1, total, Hk, D)) each sequence starts at a multiple of 16 keys,
+    at the int32 offsets returned third (else None).  Keys not copied are zeros: a box reads them as P V's keys
+    past a sequence's end, whose probabilities are 0, and a NaN there would still spread."""
     batch, seqlen, heads, head_dim = v.shape
-    padded = -(-seqlen // 16) * 16
-    vt = torch.empty(batch, heads * head_dim, padded, dtype=v.dtype, device=v.device)
-    vt.view(batch, heads, head_dim, padded)[..., :seqlen].copy_(v.permute(0, 2, 3, 1))
-    if padded > seqlen:  # read as P V's keys past Sk, whose probabilities are 0: a NaN there would still spread
-        vt[..., seqlen:].zero_()
+    starts = None
+    if cu_seqlens_k is None:
+        padded = -(-seqlen // 16) * 16
+        vt = torch.empty(batch, heads * head_dim, padded, dtype=v.dtype, device=v.device)
+        vt.view(batch, heads, head_dim, padded)[..., :seqlen].copy_(v.permute(0, 2, 3, 1))
+        if padded > seqlen:
+            vt[..., seqlen:].zero_()
+    else:
+        count = cu_seqlens_k.shape[0] - 1
+        lengths = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
+        starts = torch.nn.functional.pad(((lengths + 15) // 16 * 16).cumsum(0), (1, 0))
+        padded = -(-(seqlen + 15 * count) // 16) * 16  # at least starts[-1], known without reading it
+        key = torch.arange(seqlen, device=v.device)
+        sequence = torch.searchsorted(cu_seqlens_k[1:].long(), key, right=True)
+        target = starts[sequence] + key - cu_seqlens_k.long()[sequence]
+        vt = torch.zeros(1, heads * head_dim, padded, dtype=torch.uint8, device=v.device)
+        vt[0, :, target] = v[0].reshape(seqlen, heads * head_dim).view(torch.uint8).t()
+        vt, starts = vt.view(v.dtype), starts.to(torch.int32)
     box = [1, head_dim, keys]
-    shape, strides = [batch, heads * head_dim, padded], [heads * head_dim * padded, padded, 1]
-    return vt, TensorDescriptor(vt, shape, strides, box, _box_layout(tuple(box), v.dtype))
+    shape, strides = [vt.shape[0], heads * head_dim, padded], [heads * head_dim * padded, padded, 1]
+    return vt, TensorDescriptor(vt, shape, strides, box, _box_layout(tuple(box), v.dtype)), starts
 
 
 def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None,
@@ -704,7 +727,7 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     if descale is None:
         v_desc = descriptor(v, kv_box)
     else:
-        v, v_desc = values_transposed(v, BLOCK_N[head_dim])  # the copy lives until the launch
+        v, v_desc, v_starts = values_transposed(v, BLOCK_N[head_dim], None if varlen is None else varlen[1])
     num_m_blocks = -(-seqlen_q // (ROWS * consumers))
     num_tiles = num_m_blocks * batch * num_heads
     # Persistent: one program per SM, taking tiles in turn, so the producer loads the next tile's
@@ -716,7 +739,8 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
         q_desc, k_desc, v_desc, o_desc, out, lse, lse.stride(0), cu_seqlens_q, cu_seqlens_k, num_heads,
         num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
         max(window_left, 0), max(window_right, 0), lse if descale is None else descale,
-        0 if descale is None else descale.stride(0), HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
+        0 if descale is None else descale.stride(0), lse if descale is None or varlen is None else v_starts,
+        HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
         K_RING=K_STAGES, V_RING=V_STAGES, CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
         ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
         O_IN_Q=o_in_q(head_dim), FP8=descale is not None, num_warps=4)
