@@ -695,13 +695,12 @@ def values_transposed(v: torch.Tensor, keys: int, cu_seqlens_k=None) -> tuple:
         if padded > seqlen:
             vt[..., seqlen:].zero_()
     else:
-        count = cu_seqlens_k.shape[0] - 1
-        lengths = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
-        starts = torch.nn.functional.pad(((lengths + 15) // 16 * 16).cumsum(0), (1, 0))
-        padded = -(-(seqlen + 15 * count) // 16) * 16  # at least starts[-1], known without reading it
+        cu = cu_seqlens_k.long()
+        starts = torch.nn.functional.pad(((cu[1:] - cu[:-1] + 15) // 16 * 16).cumsum(0), (1, 0))
+        padded = -(-(seqlen + 15 * (cu.shape[0] - 1)) // 16) * 16  # at least starts[-1], known without reading it
         key = torch.arange(seqlen, device=v.device)
-        sequence = torch.searchsorted(cu_seqlens_k[1:].long(), key, right=True)
-        target = starts[sequence] + key - cu_seqlens_k.long()[sequence]
+        sequence = torch.searchsorted(cu[1:], key, right=True)
+        target = starts[sequence] + key - cu[sequence]
         vt = torch.zeros(1, heads * head_dim, padded, dtype=torch.uint8, device=v.device)
         vt[0, :, target] = v[0].reshape(seqlen, heads * head_dim).view(torch.uint8).t()
         vt, starts = vt.view(v.dtype), starts.to(torch.int32)
@@ -724,6 +723,7 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     q_box, kv_box = (1, ROWS, head_dim), (1, BLOCK_N[head_dim], head_dim)
     q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
     k_desc = descriptor(k, kv_box)
+    v_starts = None  # FP8 variable-length calls: each sequence's first key in v's copy
     if descale is None:
         v_desc = descriptor(v, kv_box)
     else:
@@ -739,7 +739,7 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
         q_desc, k_desc, v_desc, o_desc, out, lse, lse.stride(0), cu_seqlens_q, cu_seqlens_k, num_heads,
         num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
         max(window_left, 0), max(window_right, 0), lse if descale is None else descale,
-        0 if descale is None else descale.stride(0), lse if descale is None or varlen is None else v_starts,
+        0 if descale is None else descale.stride(0), lse if v_starts is None else v_starts,
         HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
         K_RING=K_STAGES, V_RING=V_STAGES, CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
         ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
