@@ -7,7 +7,8 @@ with TMA reduce-adds.
 
 - The producer partition (one warpgroup, 24 registers) copies K and V once, then Q and dO block by
   block into a ring of 2 (D = 128) or 4 (D = 64) slots ("full": the copy's bytes; "empty": one arrival per
-  consumer).  In the persistent build it also takes the program's next tile from a counter and hands its
+  consumer), with each block's lse and delta (cp.async: the consumers read them from shared memory instead
+  of waiting on global loads at every step).  In the persistent build it also takes the program's next tile from a counter and hands its
   number to the consumers through shared memory.
 - Two consumer partitions (one warpgroup each, 240 registers) own 64 of the program's keys.  Per query
   block of 64 rows a consumer issues S = Q K^T and dP = dO V^T, forms P = exp2(S * scale - lse) and
@@ -42,6 +43,7 @@ if _GLUON:
 if _GLUON:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                   warpgroup_mma_wait)
     from triton._C.libtriton import ir as _ir
@@ -116,6 +118,7 @@ if _GLUON:
         v_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
         p_smem: gl.shared_memory_descriptor  # (2 consumers, 64 rows, 64 keys)
         ds_smem: gl.shared_memory_descriptor  # (2 steps x 2 consumers, 64 rows, 64 keys): read by both consumers
+        stats_smem: gl.shared_memory_descriptor  # (ring slots, 128) float32: a query block's lse, then its delta
         dq_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, headdim / 2) float32: dQ's way out
         kv_full: gl.shared_memory_descriptor
         kv_empty: gl.shared_memory_descriptor  # persistent: both consumers are done with a tile's K and V
@@ -151,7 +154,7 @@ if _GLUON:
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, q_smem, do_smem, k_smem, v_smem,
-                     p_smem, ds_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, tile_smem,
+                     p_smem, ds_smem, stats_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, tile_smem,
                      tile_full, tile_empty, TileCounter, Lse, Delta, lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV,
                      num_heads, group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, head_group, qk_scale_log2,
                      softmax_scale, window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN):
@@ -168,6 +171,7 @@ if _GLUON:
             self.v_smem = v_smem
             self.p_smem = p_smem
             self.ds_smem = ds_smem
+            self.stats_smem = stats_smem
             self.dq_smem = dq_smem
             self.kv_full = kv_full
             self.kv_empty = kv_empty
@@ -302,12 +306,22 @@ if _GLUON:
         first_m, end_m = _query_blocks(a, n_block, seqlen_q, seqlen_k)
         per_head = end_m - first_m
         steps = a.group * per_head
+        stat_index = gl.arange(0, 2 * ROWS, layout=_ONE)
         for local_step in range(steps):
             step = done + local_step
             head = head_kv * a.group + local_step // per_head
             m_block = first_m + local_step % per_head
             slot = step % RING
             mbarrier.wait(a.qdo_empty.index(slot), ((step // RING) & 1) ^ 1)
+            # The block's lse and delta, one float per thread (rows past seqlen_q read as zeros), by cp.async, so
+            # that the consumers read them from shared memory; the cp.async arrival holds the slot's phase until
+            # they land, and goes before the expect so that the phase cannot end without it.
+            rows = m_block * ROWS + stat_index % ROWS
+            stats = _row_stats(a, box_batch, head, q_start) + rows
+            async_copy.async_copy_global_to_shared(a.stats_smem.index(slot),
+                                                   gl.where(stat_index < ROWS, a.Lse + stats, a.Delta + stats),
+                                                   mask=rows < seqlen_q)
+            async_copy.mbarrier_arrive(a.qdo_full.index(slot))
             mbarrier.expect(a.qdo_full.index(slot), 2 * a.q_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(a.q_desc, [box_batch, q_start + m_block * ROWS, head * HEAD_DIM],
                                             a.qdo_full.index(slot), a.q_smem.index(slot))
@@ -423,11 +437,13 @@ if _GLUON:
                 dp = warpgroup_mma(do_tile, v_tile.permute((1, 0)), gl.zeros([ROWS, ROWS], gl.float32, layout=s_layout),
                                    use_acc=False, is_async=True)
                 rows = m_block * ROWS + gl.arange(0, ROWS, layout=row_layout)
-                stats = _row_stats(a, box_batch, head, q_start) + rows
-                # Rows past seqlen_q (zeros from the copy, or a VARLEN neighbour's) get lse +inf, so their
-                # probabilities and dS are 0: they add nothing to dK and dV, and zeros to dQ.
-                lse = gl.load(a.Lse + stats, mask=rows < seqlen_q, other=float("inf")) * _LOG2E
-                delta = gl.load(a.Delta + stats, mask=rows < seqlen_q, other=0.0)
+                stats = a.stats_smem.index(slot)
+                lse = stats.slice(0, ROWS).load(row_layout) * _LOG2E
+                delta = stats.slice(ROWS, ROWS).load(row_layout)
+                if m_block * ROWS + ROWS > seqlen_q:
+                    # Rows past seqlen_q (zeros from the copy, or a VARLEN neighbour's) get lse +inf, so their
+                    # probabilities and dS are 0: they add nothing to dK and dV, and zeros to dQ.
+                    lse = gl.where(rows < seqlen_q, lse, float("inf"))
                 s = warpgroup_mma_wait(1, deps=(s, ))
                 if a.VARLEN:  # keys past seqlen_k are the next sequence's (in a dense call, zeros from the copy:
                     # K's zero rows keep their dS out of dQ, and their dK and dV are not stored)
@@ -512,6 +528,7 @@ if _GLUON:
         p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, ROWS], dtype)
         p_smem = gl.allocate_shared_memory(dtype, [2, ROWS, ROWS], p_layout)
         ds_smem = gl.allocate_shared_memory(dtype, [4, ROWS, ROWS], p_layout)
+        stats_smem = gl.allocate_shared_memory(gl.float32, [RING, 2 * ROWS], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
         dq_smem = gl.allocate_shared_memory(gl.float32, [2] + dq_desc.block_type.shape, dq_desc.layout)
         kv_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         kv_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -533,7 +550,7 @@ if _GLUON:
             mbarrier.init(tile_empty.index(i), count=2)
         fence_async_shared()
         a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, q_smem, do_smem, k_smem, v_smem,
-                    p_smem, ds_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, tile_smem, tile_full,
+                    p_smem, ds_smem, stats_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, tile_smem, tile_full,
                     tile_empty, TileCounter, Lse, Delta, lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads,
                     group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, head_group, qk_scale_log2, softmax_scale,
                     window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN)
