@@ -13,11 +13,13 @@ with TMA reduce-adds.
 - Two consumer partitions (one warpgroup each, 240 registers) own 64 of the program's keys.  Per query
   block of 64 rows a consumer issues S = Q K^T and dP = dO V^T, forms P = exp2(S * scale - lse) and
   dS = P * (dP - delta), writes P and dS (16-bit) to shared memory and issues dV += P^T dO and
-  dK += dS^T Q.  dQ is split by columns, as in FlashAttention-3: once both consumers' dS are in shared
-  memory (one mbarrier per step; dS is double-buffered), each computes dQ_part = dS K for its half of
+  dK += dS^T Q.  At D = 128 dQ is split by columns, as in FlashAttention-3: once both consumers' dS are in
+  shared memory (one mbarrier per step; dS is double-buffered), each computes dQ_part = dS K for its half of
   the head dim over all 128 keys, and sends it out through shared memory and one TMA reduce-add
   (float32, summed in L2) while the next block's S and dP run.  Against each consumer reducing a
-  (64, headdim) part over its own 64 keys, that halves the reduce traffic and the dQ accumulator.
+  (64, headdim) part over its own 64 keys, that halves the reduce traffic and the dQ accumulator.  At D = 64
+  the accumulator is small either way, and each consumer reduces its own keys' part (`DQ_BY_KEYS`), so the
+  consumers need not meet every step.
 - dK and dV go out at a tile's end through shared memory and TMA boxes.  Before the kernel, the delta pass
   (backward.attention_backward_preprocess) computes rowsum(dO * O) and zeroes the dQ sums; after it, dQ is
   scaled and rounded to the input dtype (backward.attention_backward_postprocess).  The float32 sums make dQ's
@@ -57,6 +59,12 @@ ROWS = 64  # query rows per block, and keys per consumer
 # from depth).
 STAGES = {64: 4, 128: 2}
 CONSUMER_REGISTERS = 240
+# Per head dim, whether each consumer computes dQ over its own 64 keys and every column (True) instead of half the
+# columns over both consumers' keys (the split below).  At D = 64 the part is 32 registers either way and the
+# consumers no longer wait for each other's dS every step: 1.02x-1.06x without a mask, 0.99x-1.03x causal, 1.01x for
+# a window, for twice the reduce-add bytes (H200, BENCHMARKS.md session 22).  At D = 128 a whole-width part is 64
+# registers, which spilled (session 11).
+DQ_BY_KEYS = {64: True, 128: False}
 POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postprocess
 # From which sequence length (the longer of Sq and Sk; with variable lengths, the longest) this kernel takes each
 # (head dim, mask: causal or a window), as (dense, variable-length); shorter sequences keep backward.py, whichever
@@ -119,7 +127,7 @@ if _GLUON:
         p_smem: gl.shared_memory_descriptor  # (2 consumers, 64 rows, 64 keys)
         ds_smem: gl.shared_memory_descriptor  # (2 steps x 2 consumers, 64 rows, 64 keys): read by both consumers
         stats_smem: gl.shared_memory_descriptor  # (ring slots, 128) float32: a query block's lse, then its delta
-        dq_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, headdim / 2) float32: dQ's way out
+        dq_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, dQ part's columns) float32: dQ's way out
         kv_full: gl.shared_memory_descriptor
         kv_empty: gl.shared_memory_descriptor  # persistent: both consumers are done with a tile's K and V
         qdo_full: gl.shared_memory_descriptor
@@ -382,7 +390,9 @@ if _GLUON:
         and dV.  Returns the tile's block count."""
         ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
         HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
-        HALF: gl.constexpr = HEAD_DIM // 2
+        DQ_COLS: gl.constexpr = a.dq_desc.block_type.shape[2]  # head dim / 2 (dQ split by columns) or all of it
+        BY_KEYS: gl.constexpr = DQ_COLS == HEAD_DIM  # DQ_BY_KEYS
+        FIRST_COL: gl.constexpr = 0 if BY_KEYS else WG * DQ_COLS  # of this consumer's dQ part
         RING: gl.constexpr = a.q_smem.type.shape[0]
         dtype: gl.constexpr = a.q_desc.dtype
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -390,7 +400,7 @@ if _GLUON:
         acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                              instr_shape=[16, HEAD_DIM, 16])
         dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                            instr_shape=[16, HALF, 16])
+                                                            instr_shape=[16, DQ_COLS, 16])
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
         seq, head_kv, n_block = _tile(a, tile)
         box_batch, q_start, k_start, seqlen_q, seqlen_k = seq
@@ -402,11 +412,11 @@ if _GLUON:
         key_shift = seqlen_k - seqlen_q
         k_tile = a.k_smem.index(WG).reshape([ROWS, HEAD_DIM])
         v_tile = a.v_smem.index(WG).reshape([ROWS, HEAD_DIM])
-        # dQ is split by columns: this consumer's half of the head dim, over both consumers' keys.
-        k_cols_0 = a.k_smem.index(0).reshape([ROWS, HEAD_DIM]).slice(WG * HALF, HALF, dim=1)
-        k_cols_1 = a.k_smem.index(1).reshape([ROWS, HEAD_DIM]).slice(WG * HALF, HALF, dim=1)
+        # Split by columns (not BY_KEYS), dQ's part is this consumer's half of the head dim over both consumers' keys.
+        k_cols_0 = a.k_smem.index(0).reshape([ROWS, HEAD_DIM]).slice(FIRST_COL, DQ_COLS, dim=1)
+        k_cols_1 = a.k_smem.index(1).reshape([ROWS, HEAD_DIM]).slice(FIRST_COL, DQ_COLS, dim=1)
         p_tile = a.p_smem.index(WG)
-        dq_tile = a.dq_smem.index(WG).reshape([ROWS, HALF])
+        dq_tile = a.dq_smem.index(WG).reshape([ROWS, DQ_COLS])
         dk = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
         dv = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
         if steps > 0:  # else the producer copies no K and V; dK and dV are zeros
@@ -423,8 +433,8 @@ if _GLUON:
             do_tile = a.do_smem.index(slot).reshape([ROWS, HEAD_DIM])
             # Under a sliding window (a left edge), a block none of whose (row, key) pairs is visible (one
             # consumer's keys at the band's ends, or past seqlen_k) skips S, dP and the softmax gradient: its P
-            # and dS are zeros, which the other consumer's dQ reads.  Without a left edge `visible` stays a
-            # constant: the branch cost causal 16k 5% (session 10).
+            # and dS are zeros, which dK and dQ read (split by columns, the other consumer's dQ too).  Without a
+            # left edge `visible` stays a constant: the branch cost causal 16k 5% (session 10).
             visible = True
             if a.HAS_LEFT:
                 first_row_key = m_block * ROWS + key_shift - a.window_left  # the block's first row's first key
@@ -465,14 +475,19 @@ if _GLUON:
                 ds_tile.store(gl.zeros([ROWS, ROWS], dtype, layout=s_layout))
             fence_async_shared()
             gl.thread_barrier()
-            mbarrier.arrive(a.ds_ready.index(buf))
+            if not BY_KEYS:
+                mbarrier.arrive(a.ds_ready.index(buf))
             # dV and dK need only this consumer's P and dS: they run while the other consumer finishes its dS.
             dv = warpgroup_mma(p_tile.permute((1, 0)), do_tile, dv, is_async=True)
             dk = warpgroup_mma(ds_tile.permute((1, 0)), q_tile, dk, is_async=True)
-            mbarrier.wait(a.ds_ready.index(buf), (step // 2) & 1)
-            dq = warpgroup_mma(a.ds_smem.index(2 * buf), k_cols_0, gl.zeros([ROWS, HALF], gl.float32, layout=dq_layout),
-                               use_acc=False, is_async=True)
-            dq = warpgroup_mma(a.ds_smem.index(2 * buf + 1), k_cols_1, dq, is_async=True)
+            if BY_KEYS:  # this consumer's keys, every column: no wait for the other consumer
+                dq = warpgroup_mma(ds_tile, k_tile, gl.zeros([ROWS, DQ_COLS], gl.float32, layout=dq_layout),
+                                   use_acc=False, is_async=True)
+            else:
+                mbarrier.wait(a.ds_ready.index(buf), (step // 2) & 1)
+                dq = warpgroup_mma(a.ds_smem.index(2 * buf), k_cols_0,
+                                   gl.zeros([ROWS, DQ_COLS], gl.float32, layout=dq_layout), use_acc=False, is_async=True)
+                dq = warpgroup_mma(a.ds_smem.index(2 * buf + 1), k_cols_1, dq, is_async=True)
             dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
             mbarrier.arrive(a.qdo_empty.index(slot))
             tma.store_wait(0)  # the previous block's reduce-add has read dq_tile
@@ -480,7 +495,7 @@ if _GLUON:
             fence_async_shared()
             gl.thread_barrier()
             # Out while the next block's S and dP run.
-            _tma_reduce_add(a.dq_desc, [box_batch, q_start + m_block * ROWS, head * HEAD_DIM + WG * HALF],
+            _tma_reduce_add(a.dq_desc, [box_batch, q_start + m_block * ROWS, head * HEAD_DIM + FIRST_COL],
                             a.dq_smem.index(WG))
         dk_out = (dk * a.softmax_scale).to(dtype)
         dv_out = dv.to(dtype)
@@ -600,7 +615,7 @@ def backward(dout, q, k, v, out, lse, delta, dq, dk, dv, softmax_scale: float, w
         SEQUSED_Q=False, ZERO_DQ=varlen is None)
     box = (1, ROWS, head_dim)
     q_desc, k_desc, v_desc, do_desc = (descriptor(t, box) for t in (q, k, v, dout))
-    dq_desc = descriptor(dq_accum, (1, ROWS, head_dim // 2))
+    dq_desc = descriptor(dq_accum, (1, ROWS, head_dim if DQ_BY_KEYS[head_dim] else head_dim // 2))
     dk_desc, dv_desc = descriptor(dk, box), descriptor(dv, box)
     num_n_blocks = -(-seqlen_k // (2 * ROWS))
     num_tiles = num_n_blocks * batch * num_heads_kv

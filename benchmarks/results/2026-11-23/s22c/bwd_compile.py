@@ -16,7 +16,7 @@ def build(head_dim, mask, varlen=False):
     dq_accum = torch.empty(B, S, H, head_dim, dtype=torch.float32)
     box = (1, hb.ROWS, head_dim)
     q_desc, k_desc, v_desc, do_desc = (hf.descriptor(t, box) for t in (q, k, v, do))
-    dq_desc = hf.descriptor(dq_accum, (1, hb.ROWS, head_dim // 2))
+    dq_desc = hf.descriptor(dq_accum, (1, hb.ROWS, head_dim if hb.DQ_BY_KEYS.get(head_dim) else head_dim // 2))
     dk_desc, dv_desc = hf.descriptor(dk, box), hf.descriptor(dv, box)
     left = mask in ("window", "both")
     right = mask in ("causal", "window", "both")
