@@ -44,6 +44,13 @@ def test_head_dims_only_the_forward_takes_keep_the_portable_backward(monkeypatch
                                                                     0.0, True)
 
 
+def test_every_head_dim_the_backward_takes_has_a_dq_layout():
+    """The launcher picks dQ's box from DQ_BY_KEYS by head dim: a head dim the kernel accepts without an entry would
+    fail there, after the delta pass had run.  At D = 128 dQ stays split by columns (a whole-width part spilled)."""
+    assert {d for d, _ in hopper_backward.MIN_SEQLEN} <= set(hopper_backward.DQ_BY_KEYS)
+    assert not hopper_backward.DQ_BY_KEYS[128]
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_short_sequences_keep_the_portable_kernels(monkeypatch, head_dim):
     monkeypatch.setattr(hopper_backward.hopper_forward, "unsupported_reason", lambda *args, **kwargs: None)
