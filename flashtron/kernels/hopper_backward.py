@@ -8,8 +8,8 @@ with TMA reduce-adds.
 - The producer partition (one warpgroup, 24 registers) copies K and V once, then Q and dO block by
   block into a ring of 2 (D = 128) or 4 (D = 64) slots ("full": the copy's bytes; "empty": one arrival per
   consumer), with each block's lse and delta (cp.async: the consumers read them from shared memory instead
-  of waiting on global loads at every step).  In the persistent build it also takes the program's next tile from a counter and hands its
-  number to the consumers through shared memory.
+  of waiting on global loads at every step).  In the persistent build it also takes the program's next tile
+  from a counter and hands its number to the consumers through shared memory.
 - Two consumer partitions (one warpgroup each, 240 registers) own 64 of the program's keys.  Per query
   block of 64 rows a consumer issues S = Q K^T and dP = dO V^T, forms P = exp2(S * scale - lse) and
   dS = P * (dP - delta), writes P and dS (16-bit) to shared memory and issues dV += P^T dO and
@@ -60,10 +60,10 @@ ROWS = 64  # query rows per block, and keys per consumer
 STAGES = {64: 4, 128: 2}
 CONSUMER_REGISTERS = 240
 # Per head dim, whether each consumer computes dQ over its own 64 keys and every column (True) instead of half the
-# columns over both consumers' keys (the split below).  At D = 64 the part is 32 registers either way and the
-# consumers no longer wait for each other's dS every step: 1.02x-1.06x without a mask, 0.99x-1.03x causal, 1.01x for
-# a window, for twice the reduce-add bytes (H200, BENCHMARKS.md session 22).  At D = 128 a whole-width part is 64
-# registers, which spilled (session 11).
+# columns over both consumers' keys (the split the module's docstring describes).  At D = 64 the part is 32
+# registers either way and the consumers no longer wait for each other's dS every step: 1.02x-1.06x without a mask,
+# 0.99x-1.03x causal, 1.01x for a window, for twice the reduce-add bytes (H200, BENCHMARKS.md session 22).  At
+# D = 128 a whole-width part is 64 registers, which spilled (session 11).
 DQ_BY_KEYS = {64: True, 128: False}
 POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postprocess
 # From which sequence length (the longer of Sq and Sk; with variable lengths, the longest) this kernel takes each
@@ -125,7 +125,7 @@ if _GLUON:
         k_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
         v_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
         p_smem: gl.shared_memory_descriptor  # (2 consumers, 64 rows, 64 keys)
-        ds_smem: gl.shared_memory_descriptor  # (2 steps x 2 consumers, 64 rows, 64 keys): read by both consumers
+        ds_smem: gl.shared_memory_descriptor  # (2 steps x 2 consumers, 64 rows, 64 keys); split dQ reads both
         stats_smem: gl.shared_memory_descriptor  # (ring slots, 128) float32: a query block's lse, then its delta
         dq_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, dQ part's columns) float32: dQ's way out
         kv_full: gl.shared_memory_descriptor
@@ -486,7 +486,8 @@ if _GLUON:
             else:
                 mbarrier.wait(a.ds_ready.index(buf), (step // 2) & 1)
                 dq = warpgroup_mma(a.ds_smem.index(2 * buf), k_cols_0,
-                                   gl.zeros([ROWS, DQ_COLS], gl.float32, layout=dq_layout), use_acc=False, is_async=True)
+                                   gl.zeros([ROWS, DQ_COLS], gl.float32, layout=dq_layout), use_acc=False,
+                                   is_async=True)
                 dq = warpgroup_mma(a.ds_smem.index(2 * buf + 1), k_cols_1, dq, is_async=True)
             dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
             mbarrier.arrive(a.qdo_empty.index(slot))
@@ -543,7 +544,8 @@ if _GLUON:
         p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, ROWS], dtype)
         p_smem = gl.allocate_shared_memory(dtype, [2, ROWS, ROWS], p_layout)
         ds_smem = gl.allocate_shared_memory(dtype, [4, ROWS, ROWS], p_layout)
-        stats_smem = gl.allocate_shared_memory(gl.float32, [RING, 2 * ROWS], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+        stats_smem = gl.allocate_shared_memory(gl.float32, [RING, 2 * ROWS],
+                                               gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
         dq_smem = gl.allocate_shared_memory(gl.float32, [2] + dq_desc.block_type.shape, dq_desc.layout)
         kv_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         kv_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -565,10 +567,10 @@ if _GLUON:
             mbarrier.init(tile_empty.index(i), count=2)
         fence_async_shared()
         a = _Shared(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, q_smem, do_smem, k_smem, v_smem,
-                    p_smem, ds_smem, stats_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, tile_smem, tile_full,
-                    tile_empty, TileCounter, Lse, Delta, lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV, num_heads,
-                    group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, head_group, qk_scale_log2, softmax_scale,
-                    window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN)
+                    p_smem, ds_smem, stats_smem, dq_smem, kv_full, kv_empty, qdo_full, qdo_empty, ds_ready, tile_smem,
+                    tile_full, tile_empty, TileCounter, Lse, Delta, lse_head_stride, CuSeqlensQ, CuSeqlensK, DK, DV,
+                    num_heads, group, seqlen_q, seqlen_k, num_n_blocks, num_tiles, head_group, qk_scale_log2,
+                    softmax_scale, window_left, window_right, HAS_LEFT, HAS_RIGHT, PERSISTENT, VARLEN)
         gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1))], [4, 4],
                            [CONSUMER_REGS, CONSUMER_REGS])
 
