@@ -73,9 +73,10 @@ POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postpr
 # 4k 1.18x-1.29x, window (1024, 0) 1.24x-1.33x from 1k; D = 64 (session 18, within forward+backward) dense at 1k
 # 1.00x / 0.96x, 2k 1.07x / 0.98x, 3k 1.06x / 1.00x, 4k 1.08x / 1.04x, variable-length (64 sequences from 128
 # tokens to the longest) at 1k 0.95x / 1.09x, 2k 1.01x / 1.15x, 3k 1.05x / 1.19x; dense causal after session 19's
-# tile order (backward alone) 1.16x / 1.24x / 1.33x at 1k / 2k / 4k (not measured below).  Windows take the causal
-# column (at D = 64 not measured on their own).
-MIN_SEQLEN = {(64, False): (2048, 2048), (64, True): (1024, 1024), (128, False): (512, 512), (128, True): (512, 512)}
+# tile order (backward alone) 1.16x / 1.24x / 1.33x at 1k / 2k / 4k (not measured below); without a mask after
+# session 22's changes (backward alone) dense 1.05x / 1.10x / 1.13x and variable-length 1.11x / 1.09x / 1.08x at
+# 1k / 1.5k / 2k (not measured below).  Windows take the causal column (at D = 64 not measured on their own).
+MIN_SEQLEN = {(64, False): (1024, 1024), (64, True): (1024, 1024), (128, False): (512, 512), (128, True): (512, 512)}
 
 
 def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
