@@ -100,7 +100,7 @@ def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, 
 
 if _GLUON:
     _LOG2E = gl.constexpr(LOG2E)
-    _ONE = gl.constexpr(gl.BlockedLayout([1], [32], [4], [0]))  # a one-element tensor in a 4-warp partition
+    _ONE = gl.constexpr(gl.BlockedLayout([1], [32], [4], [0]))  # one element per thread of 4 warps
 
     @builtin
     def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
