@@ -385,10 +385,13 @@ if _GLUON:
 
     @gluon.jit
     def _softmax_block(scores, row_max, row_sum, qk_scale_log2, j, full_lo, full_hi, key_lo, key_hi, seqlen_k,
-                       HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr):
-        """_online_softmax for key block j (of scores.shape[1] keys), masked only outside blocks
-        [full_lo, full_hi), where the sequence's end or a window edge crosses a block."""
+                       HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, MASK: gl.constexpr):
+        """_online_softmax for key block j (of scores.shape[1] keys): masked if MASK, or with MASK None only outside
+        blocks [full_lo, full_hi), where the sequence's end or a window edge crosses a block."""
         KEYS: gl.constexpr = scores.type.shape[1]
+        if MASK is not None:
+            return _online_softmax(scores, row_max, row_sum, qk_scale_log2, j * KEYS, key_lo, key_hi, seqlen_k, MASK,
+                                   HAS_LEFT, HAS_RIGHT)
         masked = j >= full_hi
         if HAS_LEFT:
             masked = masked | (j < full_lo)
@@ -428,22 +431,65 @@ if _GLUON:
             return gl.convert_layout(probs.to(a.q_desc.dtype), p_layout)
 
     @gluon.jit
-    def _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum, j, full_lo, full_hi, key_lo, key_hi, seqlen_k):
+    def _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum, j, full_lo, full_hi, key_lo, key_hi, seqlen_k,
+                              MASK: gl.constexpr):
         """_softmax_block with the scores' scale (base 2).  FP8's includes q's and k's descales, which may have either
         sign: folded into the row max where positive (one FFMA per score), else multiplied into the scores first."""
         if a.FP8:
             if qk_scale > 0:
                 probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, qk_scale, j, full_lo,
                                                                 full_hi, key_lo, key_hi, seqlen_k, a.HAS_LEFT,
-                                                                a.HAS_RIGHT)
+                                                                a.HAS_RIGHT, MASK)
             else:
                 probs, alpha, row_max, row_sum = _softmax_block(scores * qk_scale, row_max, row_sum, 1.0, j, full_lo,
                                                                 full_hi, key_lo, key_hi, seqlen_k, a.HAS_LEFT,
-                                                                a.HAS_RIGHT)
+                                                                a.HAS_RIGHT, MASK)
             return probs, alpha, row_max, row_sum
         else:
             return _softmax_block(scores, row_max, row_sum, qk_scale, j, full_lo, full_hi, key_lo, key_hi, seqlen_k,
-                                  a.HAS_LEFT, a.HAS_RIGHT)
+                                  a.HAS_LEFT, a.HAS_RIGHT, MASK)
+
+    @gluon.jit
+    def _key_blocks(a, WG: gl.constexpr, j_lo, j_hi, MASK: gl.constexpr, acc, alpha, row_max, row_sum, p_op,
+                    block_count, n_blocks, first_block, full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k):
+        """The consumer's steps for key blocks [j_lo, j_hi) of its tile, masked if MASK (None: outside blocks
+        [full_lo, full_hi), decided per block, as _softmax_block): S_j = Q K_j^T and O += P_{j-1} V_{j-1} on the
+        tensor cores, block j's softmax under the second.  Returns the carried state."""
+        K_RING: gl.constexpr = a.k_smem.type.shape[0]
+        V_RING: gl.constexpr = a.v_smem.type.shape[0]
+        ROWS: gl.constexpr = a.q_desc.block_type.shape[1]
+        HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
+        KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
+        MMA_K: gl.constexpr = 256 // a.q_desc.dtype.primitive_bitwidth
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, KEYS, MMA_K])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, HEAD_DIM, MMA_K])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+        q_tile = a.q_smem.index(WG).reshape([ROWS, HEAD_DIM])
+        zero_scores = gl.zeros([ROWS, KEYS], gl.float32, layout=s_layout)
+        for j in range(j_lo, j_hi):
+            count = block_count + j
+            slot = count % K_RING
+            mbarrier.wait(a.k_full.index(slot), (count // K_RING) & 1)
+            scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
+                                   zero_scores, use_acc=False, is_async=True)
+            acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
+            v_slot = (count - 1) % V_RING
+            mbarrier.wait(a.v_full.index(v_slot), ((count - 1) // V_RING) & 1)
+            acc = warpgroup_mma(p_op, _values(a, v_slot), acc, is_async=True)
+            scores = warpgroup_mma_wait(1, deps=(scores, ))
+            mbarrier.arrive(a.k_empty.index(slot))
+            if not a.O_IN_Q:
+                mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
+            probs, alpha, row_max, row_sum = _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum,
+                                                                   first_block + j, full_lo, full_hi, key_lo, key_hi,
+                                                                   seqlen_k, MASK)
+            acc = warpgroup_mma_wait(0, deps=(acc, ))
+            mbarrier.arrive(a.v_empty.index(v_slot))
+            p_op = _probabilities(a, probs, p_layout, WG)
+        return acc, alpha, row_max, row_sum, p_op
 
     @gluon.jit
     def _consumer(a, WG: gl.constexpr):
@@ -502,30 +548,30 @@ if _GLUON:
                     mbarrier.arrive(a.q_empty, pred=n_blocks == 1)
                 probs, alpha, row_max, row_sum = _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum,
                                                                        first_block, full_lo, full_hi, key_lo, key_hi,
-                                                                       seqlen_k)
+                                                                       seqlen_k, None)
                 p_op = _probabilities(a, probs, p_layout, WG)
-                for j in range(1, n_blocks):
-                    # S_j = Q K_j^T and O += P_{j-1} V_{j-1} on the tensor cores; block j's softmax runs under
-                    # the second.
-                    count = block_count + j
-                    slot = count % K_RING
-                    mbarrier.wait(a.k_full.index(slot), (count // K_RING) & 1)
-                    scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
-                                           zero_scores, use_acc=False, is_async=True)
-                    acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
-                    v_slot = (count - 1) % V_RING
-                    mbarrier.wait(a.v_full.index(v_slot), ((count - 1) // V_RING) & 1)
-                    acc = warpgroup_mma(p_op, _values(a, v_slot), acc, is_async=True)
-                    scores = warpgroup_mma_wait(1, deps=(scores, ))
-                    mbarrier.arrive(a.k_empty.index(slot))
-                    if not a.O_IN_Q:
-                        mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
-                    probs, alpha, row_max, row_sum = _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum,
-                                                                           first_block + j, full_lo, full_hi, key_lo,
-                                                                           key_hi, seqlen_k)
-                    acc = warpgroup_mma_wait(0, deps=(acc, ))
-                    mbarrier.arrive(a.v_empty.index(v_slot))
-                    p_op = _probabilities(a, probs, p_layout, WG)
+                if HEAD_DIM == 256:
+                    # Blocks 1 on in three runs (masked left edge, plain, masked right edge and sequence end), each
+                    # run's mask decided once instead of per block: 1.04x-1.20x at D = 256; at D = 64 and 128
+                    # 0.82x-1.02x, window (1024, 0) 0.84x (H200, BENCHMARKS.md session 24), so they keep one loop.
+                    lo = 1
+                    if a.HAS_LEFT:
+                        lo = gl.minimum(gl.maximum(full_lo - first_block, 1), n_blocks)
+                    hi = gl.minimum(gl.maximum(full_hi - first_block, lo), n_blocks)
+                    if a.HAS_LEFT:
+                        acc, alpha, row_max, row_sum, p_op = _key_blocks(
+                            a, WG, 1, lo, True, acc, alpha, row_max, row_sum, p_op, block_count, n_blocks, first_block,
+                            full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k)
+                    acc, alpha, row_max, row_sum, p_op = _key_blocks(
+                        a, WG, lo, hi, False, acc, alpha, row_max, row_sum, p_op, block_count, n_blocks, first_block,
+                        full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k)
+                    acc, alpha, row_max, row_sum, p_op = _key_blocks(
+                        a, WG, hi, n_blocks, True, acc, alpha, row_max, row_sum, p_op, block_count, n_blocks,
+                        first_block, full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k)
+                else:
+                    acc, alpha, row_max, row_sum, p_op = _key_blocks(
+                        a, WG, 1, n_blocks, None, acc, alpha, row_max, row_sum, p_op, block_count, n_blocks,
+                        first_block, full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k)
                 # The last block's P V.
                 count = block_count + n_blocks - 1
                 acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
