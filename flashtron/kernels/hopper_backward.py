@@ -40,7 +40,7 @@ from flashtron.kernels.backward import (PREPROCESS_ROWS, attention_backward_post
 from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
 
 if _GLUON:
-    from flashtron.kernels.hopper_forward import _row_stats, _sequence
+    from flashtron.kernels.hopper_forward import _acc_layout, _row_stats, _sequence
 
 if _GLUON:
     from triton.experimental import gluon
@@ -396,12 +396,9 @@ if _GLUON:
         FIRST_COL: gl.constexpr = 0 if BY_KEYS else WG * DQ_COLS  # of this consumer's dQ part
         RING: gl.constexpr = a.q_smem.type.shape[0]
         dtype: gl.constexpr = a.q_desc.dtype
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, ROWS, 16])
-        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                             instr_shape=[16, HEAD_DIM, 16])
-        dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                            instr_shape=[16, DQ_COLS, 16])
+        s_layout: gl.constexpr = _acc_layout(ROWS, 16)
+        acc_layout: gl.constexpr = _acc_layout(HEAD_DIM, 16)
+        dq_layout: gl.constexpr = _acc_layout(DQ_COLS, 16)
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
         seq, head_kv, n_block = _tile(a, tile)
         box_batch, q_start, k_start, seqlen_q, seqlen_k = seq

@@ -138,6 +138,12 @@ def unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softca
 if _GLUON:
     from triton.language.core import _aggregate as aggregate
 
+    @gluon.constexpr_function
+    def _acc_layout(cols, mma_k):
+        """The wgmma accumulator layout of one warpgroup's (64 rows, cols) tile; mma_k is the instruction's
+        reduction (16 for 16-bit operands, 32 for fp8)."""
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, cols, mma_k])
+
     @aggregate
     class _Shared:
         """What every partition of one CTA sees: descriptors, rings, barriers and the problem's shape."""
@@ -461,10 +467,8 @@ if _GLUON:
         HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
         KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
         MMA_K: gl.constexpr = 256 // a.q_desc.dtype.primitive_bitwidth
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, KEYS, MMA_K])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, HEAD_DIM, MMA_K])
+        s_layout: gl.constexpr = _acc_layout(KEYS, MMA_K)
+        o_layout: gl.constexpr = _acc_layout(HEAD_DIM, MMA_K)
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
         q_tile = a.q_smem.index(WG).reshape([ROWS, HEAD_DIM])
@@ -499,10 +503,8 @@ if _GLUON:
         HEAD_DIM: gl.constexpr = a.q_desc.block_type.shape[2]
         KEYS: gl.constexpr = a.k_desc.block_type.shape[1]
         MMA_K: gl.constexpr = 256 // a.q_desc.dtype.primitive_bitwidth  # a wgmma's reduction: 16, or 32 with FP8
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, KEYS, MMA_K])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, HEAD_DIM, MMA_K])
+        s_layout: gl.constexpr = _acc_layout(KEYS, MMA_K)
+        o_layout: gl.constexpr = _acc_layout(HEAD_DIM, MMA_K)
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
         orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
