@@ -322,7 +322,7 @@ if _GLUON:
             mbarrier.arrive(a.k_empty.index(0))
             probs, alpha, row_max, row_sum = hopper_forward._softmax_block(
                 scores, row_max, row_sum, a.qk_scale_log2, first, 0, full_tiles, key_limit, key_limit, seqlen_k,
-                False, a.CAUSAL)
+                False, a.CAUSAL, None)
             for j in range(1, count):
                 k_slot = j % STAGES
                 mbarrier.wait(a.k_full.index(k_slot), (j // STAGES) & 1)
@@ -338,7 +338,7 @@ if _GLUON:
                 mbarrier.arrive(a.k_empty.index(k_slot))
                 probs, alpha, row_max, row_sum = hopper_forward._softmax_block(
                     scores, row_max, row_sum, a.qk_scale_log2, first + j, 0, full_tiles, key_limit, key_limit,
-                    seqlen_k, False, a.CAUSAL)
+                    seqlen_k, False, a.CAUSAL, None)
                 acc = warpgroup_mma_wait(0, deps=(acc, ))
                 mbarrier.arrive(a.v_empty.index(v_slot))
             # The last tile's P V; its value rows past the sequence's end are zeroed first.
