@@ -14,6 +14,9 @@ the TMA copy engine and warp specialisation, and takes FlashAttention-3's struct
   computes block j's softmax while P_{j-1} V_{j-1} still runs; then it waits for that too.  Nothing
   asynchronous crosses the loop's back-edge (ptxas would otherwise serialise every wgmma).  The
   consumers are not synchronised with each other, so one's matmuls can fill another's softmax.
+  Causal and unmasked tiles visit their key blocks from the last (see `_key_order`): the block that crosses
+  the diagonal or the sequence's end is the first, computed alone before the loop, so the loop can be
+  compiled without the masked softmax.
 - Persistent: one program per SM takes tiles in turn (see `_my_tile_count`), so the producer loads
   the next tile while the consumers finish this one; each consumer writes its output through shared
   memory and one TMA box.
@@ -71,6 +74,7 @@ MIN_SEQLEN = {64: (0, 4096), 128: (0, 0), 256: (0, 0)}
 # not 16-byte aligned faults (illegal instruction, session 21).
 FP8_HEAD_DIMS = (128,)
 K_STAGES, V_STAGES = 2, 2
+PLAIN_LOOP_FROM = 4096  # see _key_order
 LOG2E = 1.4426950408889634
 
 
@@ -185,13 +189,15 @@ if _GLUON:
         VARLEN: gl.constexpr
         O_IN_Q: gl.constexpr  # the output leaves through the consumers' Q tiles (see `o_in_q`)
         FP8: gl.constexpr
+        FROM_LAST: gl.constexpr  # each tile visits its key blocks from the last (see `_key_order`)
+        PLAIN_LOOP: gl.constexpr  # and its loop has no masked softmax (see `_key_order`)
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full,
                      k_empty, v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                      group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left,
                      window_right, Descale, descale_plane, VStarts, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q,
-                     FP8):
+                     FP8, FROM_LAST, PLAIN_LOOP):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -229,6 +235,8 @@ if _GLUON:
             self.VARLEN = gl.constexpr(VARLEN)
             self.O_IN_Q = gl.constexpr(O_IN_Q)
             self.FP8 = gl.constexpr(FP8)
+            self.FROM_LAST = gl.constexpr(FROM_LAST)
+            self.PLAIN_LOOP = gl.constexpr(PLAIN_LOOP)
 
     @gluon.jit
     def _my_tile_count(a):
@@ -313,6 +321,15 @@ if _GLUON:
         return seq, batch, batch_head % a.num_heads, m_block * TILE_ROWS, first_block, n_blocks
 
     @gluon.jit
+    def _visited(a, j, first_block, n_blocks):
+        """The key block a tile visits j-th: its blocks first_block to first_block + n_blocks - 1 in order, or with
+        FROM_LAST in reverse."""
+        if a.FROM_LAST:
+            return first_block + n_blocks - 1 - j
+        else:
+            return first_block + j
+
+    @gluon.jit
     def _producer(a):
         K_RING: gl.constexpr = a.k_smem.type.shape[0]
         V_RING: gl.constexpr = a.v_smem.type.shape[0]
@@ -345,15 +362,16 @@ if _GLUON:
                 slot = count % K_RING
                 mbarrier.wait(a.k_empty.index(slot), ((count // K_RING) & 1) ^ 1)
                 mbarrier.expect(a.k_full.index(slot), a.k_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(a.k_desc, [box_batch, k_row + j * KEYS, kv_col],
+                key = (_visited(a, j, first_block, n_blocks) - first_block) * KEYS
+                tma.async_copy_global_to_shared(a.k_desc, [box_batch, k_row + key, kv_col],
                                                 a.k_full.index(slot), a.k_smem.index(slot))
                 slot = count % V_RING
                 mbarrier.wait(a.v_empty.index(slot), ((count // V_RING) & 1) ^ 1)
                 mbarrier.expect(a.v_full.index(slot), a.v_desc.block_type.nbytes)
                 if a.FP8:  # keys innermost: (batch, kv heads * headdim, keys)
-                    v_coord = [box_batch, kv_col, v_key + j * KEYS]
+                    v_coord = [box_batch, kv_col, v_key + key]
                 else:
-                    v_coord = [box_batch, k_row + j * KEYS, kv_col]
+                    v_coord = [box_batch, k_row + key, kv_col]
                 tma.async_copy_global_to_shared(a.v_desc, v_coord, a.v_full.index(slot), a.v_smem.index(slot))
             block_count += n_blocks
             q_count += 1
@@ -456,10 +474,10 @@ if _GLUON:
                                   a.HAS_LEFT, a.HAS_RIGHT, MASK)
 
     @gluon.jit
-    def _key_blocks(a, WG: gl.constexpr, j_lo, j_hi, MASK: gl.constexpr, acc, alpha, row_max, row_sum, p_op,
-                    block_count, n_blocks, first_block, full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k):
-        """The consumer's steps for key blocks [j_lo, j_hi) of its tile, masked if MASK (None: outside blocks
-        [full_lo, full_hi), decided per block, as _softmax_block): S_j = Q K_j^T and O += P_{j-1} V_{j-1} on the
+    def _key_block(a, WG: gl.constexpr, j, MASK: gl.constexpr, acc, alpha, row_max, row_sum, p_op, block_count,
+                   n_blocks, first_block, full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k):
+        """The consumer's step for the j-th key block the tile visits (see `_visited`), masked if MASK (None: outside
+        blocks [full_lo, full_hi), decided here, as _softmax_block): S_j = Q K_j^T and O += P_{j-1} V_{j-1} on the
         tensor cores, block j's softmax under the second.  Returns the carried state."""
         K_RING: gl.constexpr = a.k_smem.type.shape[0]
         V_RING: gl.constexpr = a.v_smem.type.shape[0]
@@ -472,27 +490,35 @@ if _GLUON:
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
         q_tile = a.q_smem.index(WG).reshape([ROWS, HEAD_DIM])
-        zero_scores = gl.zeros([ROWS, KEYS], gl.float32, layout=s_layout)
+        count = block_count + j
+        slot = count % K_RING
+        mbarrier.wait(a.k_full.index(slot), (count // K_RING) & 1)
+        scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
+                               gl.zeros([ROWS, KEYS], gl.float32, layout=s_layout), use_acc=False, is_async=True)
+        acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
+        v_slot = (count - 1) % V_RING
+        mbarrier.wait(a.v_full.index(v_slot), ((count - 1) // V_RING) & 1)
+        acc = warpgroup_mma(p_op, _values(a, v_slot), acc, is_async=True)
+        scores = warpgroup_mma_wait(1, deps=(scores, ))
+        mbarrier.arrive(a.k_empty.index(slot))
+        if not a.O_IN_Q:
+            mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
+        probs, alpha, row_max, row_sum = _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum,
+                                                               _visited(a, j, first_block, n_blocks), full_lo, full_hi,
+                                                               key_lo, key_hi, seqlen_k, MASK)
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
+        mbarrier.arrive(a.v_empty.index(v_slot))
+        p_op = _probabilities(a, probs, p_layout, WG)
+        return acc, alpha, row_max, row_sum, p_op
+
+    @gluon.jit
+    def _key_blocks(a, WG: gl.constexpr, j_lo, j_hi, MASK: gl.constexpr, acc, alpha, row_max, row_sum, p_op,
+                    block_count, n_blocks, first_block, full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k):
+        """_key_block for the key blocks the tile visits j_lo-th to (j_hi - 1)-th."""
         for j in range(j_lo, j_hi):
-            count = block_count + j
-            slot = count % K_RING
-            mbarrier.wait(a.k_full.index(slot), (count // K_RING) & 1)
-            scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
-                                   zero_scores, use_acc=False, is_async=True)
-            acc = acc * gl.convert_layout(alpha, orow_layout)[:, None]
-            v_slot = (count - 1) % V_RING
-            mbarrier.wait(a.v_full.index(v_slot), ((count - 1) // V_RING) & 1)
-            acc = warpgroup_mma(p_op, _values(a, v_slot), acc, is_async=True)
-            scores = warpgroup_mma_wait(1, deps=(scores, ))
-            mbarrier.arrive(a.k_empty.index(slot))
-            if not a.O_IN_Q:
-                mbarrier.arrive(a.q_empty, pred=j == n_blocks - 1)
-            probs, alpha, row_max, row_sum = _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum,
-                                                                   first_block + j, full_lo, full_hi, key_lo, key_hi,
-                                                                   seqlen_k, MASK)
-            acc = warpgroup_mma_wait(0, deps=(acc, ))
-            mbarrier.arrive(a.v_empty.index(v_slot))
-            p_op = _probabilities(a, probs, p_layout, WG)
+            acc, alpha, row_max, row_sum, p_op = _key_block(a, WG, j, MASK, acc, alpha, row_max, row_sum, p_op,
+                                                            block_count, n_blocks, first_block, full_lo, full_hi,
+                                                            qk_scale, key_lo, key_hi, seqlen_k)
         return acc, alpha, row_max, row_sum, p_op
 
     @gluon.jit
@@ -539,7 +565,7 @@ if _GLUON:
                 row_sum = gl.zeros([ROWS], gl.float32, layout=row_layout)
 
                 mbarrier.wait(a.q_full, q_count & 1)
-                # Key block 0: its scores, alone.
+                # The first block visited, alone: its scores, then its softmax.
                 slot = block_count % K_RING
                 mbarrier.wait(a.k_full.index(slot), (block_count // K_RING) & 1)
                 scores = warpgroup_mma(q_tile, a.k_smem.index(slot).reshape([KEYS, HEAD_DIM]).permute((1, 0)),
@@ -549,8 +575,8 @@ if _GLUON:
                 if not a.O_IN_Q:
                     mbarrier.arrive(a.q_empty, pred=n_blocks == 1)
                 probs, alpha, row_max, row_sum = _scaled_softmax_block(a, scores, qk_scale, row_max, row_sum,
-                                                                       first_block, full_lo, full_hi, key_lo, key_hi,
-                                                                       seqlen_k, None)
+                                                                       _visited(a, 0, first_block, n_blocks), full_lo,
+                                                                       full_hi, key_lo, key_hi, seqlen_k, None)
                 p_op = _probabilities(a, probs, p_layout, WG)
                 if HEAD_DIM == 256:
                     # Blocks 1 on in three runs (masked left edge, plain, masked right edge and sequence end), each
@@ -569,6 +595,10 @@ if _GLUON:
                         full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k)
                     acc, alpha, row_max, row_sum, p_op = _key_blocks(
                         a, WG, hi, n_blocks, True, acc, alpha, row_max, row_sum, p_op, block_count, n_blocks,
+                        first_block, full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k)
+                elif a.PLAIN_LOOP:  # no mask past the first block visited (see `_key_order`)
+                    acc, alpha, row_max, row_sum, p_op = _key_blocks(
+                        a, WG, 1, n_blocks, False, acc, alpha, row_max, row_sum, p_op, block_count, n_blocks,
                         first_block, full_lo, full_hi, qk_scale, key_lo, key_hi, seqlen_k)
                 else:
                     acc, alpha, row_max, row_sum, p_op = _key_blocks(
@@ -627,7 +657,10 @@ if _GLUON:
                               HAS_RIGHT: gl.constexpr,
                               K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMERS: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, ACROSS_HEADS: gl.constexpr, VARLEN: gl.constexpr,
-                              O_IN_Q: gl.constexpr, FP8: gl.constexpr):
+                              O_IN_Q: gl.constexpr, FP8: gl.constexpr, FROM_LAST: gl.constexpr,
+                              PLAIN_LOOP: gl.constexpr):
+        gl.static_assert(not PLAIN_LOOP or (FROM_LAST and not HAS_LEFT and not HAS_RIGHT),
+                         "PLAIN_LOOP: only the first block visited may need a mask")
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_RING] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_RING] + v_desc.block_type.shape, v_desc.layout)
@@ -655,7 +688,8 @@ if _GLUON:
         a = _Shared(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full, k_empty,
                     v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                     group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left, window_right,
-                    Descale, descale_plane, VStarts, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q, FP8)
+                    Descale, descale_plane, VStarts, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q, FP8, FROM_LAST,
+                    PLAIN_LOOP)
         if CONSUMERS == 3:
             gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1)), (_consumer, (a, 2))],
                                [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
@@ -719,6 +753,24 @@ def consumer_count(head_dim: int, window_left: int, window_right: int, varlen, s
         return 2
     rows_in_threes, rows_in_twos = -(-seqlen_q // (3 * ROWS)) * 3 * ROWS, -(-seqlen_q // (2 * ROWS)) * 2 * ROWS
     return 3 if rows_in_threes <= THREE_MAX_PADDING * rows_in_twos else 2
+
+
+def _key_order(head_dim: int, window_left: int, window_right: int, varlen, seqlen_k: int, consumers: int) -> dict:
+    """The constexprs FROM_LAST and PLAIN_LOOP.  With FROM_LAST each tile visits its key blocks from the last, so the
+    block that crosses the diagonal or the sequence's end is the first visited, which is computed alone (its mask
+    decided there).  Without any window edge no other block needs a mask, and PLAIN_LOOP compiles the loop without
+    the masked softmax.  Measured on three H200s against the blocks in order, forward alone (BENCHMARKS.md,
+    session 27):
+    - FROM_LAST, the loop with both softmax bodies: causal 1.03x-1.10x at 1k, 0.995x-1.02x from 2k; D = 256 0.98x-0.99x
+      and window (1024, 0) 0.98x at D = 128, so those (and every left edge) keep the order;
+    - PLAIN_LOOP without a mask: 1.05x-1.07x with three consumers (D = 64 from 2k) and in variable-length batches,
+      1.02x-1.05x at D = 128 from 8k; but 0.95x-0.99x with two consumers at 1k-2k (PLAIN_LOOP_FROM; why is not
+      known: the loop itself has fewer instructions);
+    - causal tiles whose diagonal is their only masked block could take a plain loop too, chosen per tile: 0.97x-1.05x
+      from one build to the next, so they keep the loop with both bodies."""
+    from_last = head_dim != 256 and window_left < 0
+    plain = window_right < 0 and (consumers == 3 or varlen is not None or seqlen_k >= PLAIN_LOOP_FROM)
+    return dict(FROM_LAST=from_last, PLAIN_LOOP=from_last and plain)
 
 
 def o_in_q(head_dim: int) -> bool:
@@ -791,4 +843,5 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
         HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
         K_RING=K_STAGES, V_RING=V_STAGES, CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
         ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
-        O_IN_Q=o_in_q(head_dim), FP8=descale is not None, num_warps=4)
+        O_IN_Q=o_in_q(head_dim), FP8=descale is not None, num_warps=4,
+        **_key_order(head_dim, window_left, window_right, varlen, seqlen_k, consumers))
