@@ -191,13 +191,14 @@ if _GLUON:
         FP8: gl.constexpr
         FROM_LAST: gl.constexpr  # each tile visits its key blocks from the last (see `_key_order`)
         PLAIN_LOOP: gl.constexpr  # and its loop has no masked softmax (see `_key_order`)
+        MASK_FIRST: gl.constexpr  # a block masked at run time takes the mask, then the one softmax (see `mask_first`)
 
         @gluon.constexpr_function
         def __init__(self, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, o_desc, o_smem, q_full, q_empty, k_full,
                      k_empty, v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                      group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left,
                      window_right, Descale, descale_plane, VStarts, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q,
-                     FP8, FROM_LAST, PLAIN_LOOP):
+                     FP8, FROM_LAST, PLAIN_LOOP, MASK_FIRST):
             self.q_desc = q_desc
             self.k_desc = k_desc
             self.v_desc = v_desc
@@ -237,6 +238,7 @@ if _GLUON:
             self.FP8 = gl.constexpr(FP8)
             self.FROM_LAST = gl.constexpr(FROM_LAST)
             self.PLAIN_LOOP = gl.constexpr(PLAIN_LOOP)
+            self.MASK_FIRST = gl.constexpr(MASK_FIRST)
 
     @gluon.jit
     def _my_tile_count(a):
@@ -379,26 +381,33 @@ if _GLUON:
                 q_count -= (n_blocks == 0).to(gl.int32)
 
     @gluon.jit
-    def _online_softmax(scores, row_max, row_sum, qk_scale_log2, first_key, key_lo, key_hi, seqlen_k,
-                        MASK: gl.constexpr, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr):
-        """Block probabilities (base 2, scale folded in: the scale is positive), the factor that rescales
-        the output so far, and the new row max and sum.  Row r sees keys key_lo[r] to key_hi[r] (where
-        HAS_LEFT / HAS_RIGHT bound its window)."""
+    def _masked(scores, first_key, key_lo, key_hi, seqlen_k, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr):
+        """Scores with -inf where row r's keys fall outside key_lo[r] to key_hi[r] (where HAS_LEFT / HAS_RIGHT bound
+        its window) or past seqlen_k; the block's keys start at first_key."""
         layout: gl.constexpr = scores.type.layout
-        if MASK and HAS_RIGHT and not HAS_LEFT:
+        if HAS_RIGHT and not HAS_LEFT:
             # Causal: one bound per row with the sequence's end folded in, which holds fewer registers than the
             # keys' indices and two masks (three consumers at D = 64 spill 48 bytes instead of 512).
             cols = gl.arange(0, scores.type.shape[1], layout=gl.SliceLayout(0, layout))
             last = gl.minimum(key_hi, seqlen_k - 1) - first_key
-            scores = gl.where(cols[None, :] <= last[:, None], scores, float("-inf"))
-        elif MASK:
+            return gl.where(cols[None, :] <= last[:, None], scores, float("-inf"))
+        else:
             keys = first_key + gl.arange(0, scores.type.shape[1], layout=gl.SliceLayout(0, layout))
             keep = (keys < seqlen_k)[None, :]
             if HAS_LEFT:
                 keep = keep & (keys[None, :] >= key_lo[:, None])
             if HAS_RIGHT:
                 keep = keep & (keys[None, :] <= key_hi[:, None])
-            scores = gl.where(keep, scores, float("-inf"))
+            return gl.where(keep, scores, float("-inf"))
+
+    @gluon.jit
+    def _online_softmax(scores, row_max, row_sum, qk_scale_log2, first_key, key_lo, key_hi, seqlen_k,
+                        MASK: gl.constexpr, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr):
+        """Block probabilities (base 2, scale folded in: the scale is positive), the factor that rescales
+        the output so far, and the new row max and sum.  Row r sees keys key_lo[r] to key_hi[r] (where
+        HAS_LEFT / HAS_RIGHT bound its window)."""
+        if MASK:
+            scores = _masked(scores, first_key, key_lo, key_hi, seqlen_k, HAS_LEFT, HAS_RIGHT)
         new_max = gl.maximum(row_max, gl.max(scores, 1) * qk_scale_log2)
         # A row with nothing visible yet keeps its max at -inf; subtract 0 instead so exp2 gives 0, not NaN.
         reference = gl.where(new_max == float("-inf"), 0.0, new_max)
@@ -409,7 +418,8 @@ if _GLUON:
 
     @gluon.jit
     def _softmax_block(scores, row_max, row_sum, qk_scale_log2, j, full_lo, full_hi, key_lo, key_hi, seqlen_k,
-                       HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, MASK: gl.constexpr):
+                       HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, MASK: gl.constexpr,
+                       MASK_FIRST: gl.constexpr = False):
         """_online_softmax for key block j (of scores.shape[1] keys): masked if MASK, or with MASK None only outside
         blocks [full_lo, full_hi), where the sequence's end or a window edge crosses a block."""
         KEYS: gl.constexpr = scores.type.shape[1]
@@ -419,6 +429,11 @@ if _GLUON:
         masked = j >= full_hi
         if HAS_LEFT:
             masked = masked | (j < full_lo)
+        if MASK_FIRST:
+            if masked:
+                scores = _masked(scores, j * KEYS, key_lo, key_hi, seqlen_k, HAS_LEFT, HAS_RIGHT)
+            return _online_softmax(scores, row_max, row_sum, qk_scale_log2, j * KEYS, key_lo, key_hi, seqlen_k, False,
+                                   HAS_LEFT, HAS_RIGHT)
         if masked:
             return _online_softmax(scores, row_max, row_sum, qk_scale_log2, j * KEYS, key_lo, key_hi, seqlen_k, True,
                                    HAS_LEFT, HAS_RIGHT)
@@ -463,15 +478,15 @@ if _GLUON:
             if qk_scale > 0:
                 probs, alpha, row_max, row_sum = _softmax_block(scores, row_max, row_sum, qk_scale, j, full_lo,
                                                                 full_hi, key_lo, key_hi, seqlen_k, a.HAS_LEFT,
-                                                                a.HAS_RIGHT, MASK)
+                                                                a.HAS_RIGHT, MASK, a.MASK_FIRST)
             else:
                 probs, alpha, row_max, row_sum = _softmax_block(scores * qk_scale, row_max, row_sum, 1.0, j, full_lo,
                                                                 full_hi, key_lo, key_hi, seqlen_k, a.HAS_LEFT,
-                                                                a.HAS_RIGHT, MASK)
+                                                                a.HAS_RIGHT, MASK, a.MASK_FIRST)
             return probs, alpha, row_max, row_sum
         else:
             return _softmax_block(scores, row_max, row_sum, qk_scale, j, full_lo, full_hi, key_lo, key_hi, seqlen_k,
-                                  a.HAS_LEFT, a.HAS_RIGHT, MASK)
+                                  a.HAS_LEFT, a.HAS_RIGHT, MASK, a.MASK_FIRST)
 
     @gluon.jit
     def _key_block(a, WG: gl.constexpr, j, MASK: gl.constexpr, acc, alpha, row_max, row_sum, p_op, block_count,
@@ -658,7 +673,7 @@ if _GLUON:
                               K_RING: gl.constexpr, V_RING: gl.constexpr, CONSUMERS: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, ACROSS_HEADS: gl.constexpr, VARLEN: gl.constexpr,
                               O_IN_Q: gl.constexpr, FP8: gl.constexpr, FROM_LAST: gl.constexpr,
-                              PLAIN_LOOP: gl.constexpr):
+                              PLAIN_LOOP: gl.constexpr, MASK_FIRST: gl.constexpr):
         gl.static_assert(not PLAIN_LOOP or (FROM_LAST and not HAS_LEFT and not HAS_RIGHT),
                          "PLAIN_LOOP: only the first block visited may need a mask")
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
@@ -689,7 +704,7 @@ if _GLUON:
                     v_full, v_empty, Out, Lse, lse_head_stride, CuSeqlensQ, CuSeqlensK, num_heads,
                     group, seqlen_q, seqlen_k, num_m_blocks, num_tiles, qk_scale_log2, window_left, window_right,
                     Descale, descale_plane, VStarts, HAS_LEFT, HAS_RIGHT, ACROSS_HEADS, VARLEN, O_IN_Q, FP8, FROM_LAST,
-                    PLAIN_LOOP)
+                    PLAIN_LOOP, MASK_FIRST)
         if CONSUMERS == 3:
             gl.warp_specialize([(_producer, (a, )), (_consumer, (a, 0)), (_consumer, (a, 1)), (_consumer, (a, 2))],
                                [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
@@ -773,6 +788,18 @@ def _key_order(head_dim: int, window_left: int, window_right: int, varlen, seqle
     return dict(FROM_LAST=from_last, PLAIN_LOOP=from_last and plain)
 
 
+def mask_first(head_dim: int) -> bool:
+    """Whether a key block whose mask is decided at run time (MASK None in `_softmax_block`) is masked in a branch of
+    its own and then takes the unmasked softmax (MASK_FIRST), rather than one of two whole softmax bodies.  The loop
+    is then a third shorter (D = 64 causal, three consumers: 616 SASS instructions against 919), and at D = 64 the
+    two-body loop's cost is its size, not its masks (session 28's profile, 16k: an iteration of the causal loop took
+    8% longer than one of the unmasked call's loop, though under 3% of the causal blocks are masked).  Measured on an
+    H200 against the two bodies, forward alone, in three calls (BENCHMARKS.md, session 28): D = 64 causal 1.02x-1.05x
+    at 1k-8k and 1.01x-1.03x at 16k, 1.04x at 1k without a mask, 1.00x for window (1024, 0) and variable-length causal
+    batches; D = 128 0.98x-1.00x, and 0.94x (twice) on a variable-length causal batch, so D = 128 keeps two bodies."""
+    return head_dim == 64
+
+
 def o_in_q(head_dim: int) -> bool:
     """Whether the output leaves through the consumers' Q tiles (O_IN_Q) rather than tiles of its own: at D = 256,
     where Q's tiles (64 KB), two K and two V slots of 64 keys (128 KB) and the output's own tiles (64 KB) would
@@ -843,5 +870,5 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
         HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
         K_RING=K_STAGES, V_RING=V_STAGES, CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
         ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
-        O_IN_Q=o_in_q(head_dim), FP8=descale is not None, num_warps=4,
+        O_IN_Q=o_in_q(head_dim), FP8=descale is not None, MASK_FIRST=mask_first(head_dim), num_warps=4,
         **_key_order(head_dim, window_left, window_right, varlen, seqlen_k, consumers))
