@@ -233,6 +233,18 @@ def test_loop_without_masked_softmax_matches_oracle(shape, launches, monkeypatch
 
 @pytest.mark.gpu
 @on_hopper
+@over_shapes
+@pytest.mark.parametrize("window", [(-1, -1), (-1, 0), (300, 50)], ids=lambda w: f"{w[0]}_{w[1]}")
+def test_other_mask_branch_matches_oracle(shape, window, launches, monkeypatch):
+    """Each head dim with the other form of the run-time mask (hopper_forward.mask_first flipped): both forms stay
+    right whichever one a head dim ships with."""
+    shipped = hopper_forward.mask_first
+    monkeypatch.setattr(hopper_forward, "mask_first", lambda head_dim: not shipped(head_dim))
+    check_on_hopper(launches, shape, torch.bfloat16, False, window_size=window)
+
+
+@pytest.mark.gpu
+@on_hopper
 # Under causal, the first shape's tiles are taken one head after another (12 query blocks per head), the
 # second's heaviest-first across heads (40 blocks per head, more than a quarter of the programs).
 @pytest.mark.parametrize("shape", [(3, 1500, 1700, 8, 2, 128), (1, 5000, 4000, 2, 1, 128)],

@@ -421,7 +421,8 @@ if _GLUON:
                        HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, MASK: gl.constexpr,
                        MASK_FIRST: gl.constexpr = False):
         """_online_softmax for key block j (of scores.shape[1] keys): masked if MASK, or with MASK None only outside
-        blocks [full_lo, full_hi), where the sequence's end or a window edge crosses a block."""
+        blocks [full_lo, full_hi), where the sequence's end or a window edge crosses a block; then, with MASK_FIRST,
+        the mask alone in a branch and one softmax body after it (see `mask_first`)."""
         KEYS: gl.constexpr = scores.type.shape[1]
         if MASK is not None:
             return _online_softmax(scores, row_max, row_sum, qk_scale_log2, j * KEYS, key_lo, key_hi, seqlen_k, MASK,
