@@ -3,7 +3,8 @@ usage: python bc.py D,mask[,varlen] ...  mask none|causal|window
 env: KOR=0/1 overrides KEYS_ON_ROWS[64], DQ_UNDER_DK=0/1; SASS_OUT / PTX_OUT prefixes dump SASS / PTX and TTGIR;
 WARN=1 prints ptxas's warnings."""
 import os, sys, collections, subprocess, tempfile
-sys.path.insert(0, os.path.dirname(__file__)); sys.path.insert(0, "tests")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "s28")); sys.path.insert(0, "tests")
+# compile_local (ptxas -v on the PTX) is session 28's; the driver and compile-only launches are tests/gluon_compile's.
 import torch, triton
 import gluon_compile as gc
 import compile_local
