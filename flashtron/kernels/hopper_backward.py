@@ -403,7 +403,8 @@ if _GLUON:
         seq, head_kv, n_block = _tile(a, tile)
         box_batch, q_start, k_start, seqlen_q, seqlen_k = seq
         first_key = n_block * 2 * ROWS + WG * ROWS
-        keys = first_key + gl.arange(0, ROWS, layout=gl.SliceLayout(0, s_layout))
+        key_cols = gl.arange(0, ROWS, layout=gl.SliceLayout(0, s_layout))  # the block's key offsets
+        keys = first_key + key_cols
         first_m, end_m = _query_blocks(a, n_block, seqlen_q, seqlen_k)
         per_head = end_m - first_m
         steps = a.group * per_head
@@ -456,10 +457,22 @@ if _GLUON:
                 if a.VARLEN:  # keys past seqlen_k are the next sequence's (in a dense call, zeros from the copy:
                     # K's zero rows keep their dS out of dQ, and their dK and dV are not stored)
                     if first_key + ROWS > seqlen_k:
-                        s = gl.where(keys[None, :] < seqlen_k, s, float("-inf"))
+                        if a.HAS_LEFT:
+                            s = gl.where(keys[None, :] < seqlen_k, s, float("-inf"))
+                        else:
+                            s = gl.where(key_cols[None, :] < seqlen_k - first_key, s, float("-inf"))
                 if a.HAS_RIGHT:
                     if first_key + ROWS - 1 > m_block * ROWS + key_shift + a.window_right:  # the edge crosses the block
-                        s = gl.where(keys[None, :] <= (rows + key_shift + a.window_right)[:, None], s, float("-inf"))
+                        if a.HAS_LEFT:
+                            s = gl.where(keys[None, :] <= (rows + key_shift + a.window_right)[:, None], s,
+                                         float("-inf"))
+                        else:
+                            # The block's key offsets (constants per register) against one bound per row: with
+                            # the keys' own indices held through the loop, ptxas spilled (D = 128 causal: 104
+                            # bytes of spill stores, 4 this way; variable-length causal 236 and 52).  Windows keep
+                            # the keys' indices: they spilled more this way.
+                            last = rows + (key_shift + a.window_right - first_key)  # each row's last key, in the block
+                            s = gl.where(key_cols[None, :] <= last[:, None], s, float("-inf"))
                 if a.HAS_LEFT:
                     if first_key < m_block * ROWS + ROWS - 1 + key_shift - a.window_left:
                         s = gl.where(keys[None, :] >= (rows + key_shift - a.window_left)[:, None], s, float("-inf"))

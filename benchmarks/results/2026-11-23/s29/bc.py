@@ -12,7 +12,7 @@ from flashtron.kernels import hopper_backward as hb
 for _n in ("DQ_UNDER_DK", ):
     if _n in os.environ:
         setattr(hb, _n, bool(int(os.environ[_n])))
-if "KOR" in os.environ:
+if "KOR" in os.environ and hasattr(hb, "KEYS_ON_ROWS"):
     hb.KEYS_ON_ROWS[64] = bool(int(os.environ["KOR"]))
 compiled = gc._install(hb, ["attention_backward_preprocess", "hopper_backward_kernel",
                                 "attention_backward_postprocess"])
