@@ -457,25 +457,28 @@ if _GLUON:
                 if a.VARLEN:  # keys past seqlen_k are the next sequence's (in a dense call, zeros from the copy:
                     # K's zero rows keep their dS out of dQ, and their dK and dV are not stored)
                     if first_key + ROWS > seqlen_k:
-                        if a.HAS_LEFT:
-                            s = gl.where(keys[None, :] < seqlen_k, s, float("-inf"))
-                        else:
-                            s = gl.where(key_cols[None, :] < seqlen_k - first_key, s, float("-inf"))
+                        s = gl.where(key_cols[None, :] < seqlen_k - first_key, s, float("-inf"))
                 if a.HAS_RIGHT:
                     if first_key + ROWS - 1 > m_block * ROWS + key_shift + a.window_right:  # the edge crosses the block
-                        if a.HAS_LEFT:
-                            s = gl.where(keys[None, :] <= (rows + key_shift + a.window_right)[:, None], s,
-                                         float("-inf"))
-                        else:
-                            # The block's key offsets (constants per register) against one bound per row: with
-                            # the keys' own indices held through the loop, ptxas spilled (D = 128 causal: 104
-                            # bytes of spill stores, 4 this way; variable-length causal 236 and 52).  Windows keep
-                            # the keys' indices: they spilled more this way.
+                        # The block's key offsets (constants per register) against one bound per row: with the
+                        # keys' own indices held through the loop, ptxas spilled (D = 128 spill stores, bytes:
+                        # causal 104 against 4 this way, variable-length causal 236 against 52, variable-length
+                        # window 432 against 284).  Dense windows keep the keys' indices: this way they spilled
+                        # more (196 against 148) and ran 2-8% slower (BENCHMARKS.md, session 30).
+                        if a.VARLEN or not a.HAS_LEFT:
                             last = rows + (key_shift + a.window_right - first_key)  # each row's last key, in the block
                             s = gl.where(key_cols[None, :] <= last[:, None], s, float("-inf"))
+                        else:
+                            s = gl.where(keys[None, :] <= (rows + key_shift + a.window_right)[:, None], s,
+                                         float("-inf"))
                 if a.HAS_LEFT:
                     if first_key < m_block * ROWS + ROWS - 1 + key_shift - a.window_left:
-                        s = gl.where(keys[None, :] >= (rows + key_shift - a.window_left)[:, None], s, float("-inf"))
+                        if a.VARLEN:  # in block key offsets, as the right edge's mask
+                            first = rows + (key_shift - a.window_left - first_key)  # each row's first key, in the block
+                            s = gl.where(key_cols[None, :] >= first[:, None], s, float("-inf"))
+                        else:
+                            s = gl.where(keys[None, :] >= (rows + key_shift - a.window_left)[:, None], s,
+                                         float("-inf"))
                 p = gl.exp2(s * a.qk_scale_log2 - lse[:, None])
                 p_tile.store(p.to(dtype))
                 dp = warpgroup_mma_wait(0, deps=(dp, ))
