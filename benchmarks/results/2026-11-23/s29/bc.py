@@ -9,7 +9,7 @@ import torch, triton
 import gluon_compile as gc
 import compile_local
 from flashtron.kernels import hopper_backward as hb
-for _n in ("DQ_UNDER_DK", ):
+for _n in ("DQ_UNDER_DK", "DQ_FIRST"):
     if _n in os.environ:
         setattr(hb, _n, bool(int(os.environ[_n])))
 if "KOR" in os.environ and hasattr(hb, "KEYS_ON_ROWS"):
