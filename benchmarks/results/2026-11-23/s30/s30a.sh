@@ -3,7 +3,7 @@
 # issue 3's bench twice.  From the repository root, HEAD's package in experiments/base29 as flashtron_base.
 export PYTHONPATH=.
 D=$(dirname "$0")
-n=$(python -c "import sys; sys.argv=['x']; exec(open('$D/s30a.py').read().split('def kernel_time')[0]); print(len(CASES))" 2>/dev/null)
+n=$(python $D/s30a.py --count)
 echo cases $n
 t0=$(date +%s)
 (FLASHTRON_POISON_OUTPUTS=1 timeout 400 python -m pytest -q -n 8 -m gpu tests/ -p no:cacheprovider > $OUT/tests.log 2>&1; echo "tests rc $?" >> $OUT/tests.log) &

@@ -2,7 +2,7 @@
 # (s30b.py) with parallel compiles, then issue 3's window sweep.  From the repository root.
 export PYTHONPATH=.
 D=$(dirname "$0")
-n=$(python -c "import sys; sys.argv=['x']; exec(open('$D/s30b.py').read().split('def kernel_time')[0]); print(len(CASES))" 2>/dev/null)
+n=$(python $D/s30b.py --count)
 echo cases $n
 t0=$(date +%s)
 sed -i 's/^DQ_FIRST = False/DQ_FIRST = True/' flashtron/kernels/hopper_backward.py

@@ -2,7 +2,7 @@
 # with the A/B's compiles in parallel, then the A/B (s30c.py) against HEAD's package in experiments/base30.
 export PYTHONPATH=.
 D=$(dirname "$0")
-n=$(python -c "import sys; sys.argv=['x']; exec(open('$D/s30c.py').read().split('def kernel_time')[0]); print(len(CASES))" 2>/dev/null)
+n=$(python $D/s30c.py --count)
 echo cases $n
 t0=$(date +%s)
 (FLASHTRON_POISON_OUTPUTS=1 timeout 300 python -m pytest -q -n 8 -m gpu tests/test_hopper_backward.py tests/test_hopper_varlen.py -p no:cacheprovider > $OUT/tests-wko.log 2>&1; echo "tests rc $?" >> $OUT/tests-wko.log) &
