@@ -3,97 +3,16 @@ HEAD (flashtron_base), same process, burn-in, rotated order, 5 rounds, medians o
 `kor`: the diff as it ships (D = 64 with KEYS_ON_ROWS: 128 query rows per step, the scores transposed).
 `ctl`: the diff with KEYS_ON_ROWS off (without a causal edge, the same SASS as HEAD; causal builds take the diff's
 causal mask form, which at D = 128 removes the loop's spills).  `kor2`: kor with DQ_UNDER_DK (dQ's part issued
-before dK, so its way out runs under dK's matmul).  `--warm I`: only run case I's variants once (compiles)."""
-import os, sys, json
-sys.path.insert(0, "experiments/base29")
-import torch
-import flashtron, flashtron_base
-from flashtron.kernels import hopper_backward as hb
-from torch.profiler import profile, ProfilerActivity
-OUT = os.environ.get("OUT", ".")
+before dK, so its way out runs under dK's matmul).  `--warm I`: only run case I's variants once (compiles).
+Run in session 30 as written then; since then its harness is session 30's abtool.py (the same code)."""
+import os, sys
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "s30")); sys.path.insert(0, "experiments/base29")
+import flashtron_base
+import abtool
+
 VARIANTS = {"ctl": dict(KEYS_ON_ROWS={64: False, 128: False}), "kor": dict(KEYS_ON_ROWS={64: True, 128: False}),
             "kor2": dict(KEYS_ON_ROWS={64: True, 128: False}, DQ_UNDER_DK=True)}
 CASES = ([(64, S, m, False) for S in (1024, 2048, 4096, 8192, 16384) for m in ("none", "causal")]
          + [(64, 16384, "window", False), (64, 4096, "causal", True), (64, 4096, "none", True),
             (128, 4096, "causal", False), (128, 16384, "window", False), (128, 16384, "none", False)])
-NAME = "hopper_backward_kernel"
-
-
-def kernel_time(fn, reps=6):
-    fn(); torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    for e in prof.key_averages():
-        if e.key.startswith(NAME):
-            return e.device_time_total / e.count
-    return float("nan")
-
-
-def knobs(fn, **kw):
-    def run():
-        old = {n: getattr(hb, n) for n in kw}
-        for n, x in kw.items():
-            setattr(hb, n, x)
-        try:
-            return fn()
-        finally:
-            for n, x in old.items():
-                setattr(hb, n, x)
-    return run
-
-
-def case_fns(D, S, mask, varlen):
-    B, H = max(16384 // S, 1), 2048 // D
-    kw = dict(causal=mask != "none")
-    if mask == "window":
-        kw["window_size"] = (1024, 0)
-    if varlen:
-        lengths = torch.randint(S // 4, S + 1, (B * 2,)).tolist()
-        lengths[0] = S
-        cu = torch.tensor([0] + lengths, device="cuda").cumsum(0).to(torch.int32)
-        q, k, v = (torch.randn(sum(lengths), H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-                   for _ in range(3))
-        call = lambda lib: lib.flash_attn_varlen_func(q, k, v, cu, cu, S, S, **kw)
-    else:
-        q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-        call = lambda lib: lib.flash_attn_func(q, k, v, **kw)
-    dout = torch.randn_like(q)
-
-    def step(lib):
-        return lambda: torch.autograd.grad(call(lib), (q, k, v), dout)
-    fns = {"base": step(flashtron_base)}
-    fns.update({n: knobs(step(flashtron), **kw) for n, kw in VARIANTS.items()})
-    return fns
-
-
-if len(sys.argv) > 2 and sys.argv[1] == "--warm":
-    for f in case_fns(*CASES[int(sys.argv[2])]).values():
-        f()
-    torch.cuda.synchronize()
-    sys.exit(0)
-
-print(torch.cuda.get_device_name(), flush=True)
-torch.manual_seed(2901)
-x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-for _ in range(400):
-    x @ x
-torch.cuda.synchronize()
-rows = []
-for D, S, mask, varlen in CASES:
-    fns = case_fns(D, S, mask, varlen)
-    res = {n: f() for n, f in fns.items()}
-    diff = {n: [float((a.float() - b.float()).abs().max() / b.float().abs().max()) for a, b in zip(res[n], res["base"])]
-            for n in fns if n != "base"}
-    kt = {n: [] for n in fns}
-    names = list(fns)
-    for rnd in range(5):
-        for n in names[rnd % len(names):] + names[:rnd % len(names)]:
-            kt[n].append(kernel_time(fns[n]))
-    kb = {n: sorted(x)[len(x) // 2] for n, x in kt.items()}
-    rows.append(dict(D=D, S=S, mask=mask, varlen=varlen, kernel_us=kb, all_kernel=kt, diff=diff))
-    line = " | ".join(f"{n} {kb['base'] / kb[n]:.3f}x" for n in fns if n != "base")
-    print(f"D{D} S{S} {mask}{' varlen' if varlen else ''}: base {kb['base']:.1f} us | {line} | rel diff vs base "
-          + " ".join(f"{n} {'/'.join(f'{d:.1e}' for d in v)}" for n, v in diff.items()), flush=True)
-json.dump(rows, open(os.path.join(OUT, "s29a.json"), "w"), indent=1)
+abtool.main(CASES, VARIANTS, "s29a.json", 2901, base_lib=flashtron_base)

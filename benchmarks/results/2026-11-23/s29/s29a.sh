@@ -4,7 +4,7 @@
 #   the other form), the kernel A/B (s29a.py), then flashtron bench against cuDNN and issue 3's row.
 export PYTHONPATH=.
 D=$(dirname "$0")
-n=$(python -c "import sys; sys.argv=['x']; exec(open('$D/s29a.py').read().split('def kernel_time')[0]); print(len(CASES))" 2>/dev/null)
+n=$(python $D/s29a.py --count)
 echo cases $n
 t0=$(date +%s)
 (FLASHTRON_POISON_OUTPUTS=1 timeout 300 python -m pytest -q -n 8 -m gpu tests/test_hopper_backward.py tests/test_hopper_varlen.py -p no:cacheprovider > $OUT/tests.log 2>&1; echo "tests rc $?" >> $OUT/tests.log) &
