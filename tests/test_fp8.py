@@ -29,7 +29,9 @@ def dequantized(t, scale):
 
 
 def reference(q, k, v, descales, causal=False, window=(-1, -1), softcap=0.0, round_probabilities=False):
-    """(out, lse) in float64; with round_probabilities the softmax output is rounded to fp8 first."""
+    """(out, lse, envelope) in float64; with round_probabilities the softmax output is rounded to fp8 first.
+    envelope: per (batch, head, query), softmax_scale x the largest sum over the head dim of |q| |k| among the keys
+    the query sees, the magnitude that the error of an fp8 score's accumulation scales with."""
     qf, kf, vf = (dequantized(t, s) for t, s in zip((q, k, v), descales))
     group = q.shape[2] // k.shape[2]
     kf, vf = kf.repeat_interleave(group, dim=2), vf.repeat_interleave(group, dim=2)
@@ -42,7 +44,9 @@ def reference(q, k, v, descales, causal=False, window=(-1, -1), softcap=0.0, rou
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     if round_probabilities:
         probs = probs.float().to(FP8).double()
-    return torch.einsum("bhqk,bkhd->bqhd", probs, vf), lse
+    magnitudes = torch.einsum("bqhd,bkhd->bhqk", qf.abs(), kf.abs()) * q.shape[-1] ** -0.5
+    envelope = magnitudes.masked_fill(~keep, 0.0).amax(dim=-1)
+    return torch.einsum("bhqk,bkhd->bqhd", probs, vf), lse, envelope
 
 
 def check(q, k, v, descales, causal=False, window=(-1, -1), softcap=0.0):
@@ -51,16 +55,20 @@ def check(q, k, v, descales, causal=False, window=(-1, -1), softcap=0.0):
                                   v_descale=descales[2], return_attn_probs=True, window_size=window,
                                   softcap=softcap)
     assert out.dtype == torch.bfloat16 and out.shape == q.shape
-    truth, truth_lse = reference(q, k, v, descales, causal, **variants)
-    plain, _ = reference(q, k, v, descales, causal, round_probabilities=True, **variants)
+    truth, truth_lse, envelope = reference(q, k, v, descales, causal, **variants)
+    plain = reference(q, k, v, descales, causal, round_probabilities=True, **variants)[0]
     assert_within_rule("out", out.cpu(), truth.cpu(), plain.cpu(), 2)
     seen = torch.isfinite(truth_lse)
     assert torch.equal(torch.isinf(lse), ~seen)
-    # The scores come from fp8 tensor cores, whose accumulation keeps ~13 mantissa bits (as in
-    # FlashAttention-3): lse is good to ~1e-3 of its magnitude, not to fp32's 1e-6.  The output's
-    # rule above is unaffected, since the same scores normalise it.
-    scale = max(1.0, truth_lse[seen].abs().max().item()) if seen.any() else 1.0
-    assert (lse[seen] - truth_lse[seen]).abs().max().item() < 1e-3 * scale
+    # The scores come from fp8 tensor cores, whose accumulation keeps ~13 mantissa bits, truncated (as in
+    # FlashAttention-3), so a score is good to a few 2^-13 of the sum of its products' magnitudes (the envelope),
+    # and lse, a smooth maximum of scores, to as much: 2^-10 allows 8 such steps.  (The bound it replaces, 1e-3
+    # of lse's largest magnitude, refused a D = 256 causal call on an H200 at 0.055 against lse ~50.)  The
+    # output's rule above is unaffected, since the same scores normalise it.  Plus float32's rounding of lse itself
+    # (a zero descale makes every score, and the envelope, 0).
+    error = (lse[seen] - truth_lse[seen]).abs()
+    bound = 2.0 ** -10 * envelope[seen] + 2.0 ** -18 * truth_lse[seen].abs().clamp(min=1.0)
+    assert (error <= bound).all(), (error / bound).max().item()
     return out
 
 
