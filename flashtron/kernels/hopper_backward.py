@@ -20,7 +20,8 @@ with TMA reduce-adds.
   (64, headdim) part over its own 64 keys, that halves the reduce traffic and the dQ accumulator.  At D = 64
   the accumulator is small either way, and each consumer reduces its own keys' part (`DQ_BY_KEYS`), so the
   consumers need not meet every step.
-- dK and dV go out at a tile's end through shared memory and TMA boxes.  Before the kernel, the delta pass
+- dK and dV go out at a tile's end through shared memory and TMA boxes (in the persistent build, with K and V already
+  released, so that the next tile's copy runs under them).  Before the kernel, the delta pass
   (backward.attention_backward_preprocess) computes rowsum(dO * O) and zeroes the dQ sums; after it, dQ is
   scaled and rounded to the input dtype (backward.attention_backward_postprocess).  The float32 sums make dQ's
   last bits depend on the order the reduce-adds land in: `deterministic=True` takes backward.py.
@@ -54,9 +55,9 @@ if _GLUON:
 
 _DISABLED = False  # A/B switch for experiments and tests; FLASHTRON_GLUON=0 turns off both Hopper kernels
 ROWS = 64  # query rows per block, and keys per consumer
-# Q/dO ring depth per head dim.  D = 128 fills shared memory at 2 (213 KB); D = 64 has room, and 4 slots measured
-# 1.00x-1.05x over 2 on an H200, 6 no better (BENCHMARKS.md, session 15; the forward's K/V rings gained nothing
-# from depth).
+# Q/dO ring depth per head dim.  D = 128 fills shared memory at 2 (213 KB, 226 KB persistent); D = 64 has room, and
+# 4 slots measured 1.00x-1.05x over 2 on an H200, 6 no better (BENCHMARKS.md, session 15; the forward's K/V rings
+# gained nothing from depth).
 STAGES = {64: 4, 128: 2}
 CONSUMER_REGISTERS = 240
 # Per head dim, whether each consumer computes dQ over its own 64 keys and every column (True) instead of half the
@@ -125,7 +126,7 @@ if _GLUON:
         do_smem: gl.shared_memory_descriptor  # (ring slots, 1, 64 rows, headdim)
         k_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
         v_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 keys, headdim)
-        p_smem: gl.shared_memory_descriptor  # (2 consumers, 64 rows, 64 keys)
+        p_smem: gl.shared_memory_descriptor  # (2 consumers x slots, 64 rows, 64 keys): P; persistent: dV's way out
         ds_smem: gl.shared_memory_descriptor  # (2 steps x 2 consumers, 64 rows, 64 keys); split dQ reads both
         stats_smem: gl.shared_memory_descriptor  # (ring slots, 128) float32: a query block's lse, then its delta
         dq_smem: gl.shared_memory_descriptor  # (2 consumers, 1, 64 rows, dQ part's columns) float32: dQ's way out
@@ -284,15 +285,18 @@ if _GLUON:
         if a.PERSISTENT:
             # Tiles by arrival: each program's first tile is its program id, and a program that finishes a tile
             # takes the next untaken one from a counter, so tiles keep their order (one head's key blocks run
-            # together) and the programs end within about one tile of each other.
+            # together) and the programs end within about one tile of each other.  The next tile is taken once this
+            # one's blocks are all copied (about two steps before its end, time enough for the atomic): taken at the
+            # tile's start, it was reserved a whole tile ahead, and the programs ended up to 1.6 tiles apart
+            # (window (1024, 0): 1.009x this way, BENCHMARKS.md session 31).
             done = 0  # the program's blocks in earlier tiles: ring slots and phases run on across tiles
             loaded = 0  # its earlier tiles with any block (the others copy no K and V)
             i = 0
             tile = gl.program_id(0)
             while tile < a.num_tiles:
                 _hand_over(a, i, tile)
-                next_tile = gl.num_programs(0) + gl.atomic_add(a.TileCounter, 1, sem="relaxed")  # under this tile
                 steps = _producer_tile(a, tile, done, loaded)
+                next_tile = gl.num_programs(0) + gl.atomic_add(a.TileCounter, 1, sem="relaxed")
                 done += steps
                 loaded += (steps > 0).to(gl.int32)
                 tile = next_tile
@@ -414,12 +418,14 @@ if _GLUON:
         # Split by columns (not BY_KEYS), dQ's part is this consumer's half of the head dim over both consumers' keys.
         k_cols_0 = a.k_smem.index(0).reshape([ROWS, HEAD_DIM]).slice(FIRST_COL, DQ_COLS, dim=1)
         k_cols_1 = a.k_smem.index(1).reshape([ROWS, HEAD_DIM]).slice(FIRST_COL, DQ_COLS, dim=1)
-        p_tile = a.p_smem.index(WG)
+        p_tile = a.p_smem.index(WG * (a.p_smem.type.shape[0] // 2))
         dq_tile = a.dq_smem.index(WG).reshape([ROWS, DQ_COLS])
         dk = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
         dv = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=acc_layout)
         if steps > 0:  # else the producer copies no K and V; dK and dV are zeros
             mbarrier.wait(a.kv_full, loaded & 1)
+        if a.PERSISTENT:
+            tma.store_wait(0)  # the previous tile's dV box has read P's tile
         for local_step in range(steps):
             step = done + local_step
             head = head_kv * a.group + local_step // per_head
@@ -512,33 +518,39 @@ if _GLUON:
             # Out while the next block's S and dP run.
             _tma_reduce_add(a.dq_desc, [box_batch, q_start + m_block * ROWS, head * HEAD_DIM + FIRST_COL],
                             a.dq_smem.index(WG))
+        if a.PERSISTENT:
+            if steps > 0:  # every matmul that read K and V is complete: the next tile's copy runs under the stores
+                mbarrier.arrive(a.kv_empty)
         dk_out = (dk * a.softmax_scale).to(dtype)
         dv_out = dv.to(dtype)
-        # dK and dV out through shared memory and TMA boxes: dV through this consumer's V tile (the other consumer
-        # never reads it), dK through its dQ staging tile.  From registers instead (st.global of 16 bytes per row
-        # and instruction: 6 us a tile on an H200, BENCHMARKS.md session 13) only where a box cannot go: a tile
-        # without blocks (persistent, its K and V buffers may be refilled already) and a VARLEN block that ends
-        # past its sequence (the box would write the next sequence's rows).
+        # dK and dV out through shared memory and TMA boxes: dK through this consumer's dQ staging tile, dV through
+        # its V tile (the other consumer never reads it) or, persistent, its P tile grown to 64 x headdim, so that
+        # K and V are free before the stores (session 13 had the next tile's copy wait for dV's box; this way the
+        # window (1024, 0) ran 1.009x, (256, 0) 1.037x, BENCHMARKS.md session 31; with one program per tile it
+        # gained nothing, and lost 3% at D = 64 without a mask).  From registers instead (st.global of 16 bytes per
+        # row and instruction: 6 us a tile on an H200, BENCHMARKS.md session 13) only where a box cannot go: a tile
+        # without blocks (persistent, its K and V buffers may be refilled already) and a VARLEN block that ends past
+        # its sequence (the box would write the next sequence's rows).
         if steps > 0 and (not a.VARLEN or first_key + ROWS <= seqlen_k):
             tma.store_wait(0)  # the last reduce-add has read dq_tile
             dk_tile = a.dq_smem.index(WG)._reinterpret(dtype, [1, ROWS, HEAD_DIM], a.dk_desc.layout)
             dk_tile.reshape([ROWS, HEAD_DIM]).store(dk_out)
-            v_tile.store(dv_out)
+            if a.PERSISTENT:  # the next tile's first step waits for the box before it writes P
+                dv_tile = a.p_smem.index(WG * (a.p_smem.type.shape[0] // 2))._reinterpret(
+                    dtype, [1, ROWS, HEAD_DIM], a.dv_desc.layout)
+            else:
+                dv_tile = a.v_smem.index(WG)
+            dv_tile.reshape([ROWS, HEAD_DIM]).store(dv_out)
             fence_async_shared()
             gl.thread_barrier()
             key_row = k_start + first_key
             tma.async_copy_shared_to_global(a.dk_desc, [box_batch, key_row, head_kv * HEAD_DIM], dk_tile)
-            tma.async_copy_shared_to_global(a.dv_desc, [box_batch, key_row, head_kv * HEAD_DIM], a.v_smem.index(WG))
-            if a.PERSISTENT:
-                tma.store_wait(0)  # the boxes have read V's tile: the producer may refill it
+            tma.async_copy_shared_to_global(a.dv_desc, [box_batch, key_row, head_kv * HEAD_DIM], dv_tile)
         else:
             num_heads_kv = a.num_heads // a.group
             first_row = box_batch * a.seqlen_k + k_start
             _store_rows(a.DK, dk_out, first_row, head_kv, first_key, num_heads_kv, seqlen_k)
             _store_rows(a.DV, dv_out, first_row, head_kv, first_key, num_heads_kv, seqlen_k)
-        if a.PERSISTENT:
-            if steps > 0:  # every matmul that read K and V is complete, and V's tile is out
-                mbarrier.arrive(a.kv_empty)
         return steps
 
     @compiled.fast_launch
@@ -556,7 +568,10 @@ if _GLUON:
         k_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
         v_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
         p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, ROWS], dtype)
-        p_smem = gl.allocate_shared_memory(dtype, [2, ROWS, ROWS], p_layout)
+        # Persistent: each consumer's P tile is followed by room for a (64, headdim) dV box (D = 128: 16 KB more, 226 KB
+        # in all).
+        HEAD_DIM: gl.constexpr = q_desc.block_type.shape[2]
+        p_smem = gl.allocate_shared_memory(dtype, [2 * (HEAD_DIM // ROWS if PERSISTENT else 1), ROWS, ROWS], p_layout)
         ds_smem = gl.allocate_shared_memory(dtype, [4, ROWS, ROWS], p_layout)
         stats_smem = gl.allocate_shared_memory(gl.float32, [RING, 2 * ROWS],
                                                gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
