@@ -1,15 +1,19 @@
-"""Compile the backward through its host function for sm_90 (no GPU); print smem, regs, spills, SASS size.
+"""(Session 31's copy of s29/bc.py: more switches, the working tree first on sys.path.)
+Compile the backward through its host function for sm_90 (no GPU); print smem, regs, spills, SASS size.
 usage: python bc.py D,mask[,varlen] ...  mask none|causal|window
 env: KOR=0/1 overrides KEYS_ON_ROWS[64], DQ_UNDER_DK=0/1; SASS_OUT / PTX_OUT prefixes dump SASS / PTX and TTGIR;
 WARN=1 prints ptxas's warnings."""
 import os, sys, collections, subprocess, tempfile
 sys.path.insert(0, os.path.join("benchmarks/results/2026-11-23/s28")); sys.path.insert(0, "tests")
+# The working tree first: a clean-clone CI run (`pip install -e .` in its clone) repoints the installed package,
+# and this script's own folder comes first on sys.path (session 31 compiled the clone's code for a while).
+sys.path.insert(0, os.getcwd())
 # compile_local (ptxas -v on the PTX) is session 28's; the driver and compile-only launches are tests/gluon_compile's.
 import torch, triton
 import gluon_compile as gc
 import compile_local
 from flashtron.kernels import hopper_backward as hb
-for _n in ("DQ_UNDER_DK", "DQ_FIRST", "PREFETCH_KV", "EARLY_KV", "LATE_TAKE"):
+for _n in ("DQ_UNDER_DK", "DQ_FIRST", "PREFETCH_KV", "EARLY_KV", "LATE_TAKE", "DEFER_BOXES"):
     if _n in os.environ:
         setattr(hb, _n, bool(int(os.environ[_n])))
 if "KOR" in os.environ and hasattr(hb, "KEYS_ON_ROWS"):
