@@ -536,8 +536,7 @@ if _GLUON:
             dk_tile = a.dq_smem.index(WG)._reinterpret(dtype, [1, ROWS, HEAD_DIM], a.dk_desc.layout)
             dk_tile.reshape([ROWS, HEAD_DIM]).store(dk_out)
             if a.PERSISTENT:  # the next tile's first step waits for the box before it writes P
-                dv_tile = a.p_smem.index(WG * (a.p_smem.type.shape[0] // 2))._reinterpret(
-                    dtype, [1, ROWS, HEAD_DIM], a.dv_desc.layout)
+                dv_tile = p_tile._reinterpret(dtype, [1, ROWS, HEAD_DIM], a.dv_desc.layout)
             else:
                 dv_tile = a.v_smem.index(WG)
             dv_tile.reshape([ROWS, HEAD_DIM]).store(dv_out)
