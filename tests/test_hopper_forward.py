@@ -129,20 +129,22 @@ def test_three_consumers_only_where_their_taller_tiles_pad_little(seqlen_q, cons
     assert hopper_forward.consumer_count(64, -1, -1, None, seqlen_q, 4) == consumers
 
 
-def test_key_blocks_from_the_last_without_a_left_edge_and_below_head_dim_256():
-    """_key_order: the key blocks from the last for causal calls, right edges and calls without a mask (not D = 256,
-    not with a left edge); the loop without a masked softmax only without a mask: with three consumers, in
-    variable-length batches, and from PLAIN_LOOP_FROM keys."""
+def test_key_blocks_from_the_last_below_head_dim_256():
+    """_key_order: the key blocks from the last under every mask but at D = 256; the loop without a masked softmax
+    only without a mask (no window edge on either side): with three consumers, in variable-length batches, and from
+    PLAIN_LOOP_FROM keys."""
     order = hopper_forward._key_order
     long = hopper_forward.PLAIN_LOOP_FROM
     assert order(128, -1, -1, None, long - 1, 2) == dict(FROM_LAST=True, PLAIN_LOOP=False)
     assert order(128, -1, -1, None, long, 2) == dict(FROM_LAST=True, PLAIN_LOOP=True)
     assert order(64, -1, -1, (None, None, 1000, 1000), 1000, 2) == dict(FROM_LAST=True, PLAIN_LOOP=True)
     assert order(64, -1, -1, None, 2048, 3) == dict(FROM_LAST=True, PLAIN_LOOP=True)
-    for window, consumers in (((-1, 0), 2), ((-1, 0), 3), ((-1, 5), 2)):
+    for window, consumers in (((-1, 0), 2), ((-1, 0), 3), ((-1, 5), 2), ((1024, 0), 2), ((100, -1), 3),
+                              ((0, 0), 2)):
         assert order(64, *window, None, 4 * long, consumers) == dict(FROM_LAST=True, PLAIN_LOOP=False)
-    for head_dim, window in ((256, (-1, 0)), (256, (-1, -1)), (128, (1024, 0)), (64, (100, -1))):
-        assert order(head_dim, *window, None, 4 * long, 2) == dict(FROM_LAST=False, PLAIN_LOOP=False)
+        assert order(128, *window, (None, None, 1000, 1000), 1000, 2) == dict(FROM_LAST=True, PLAIN_LOOP=False)
+    for window in ((-1, 0), (-1, -1), (1024, 0), (100, -1)):
+        assert order(256, *window, None, 4 * long, 2) == dict(FROM_LAST=False, PLAIN_LOOP=False)
 
 
 on_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
@@ -258,7 +260,7 @@ def test_equals_portable_kernel(shape, launches, monkeypatch):
         ref_out, ref_lse, _ = flash_attn_func(q, k, v, window_size=window, return_attn_probs=True)
         assert len(launches) == count
         monkeypatch.setattr(hopper_forward, "_DISABLED", False)
-        # The same arithmetic, the key blocks visited in another order (causal and no mask: from the last, see
+        # The same arithmetic, the key blocks visited in another order (from the last, see
         # hopper_forward._key_order): the outputs' float32 values differ in their last bits, so a bfloat16 output
         # may round one step apart: one unit in its last place, at most 2^-7 of its magnitude.
         torch.testing.assert_close(out, ref_out, atol=2e-3, rtol=2 ** -7)

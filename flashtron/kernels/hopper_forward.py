@@ -14,9 +14,9 @@ the TMA copy engine and warp specialisation, and takes FlashAttention-3's struct
   computes block j's softmax while P_{j-1} V_{j-1} still runs; then it waits for that too.  Nothing
   asynchronous crosses the loop's back-edge (ptxas would otherwise serialise every wgmma).  The
   consumers are not synchronised with each other, so one's matmuls can fill another's softmax.
-  Causal and unmasked tiles visit their key blocks from the last (see `_key_order`): the block that crosses
-  the diagonal or the sequence's end is the first, computed alone before the loop, so the loop can be
-  compiled without the masked softmax.
+  Tiles visit their key blocks from the last (but at D = 256, see `_key_order`): the block that crosses
+  the diagonal or the sequence's end is the first, computed alone before the loop, so an unmasked call's loop
+  can be compiled without the masked softmax.
 - Persistent: one program per SM takes tiles in turn (see `_my_tile_count`), so the producer loads
   the next tile while the consumers finish this one; each consumer writes its output through shared
   memory and one TMA box.
@@ -775,15 +775,17 @@ def _key_order(head_dim: int, window_left: int, window_right: int, varlen, seqle
     decided there).  Without any window edge no other block needs a mask, and PLAIN_LOOP compiles the loop without
     the masked softmax.  Measured on three H200s against the blocks in order, forward alone (BENCHMARKS.md,
     session 27):
-    - FROM_LAST, the loop with both softmax bodies: causal 1.03x-1.10x at 1k, 0.995x-1.02x from 2k; D = 256 0.98x-0.99x
-      and window (1024, 0) 0.98x at D = 128, so those (and every left edge) keep the order;
+    - FROM_LAST, the loop with both softmax bodies: causal 1.03x-1.10x at 1k, 0.995x-1.02x from 2k; D = 256 0.98x-0.99x,
+      so D = 256 keeps the order; window (1024, 0) 0.98x at D = 128 then, but once the window's masks compared key
+      offsets (session 31), 1.015x-1.045x for windows at D = 128 and 1.005x at D = 64 (session 32: the first block,
+      computed alone, is then the right edge, which only the diagonal crosses, rather than the left one);
     - PLAIN_LOOP without a mask: 1.05x-1.07x with three consumers (D = 64 from 2k) and in variable-length batches,
       1.02x-1.05x at D = 128 from 8k; but 0.95x-0.99x with two consumers at 1k-2k (PLAIN_LOOP_FROM; why is not
       known: the loop itself has fewer instructions);
     - causal tiles whose diagonal is their only masked block could take a plain loop too, chosen per tile: 0.97x-1.05x
       from one build to the next, so they keep the loop with both bodies."""
-    from_last = head_dim != 256 and window_left < 0
-    plain = window_right < 0 and (consumers == 3 or varlen is not None or seqlen_k >= PLAIN_LOOP_FROM)
+    from_last = head_dim != 256
+    plain = window_left < 0 and window_right < 0 and (consumers == 3 or varlen is not None or seqlen_k >= PLAIN_LOOP_FROM)
     return dict(FROM_LAST=from_last, PLAIN_LOOP=from_last and plain)
 
 
