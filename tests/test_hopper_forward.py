@@ -129,6 +129,16 @@ def test_three_consumers_only_where_their_taller_tiles_pad_little(seqlen_q, cons
     assert hopper_forward.consumer_count(64, -1, -1, None, seqlen_q, 4) == consumers
 
 
+def test_mask_first_at_head_dim_64_and_long_windows_at_128():
+    """mask_first: the run-time mask in a branch of its own at D = 64, and at D = 128 for windows whose left edge
+    spans MASK_FIRST_WINDOW keys or more; two softmax bodies otherwise."""
+    long = hopper_forward.MASK_FIRST_WINDOW
+    assert all(hopper_forward.mask_first(64, left) for left in (-1, 0, 100, long))
+    assert hopper_forward.mask_first(128, long) and hopper_forward.mask_first(128, 4 * long)
+    assert not any(hopper_forward.mask_first(128, left) for left in (-1, 0, long - 1))
+    assert not any(hopper_forward.mask_first(256, left) for left in (-1, long))
+
+
 def test_key_blocks_from_the_last_below_head_dim_256():
     """_key_order: the key blocks from the last under every mask but at D = 256; the loop without a masked softmax
     only without a mask (no window edge on either side): with three consumers, in variable-length batches, and from
@@ -236,12 +246,12 @@ def test_loop_without_masked_softmax_matches_oracle(shape, launches, monkeypatch
 @pytest.mark.gpu
 @on_hopper
 @over_shapes
-@pytest.mark.parametrize("window", [(-1, -1), (-1, 0), (300, 50)], ids=lambda w: f"{w[0]}_{w[1]}")
+@pytest.mark.parametrize("window", [(-1, -1), (-1, 0), (300, 50), (600, 0)], ids=lambda w: f"{w[0]}_{w[1]}")
 def test_other_mask_branch_matches_oracle(shape, window, launches, monkeypatch):
     """Each head dim with the other form of the run-time mask (hopper_forward.mask_first flipped): both forms stay
     right whichever one a head dim ships with."""
     shipped = hopper_forward.mask_first
-    monkeypatch.setattr(hopper_forward, "mask_first", lambda head_dim: not shipped(head_dim))
+    monkeypatch.setattr(hopper_forward, "mask_first", lambda head_dim, window_left: not shipped(head_dim, window_left))
     check_on_hopper(launches, shape, torch.bfloat16, False, window_size=window)
 
 

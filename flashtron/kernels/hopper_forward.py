@@ -75,6 +75,7 @@ MIN_SEQLEN = {64: (0, 4096), 128: (0, 0), 256: (0, 0)}
 FP8_HEAD_DIMS = (128,)
 K_STAGES, V_STAGES = 2, 2
 PLAIN_LOOP_FROM = 4096  # see _key_order
+MASK_FIRST_WINDOW = 512  # see mask_first
 LOG2E = 1.4426950408889634
 
 
@@ -785,11 +786,12 @@ def _key_order(head_dim: int, window_left: int, window_right: int, varlen, seqle
     - causal tiles whose diagonal is their only masked block could take a plain loop too, chosen per tile: 0.97x-1.05x
       from one build to the next, so they keep the loop with both bodies."""
     from_last = head_dim != 256
-    plain = window_left < 0 and window_right < 0 and (consumers == 3 or varlen is not None or seqlen_k >= PLAIN_LOOP_FROM)
+    unmasked = window_left < 0 and window_right < 0
+    plain = unmasked and (consumers == 3 or varlen is not None or seqlen_k >= PLAIN_LOOP_FROM)
     return dict(FROM_LAST=from_last, PLAIN_LOOP=from_last and plain)
 
 
-def mask_first(head_dim: int) -> bool:
+def mask_first(head_dim: int, window_left: int) -> bool:
     """Whether a key block whose mask is decided at run time (MASK None in `_softmax_block`) is masked in a branch of
     its own and then takes the unmasked softmax (MASK_FIRST), rather than one of two whole softmax bodies.  The loop
     is then a third shorter (D = 64 causal, three consumers: 616 SASS instructions against 919), and at D = 64 the
@@ -797,8 +799,12 @@ def mask_first(head_dim: int) -> bool:
     8% longer than one of the unmasked call's loop, though under 3% of the causal blocks are masked).  Measured on an
     H200 against the two bodies, forward alone, in three calls (BENCHMARKS.md, session 28): D = 64 causal 1.02x-1.05x
     at 1k-8k and 1.01x-1.03x at 16k, 1.04x at 1k without a mask, 1.00x for window (1024, 0) and variable-length causal
-    batches; D = 128 0.98x-1.00x, and 0.94x (twice) on a variable-length causal batch, so D = 128 keeps two bodies."""
-    return head_dim == 64
+    batches; D = 128 0.98x-1.00x, and 0.94x (twice) on a variable-length causal batch, so D = 128 keeps two bodies
+    but for windows with a left edge of MASK_FIRST_WINDOW keys or more: their loop (FROM_LAST) has that edge as its
+    only masked block, one of four or more.  Two calls (session 32), D = 128, 16k: window (1024, 0) 1.027x / 1.022x
+    (1.018x with GQA), (512, 512) 1.024x / 1.022x, (4096, 0) 1.012x / 1.009x, but (256, 0) 0.985x / 0.978x, and
+    (100, -1) and a variable-length (1024, 0) batch 0.999x."""
+    return head_dim == 64 or (head_dim == 128 and window_left >= MASK_FIRST_WINDOW)
 
 
 def o_in_q(head_dim: int) -> bool:
@@ -871,5 +877,5 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
         HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
         K_RING=K_STAGES, V_RING=V_STAGES, CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
         ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
-        O_IN_Q=o_in_q(head_dim), FP8=descale is not None, MASK_FIRST=mask_first(head_dim), num_warps=4,
+        O_IN_Q=o_in_q(head_dim), FP8=descale is not None, MASK_FIRST=mask_first(head_dim, window_left), num_warps=4,
         **_key_order(head_dim, window_left, window_right, varlen, seqlen_k, consumers))
