@@ -778,7 +778,7 @@ def _key_order(head_dim: int, window_left: int, window_right: int, varlen, seqle
     session 27):
     - FROM_LAST, the loop with both softmax bodies: causal 1.03x-1.10x at 1k, 0.995x-1.02x from 2k; D = 256 0.98x-0.99x,
       so D = 256 keeps the order; window (1024, 0) 0.98x at D = 128 then, but once the window's masks compared key
-      offsets (session 31), 1.015x-1.045x for windows at D = 128 and 1.005x at D = 64 (session 32: the first block,
+      offsets (session 31), 1.012x-1.043x for windows at D = 128 and 1.005x at D = 64 (session 32: the first block,
       computed alone, is then the right edge, which only the diagonal crosses, rather than the left one);
     - PLAIN_LOOP without a mask: 1.05x-1.07x with three consumers (D = 64 from 2k) and in variable-length batches,
       1.02x-1.05x at D = 128 from 8k; but 0.95x-0.99x with two consumers at 1k-2k (PLAIN_LOOP_FROM; why is not
