@@ -14,7 +14,7 @@ the TMA copy engine and warp specialisation, and takes FlashAttention-3's struct
   computes block j's softmax while P_{j-1} V_{j-1} still runs; then it waits for that too.  Nothing
   asynchronous crosses the loop's back-edge (ptxas would otherwise serialise every wgmma).  The
   consumers are not synchronised with each other, so one's matmuls can fill another's softmax.
-  Tiles visit their key blocks from the last (but at D = 256, see `_key_order`): the block that crosses
+  Tiles visit their key blocks from the last (except at D = 256, see `_key_order`): the block that crosses
   the diagonal or the sequence's end is the first, computed alone before the loop, so an unmasked call's loop
   can be compiled without the masked softmax.
 - Persistent: one program per SM takes tiles in turn (see `_my_tile_count`), so the producer loads
