@@ -290,6 +290,8 @@ def check_descales(q_descale, k_descale, v_descale, q: torch.Tensor, batch: int,
             if t is not None:
                 raise ValueError(f"{name} applies to float8_e4m3fn inputs only; q has dtype {q.dtype}")
         return None
+    if q_descale is None and k_descale is None and v_descale is None:
+        return torch.ones(3, batch, num_heads_kv, dtype=torch.float32, device=q.device)
     planes = []
     for name, t in given.items():
         if t is None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func, flash_attn_varlen_func
-from flashtron.kernels import hardware, hopper_forward
+from flashtron.kernels import hardware, hopper_forward, launch
 from test_flash_attn import check_against_oracle, random_inputs
 from test_varlen import cu_seqlens_of
 
@@ -53,27 +53,34 @@ def test_head_dims_and_their_sequence_lengths(monkeypatch):
                                              (1, 1)) is None
 
 
+_TRITON_KERNEL = pytest.mark.skipif(not (launch.INTERPRET or torch.cuda.is_available()), reason="a Triton kernel")
+_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @pytest.mark.skipif(not hopper_forward._GLUON, reason="needs Gluon")
+@_TRITON_KERNEL
 @pytest.mark.parametrize("seqlen", [1, 16, 37, 130])
 def test_fp8_values_copied_keys_innermost(seqlen):
     """FP8's P V reads v keys-innermost, (B, Hk * D, Sk rounded up to 16); the rounding must be zeros (a NaN there
     would reach the output through P's zeros)."""
-    v = (torch.randn(2, seqlen, 3, 64) * 3).to(torch.float8_e4m3fn)
+    v = (torch.randn(2, seqlen, 3, 64, device=_DEVICE) * 3).to(torch.float8_e4m3fn)
     vt, desc, starts = hopper_forward.values_transposed(v, 128)
     padded = -(-seqlen // 16) * 16
     assert vt.shape == (2, 3 * 64, padded) and vt.is_contiguous() and starts is None
     assert torch.equal(vt.view(2, 3, 64, padded)[..., :seqlen].float(), v.permute(0, 2, 3, 1).float())
-    assert torch.equal(vt[..., seqlen:].float(), torch.zeros(2, 3 * 64, padded - seqlen))
+    assert torch.equal(vt[..., seqlen:].float().cpu(), torch.zeros(2, 3 * 64, padded - seqlen))
     assert list(desc.block_shape) == [1, 64, 128]
 
 
 @pytest.mark.skipif(not hopper_forward._GLUON, reason="needs Gluon")
+@_TRITON_KERNEL
 def test_fp8_packed_values_start_each_sequence_at_16_keys():
     """Packed sequences: a TMA box's innermost start must be 16-byte aligned, so each sequence's keys start at a
     multiple of 16 in the copy, at the returned offsets, with zeros between."""
     lengths = [17, 0, 32, 1, 5]
     v = (torch.randn(1, sum(lengths), 2, 64) * 3).to(torch.float8_e4m3fn)
-    vt, _, starts = hopper_forward.values_transposed(v, 128, cu_seqlens_of(lengths))
+    vt, _, starts = hopper_forward.values_transposed(v.to(_DEVICE), 128, cu_seqlens_of(lengths).to(_DEVICE))
+    vt, starts = vt.cpu(), starts.cpu()
     assert starts.tolist() == [0, 32, 32, 64, 80, 96] and starts.dtype == torch.int32
     expected = torch.zeros(2 * 64, vt.shape[2])
     for b, n in enumerate(lengths):

@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from flashtron.kernels import compiled, hardware
+from flashtron.kernels import compiled, hardware, transpose
 
 try:  # Gluon ships with Triton >= 3.5.
     from triton.experimental import gluon
@@ -821,23 +821,20 @@ def values_transposed(v: torch.Tensor, keys: int, cu_seqlens_k=None) -> tuple:
     at the int32 offsets returned third (else None).  Keys not copied are zeros: a box reads them as P V's keys
     past a sequence's end, whose probabilities are 0, and a NaN there would still spread."""
     batch, seqlen, heads, head_dim = v.shape
-    starts = None
+    starts = target = None
     if cu_seqlens_k is None:
         padded = -(-seqlen // 16) * 16
         vt = torch.empty(batch, heads * head_dim, padded, dtype=v.dtype, device=v.device)
-        vt.view(batch, heads, head_dim, padded)[..., :seqlen].copy_(v.permute(0, 2, 3, 1))
-        if padded > seqlen:
-            vt[..., seqlen:].zero_()
     else:
         cu = cu_seqlens_k.long()
         starts = torch.nn.functional.pad(((cu[1:] - cu[:-1] + 15) // 16 * 16).cumsum(0), (1, 0))
         padded = -(-(seqlen + 15 * (cu.shape[0] - 1)) // 16) * 16  # at least starts[-1], known without reading it
         key = torch.arange(seqlen, device=v.device)
         sequence = torch.searchsorted(cu[1:], key, right=True)
-        target = starts[sequence] + key - cu[sequence]
-        vt = torch.zeros(1, heads * head_dim, padded, dtype=torch.uint8, device=v.device)
-        vt[0, :, target] = v[0].reshape(seqlen, heads * head_dim).view(torch.uint8).t()
-        vt, starts = vt.view(v.dtype), starts.to(torch.int32)
+        target = (starts[sequence] + key - cu[sequence]).to(torch.int32)
+        vt = torch.zeros(1, heads * head_dim, padded, dtype=v.dtype, device=v.device)
+        starts = starts.to(torch.int32)
+    transpose.keys_innermost(v, vt, target)
     box = [1, head_dim, keys]
     shape, strides = [vt.shape[0], heads * head_dim, padded], [heads * head_dim * padded, padded, 1]
     return vt, TensorDescriptor(vt, shape, strides, box, _box_layout(tuple(box), v.dtype)), starts

@@ -13,7 +13,7 @@ import torch
 import triton
 
 from flashtron.kernels import (configs, hardware, hopper_backward, hopper_decode, hopper_forward, interpreter, paged_kv,
-                               tma)
+                               tma, transpose)
 from flashtron.sinks import sink_gradient
 from flashtron.kernels.dropout import dropout_mask_kernel
 from flashtron.kernels.backward import (PREPROCESS_ROWS, attention_backward_dkdv, attention_backward_dq,
@@ -164,7 +164,11 @@ def forward(q, k, v, softmax_scale: float, window_left: int, window_right: int, 
     if fp8:
         # fp8 tensor cores read both operands of P @ V with the reduction (key) dim contiguous: v is
         # copied keys-innermost once, and viewed back in its own shape (head-dim stride = keys).
-        v = v.movedim(-3, -1).contiguous().movedim(-1, -3)
+        # (A packed batch's v is (total, Hk, D): one batch entry.)
+        rows, keys, heads_kv, dim = (v if v.dim() == 4 else v[None]).shape
+        vt = transpose.keys_innermost(v.view(rows, keys, heads_kv, dim),
+                                      _new_output((rows, heads_kv * dim, keys), v.dtype, v.device))
+        v = vt.view(rows, heads_kv, dim, keys).permute(0, 3, 1, 2).view(v.shape)
     v_strides = (v.stride(0), v.stride(1), v.stride(2)) if paged else k_layout.strides(v)
     block_d = _padded_head_dim(head_dim)
     group = num_heads // num_heads_kv
