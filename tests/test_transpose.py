@@ -39,7 +39,8 @@ def test_strided_input_of_a_packed_kv():
     kv = _values((2, 45, 2, 3, 64))
     v = kv[:, :, 1]
     vt = transpose.keys_innermost(v, _poisoned((2, 3 * 64, 48)))
-    assert torch.equal(vt.view(torch.uint8)[..., :45].cpu(), v.view(torch.uint8).permute(0, 2, 3, 1).reshape(2, 192, 45).cpu())
+    expected = v.view(torch.uint8).permute(0, 2, 3, 1).reshape(2, 192, 45)
+    assert torch.equal(vt.view(torch.uint8)[..., :45].cpu(), expected.cpu())
     assert not vt.view(torch.uint8)[..., 45:].any()
 
 

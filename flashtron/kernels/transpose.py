@@ -5,7 +5,7 @@ fp8 wgmma reads both operands of P V with the reduction dim contiguous, and for 
 columns), keys innermost.  torch's permuted copy of one-byte elements moved ~300 GB/s on an H100: 220 µs for
 the 33.5 MB of v at 16k tokens, 16 heads of 128, a quarter of the 4k forward's time (BENCHMARKS.md, session 34).
 This kernel reads a tile of BLOCK_S keys of one head, rows of headdim bytes, and writes its transpose, rows of
-BLOCK_S bytes, so both sides move whole 128-byte lines.
+BLOCK_S bytes: both sides move runs of consecutive bytes (23 µs for those 33.5 MB).
 
 Column c of the copy holds key s = c (dense) or the key with target[s] = c (the Hopper forward's packed
 batches, whose sequences start at 16-key multiples); dense columns past the last key are zeros, as a TMA box
@@ -25,8 +25,8 @@ TILE_BYTES = 16384  # one program's tile: BLOCK_S keys x headdim (padded to a po
 
 @compiled.fast_launch
 @triton.jit
-def keys_innermost_kernel(V, VT, Target, seqlen, columns, heads, batch_heads, stride_vb, stride_vs, stride_vh, stride_tb,
-                          stride_tr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+def keys_innermost_kernel(V, VT, Target, seqlen, columns, heads, batch_heads, stride_vb, stride_vs, stride_vh,
+                          stride_tb, stride_tr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
                           TARGETED: tl.constexpr):
     pid = tl.program_id(0)
     batch_head, pid_s = pid % batch_heads, pid // batch_heads  # a key's heads, side by side in v, read by neighbours
@@ -62,7 +62,8 @@ def keys_innermost(v: torch.Tensor, vt: torch.Tensor, target: Optional[torch.Ten
     if keys == 0 or batch * heads == 0:
         return vt
     grid = (batch * heads * triton.cdiv(keys, block_s), )
-    keys_innermost_kernel[grid](v.view(torch.uint8), vt.view(torch.uint8), target, seqlen, columns, heads, batch * heads,
-                                v.stride(0), v.stride(1), v.stride(2), vt.stride(0), vt.stride(1), HEAD_DIM=head_dim,
-                                BLOCK_D=block_d, BLOCK_S=block_s, TARGETED=target is not None, num_warps=4)
+    keys_innermost_kernel[grid](v.view(torch.uint8), vt.view(torch.uint8), target, seqlen, columns, heads,
+                                batch * heads, v.stride(0), v.stride(1), v.stride(2), vt.stride(0), vt.stride(1),
+                                HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=block_s, TARGETED=target is not None,
+                                num_warps=4)
     return vt
