@@ -10,6 +10,7 @@ import torch
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func
 from flashtron.kernels import hardware, hopper_backward, hopper_forward, launch
 from flashtron.kernels.backward import attention_backward_postprocess
+from conftest import triton_kernel
 from test_flash_attn import check_against_oracle, random_inputs
 from test_hopper_forward import check_on_hopper, count_calls, on_hopper, over_shapes, over_windows
 
@@ -19,7 +20,7 @@ def test_cpu_tensors_take_the_portable_kernels():
     assert hopper_backward.unsupported_reason(q, q, k, v, 0.1, -1, -1, 0.0, None, None, 0.0, True) is not None
 
 
-@pytest.mark.skipif(not (launch.INTERPRET or torch.cuda.is_available()), reason="a Triton kernel")
+@triton_kernel
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_postprocess_scales_and_rounds_dq(dtype):
     """The kernel's last pass (plain Triton: it runs under the interpreter too): dQ = scale * the float32 sums,

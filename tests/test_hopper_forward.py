@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func, flash_attn_varlen_func
-from flashtron.kernels import hardware, hopper_forward, launch
+from flashtron.kernels import hardware, hopper_forward
+from conftest import triton_kernel
 from test_flash_attn import check_against_oracle, random_inputs
 from test_varlen import cu_seqlens_of
 
@@ -53,12 +54,11 @@ def test_head_dims_and_their_sequence_lengths(monkeypatch):
                                              (1, 1)) is None
 
 
-_TRITON_KERNEL = pytest.mark.skipif(not (launch.INTERPRET or torch.cuda.is_available()), reason="a Triton kernel")
 _DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.skipif(not hopper_forward._GLUON, reason="needs Gluon")
-@_TRITON_KERNEL
+@triton_kernel
 @pytest.mark.parametrize("seqlen", [1, 16, 37, 130])
 def test_fp8_values_copied_keys_innermost(seqlen):
     """FP8's P V reads v keys-innermost, (B, Hk * D, Sk rounded up to 16); the rounding must be zeros (a NaN there
@@ -73,7 +73,7 @@ def test_fp8_values_copied_keys_innermost(seqlen):
 
 
 @pytest.mark.skipif(not hopper_forward._GLUON, reason="needs Gluon")
-@_TRITON_KERNEL
+@triton_kernel
 def test_fp8_packed_values_start_each_sequence_at_16_keys():
     """Packed sequences: a TMA box's innermost start must be 16-byte aligned, so each sequence's keys start at a
     multiple of 16 in the copy, at the returned offsets, with zeros between."""

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from flashtron import flash_attn_func, flash_attn_varlen_func
-from flashtron.kernels import hopper_backward, hopper_forward, launch
+from flashtron.kernels import hopper_backward, hopper_forward
+from conftest import triton_kernel
 from test_hopper_forward import count_calls, on_hopper
 from test_varlen import check_varlen_against_oracle, cu_seqlens_of
 
@@ -119,7 +120,7 @@ def test_equal_lengths_match_the_dense_kernels(causal, launches):
         torch.testing.assert_close(ours.view_as(dense), dense, atol=2e-2, rtol=1e-2)
 
 
-@pytest.mark.skipif(not (launch.INTERPRET or torch.cuda.is_available()), reason="the launcher serves the Triton paths")
+@triton_kernel  # the launcher serves the Triton paths
 def test_packed_calls_reach_the_kernels_as_one_batch_entry(monkeypatch):
     """On the GPU and under the interpreter: the launcher offers a packed call to both Hopper kernels as
     (1, total, H, D) tensors with the longest lengths, and marks calls with seqused as not plain (they keep the

@@ -13,6 +13,7 @@ import torch
 
 from flashtron import flash_attn_with_kvcache
 from flashtron.kernels import launch
+from conftest import triton_kernel
 from reference import assert_within_rule, attention_reference, max_error
 
 HEADS, HEADS_KV, HEAD_DIM = 4, 2, 24
@@ -176,7 +177,7 @@ def test_split_kv(num_splits):
     run_case(batch=1, seqlen_q=1, seqlen_new=1, cache_len=150, num_splits=num_splits, causal=False)
 
 
-@pytest.mark.skipif(not (launch.INTERPRET or torch.cuda.is_available()), reason="a Triton kernel")
+@triton_kernel
 def test_split_merge_skips_splits_that_saw_nothing():
     """The merge of split-KV partials weighs splits by their lse; a split whose lse is +inf saw no key, and its
     output slot (NaN here) must not reach the output.  A row no split saw gets 0 and lse +inf."""

@@ -7,9 +7,10 @@ byte, 0x7f), so a column the kernel should write and did not cannot pass.
 import pytest
 import torch
 
-from flashtron.kernels import launch, transpose
+from flashtron.kernels import transpose
+from conftest import triton_kernel
 
-pytestmark = pytest.mark.skipif(not (launch.INTERPRET or torch.cuda.is_available()), reason="a Triton kernel")
+pytestmark = triton_kernel
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FP8 = torch.float8_e4m3fn
 
