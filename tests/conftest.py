@@ -10,6 +10,7 @@ import torch  # noqa: E402
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # A test of a Triton kernel itself: it runs on a GPU, or on CPU tensors under the interpreter.
 triton_kernel = pytest.mark.skipif(not (INTERPRET or torch.cuda.is_available()), reason="a Triton kernel")
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where such a test puts its tensors
 
 # Under pytest-xdist (`-n N`, as scripts/test.sh runs), each worker gets its share of torch's threads:
 # N workers each running torch's default of one thread per core oversubscribe the cores.

@@ -10,7 +10,7 @@ import torch
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func
 from flashtron.kernels import hardware, hopper_backward, hopper_forward, launch
 from flashtron.kernels.backward import attention_backward_postprocess
-from conftest import triton_kernel
+from conftest import KERNEL_DEVICE, triton_kernel
 from test_flash_attn import check_against_oracle, random_inputs
 from test_hopper_forward import check_on_hopper, count_calls, on_hopper, over_shapes, over_windows
 
@@ -25,7 +25,7 @@ def test_cpu_tensors_take_the_portable_kernels():
 def test_postprocess_scales_and_rounds_dq(dtype):
     """The kernel's last pass (plain Triton: it runs under the interpreter too): dQ = scale * the float32 sums,
     rounded once, over a length that leaves the last program part-full."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = KERNEL_DEVICE
     block = hopper_backward.POSTPROCESS_BLOCK
     accum = torch.randn(2 * block + 37, device=device) * 100
     dq = torch.full(accum.shape, float("nan"), dtype=dtype, device=device)

@@ -10,7 +10,7 @@ import torch
 
 from flashtron import flash_attn_func, flash_attn_qkvpacked_func, flash_attn_varlen_func
 from flashtron.kernels import hardware, hopper_forward
-from conftest import triton_kernel
+from conftest import KERNEL_DEVICE, triton_kernel
 from test_flash_attn import check_against_oracle, random_inputs
 from test_varlen import cu_seqlens_of
 
@@ -54,16 +54,13 @@ def test_head_dims_and_their_sequence_lengths(monkeypatch):
                                              (1, 1)) is None
 
 
-_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @pytest.mark.skipif(not hopper_forward._GLUON, reason="needs Gluon")
 @triton_kernel
 @pytest.mark.parametrize("seqlen", [1, 16, 37, 130])
 def test_fp8_values_copied_keys_innermost(seqlen):
     """FP8's P V reads v keys-innermost, (B, Hk * D, Sk rounded up to 16); the rounding must be zeros (a NaN there
     would reach the output through P's zeros)."""
-    v = (torch.randn(2, seqlen, 3, 64, device=_DEVICE) * 3).to(torch.float8_e4m3fn)
+    v = (torch.randn(2, seqlen, 3, 64, device=KERNEL_DEVICE) * 3).to(torch.float8_e4m3fn)
     vt, desc, starts = hopper_forward.values_transposed(v, 128)
     padded = -(-seqlen // 16) * 16
     assert vt.shape == (2, 3 * 64, padded) and vt.is_contiguous() and starts is None
@@ -79,7 +76,7 @@ def test_fp8_packed_values_start_each_sequence_at_16_keys():
     multiple of 16 in the copy, at the returned offsets, with zeros between."""
     lengths = [17, 0, 32, 1, 5]
     v = (torch.randn(1, sum(lengths), 2, 64) * 3).to(torch.float8_e4m3fn)
-    vt, _, starts = hopper_forward.values_transposed(v.to(_DEVICE), 128, cu_seqlens_of(lengths).to(_DEVICE))
+    vt, _, starts = hopper_forward.values_transposed(v.to(KERNEL_DEVICE), 128, cu_seqlens_of(lengths, KERNEL_DEVICE))
     vt, starts = vt.cpu(), starts.cpu()
     assert starts.tolist() == [0, 32, 32, 64, 80, 96] and starts.dtype == torch.int32
     expected = torch.zeros(2 * 64, vt.shape[2])

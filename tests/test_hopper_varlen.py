@@ -11,7 +11,7 @@ import torch
 
 from flashtron import flash_attn_func, flash_attn_varlen_func
 from flashtron.kernels import hopper_backward, hopper_forward
-from conftest import triton_kernel
+from conftest import KERNEL_DEVICE, triton_kernel
 from test_hopper_forward import count_calls, on_hopper
 from test_varlen import check_varlen_against_oracle, cu_seqlens_of
 
@@ -125,7 +125,7 @@ def test_packed_calls_reach_the_kernels_as_one_batch_entry(monkeypatch):
     """On the GPU and under the interpreter: the launcher offers a packed call to both Hopper kernels as
     (1, total, H, D) tensors with the longest lengths, and marks calls with seqused as not plain (they keep the
     portable kernels)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = KERNEL_DEVICE
     seen = []
 
     def refuse(*args):

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from flashtron.kernels import transpose
-from conftest import triton_kernel
+from conftest import KERNEL_DEVICE as DEVICE, triton_kernel
 
 pytestmark = triton_kernel
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FP8 = torch.float8_e4m3fn
 
 
