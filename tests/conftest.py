@@ -18,6 +18,25 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
+@pytest.fixture
+def monkeypatch(monkeypatch):
+    """pytest's monkeypatch, forgetting the Hopper host functions' launch plans before each change and after the
+    test: a plan replays the launch its host function derived under the module's settings at the time."""
+    from flashtron.kernels import launch_plans
+    setattr_, delattr_ = monkeypatch.setattr, monkeypatch.delattr
+
+    def setattr_then_forget(*args, **kwargs):
+        launch_plans.clear()
+        return setattr_(*args, **kwargs)
+
+    def delattr_then_forget(*args, **kwargs):
+        launch_plans.clear()
+        return delattr_(*args, **kwargs)
+    monkeypatch.setattr, monkeypatch.delattr = setattr_then_forget, delattr_then_forget
+    yield monkeypatch
+    launch_plans.clear()
+
+
 def pytest_report_header(config):
     engine = "Triton kernels under the interpreter" if INTERPRET else "PyTorch blockwise path"
     return f"flashtron CPU tensors run: {engine}; CUDA available: {torch.cuda.is_available()}"

@@ -53,6 +53,11 @@ class _CompileOnly:
             self.compiled.append(self.kernel.warmup(*args, grid=grid, **kwargs))
         return compile_only
 
+    def prepare(self, grid, args, kwargs, varying):
+        """FastLaunch.prepare: compiles, and returns no prepared launch (none is made without a GPU)."""
+        self[grid](*args, **kwargs)
+        return None
+
 
 def _install(module, names) -> list:
     """Compile-only launches of the kernels `names` that the host code in `module` launches."""

@@ -110,6 +110,93 @@ def test_a_jit_result_without_a_compiled_kernel_is_not_kept(stand_in):
     assert len(kernel.jit_calls) == 2
 
 
+class _Run:
+    """A compiled kernel's launcher in Triton 3.6's form: no scratch memory, and for kernels with tensor descriptors
+    a Python wrapper whose closure holds the C launcher and the descriptors' metadata."""
+    global_scratch_size = profile_scratch_size = 0
+    launch_cooperative_grid = launch_pdl = False
+
+    def __init__(self, raw_launches):
+        def launcher(*args):
+            raw_launches.append(args)
+
+        def inner(*args):  # never called here: Prepared reads its closure
+            return launcher(*args), tensordesc_meta
+        tensordesc_meta = [None]
+        self.launch = inner
+
+    def __call__(self, *args):  # FastLaunch's launch of its compiled kernel
+        self.calls = getattr(self, "calls", 0) + 1
+
+
+@pytest.fixture
+def prepared_stand_in(stand_in):
+    """The stand-in with a tensor descriptor first: (D, X, n, BLOCK: constexpr, FLAG: constexpr = True)."""
+    kernel, _ = stand_in
+    kernel.params.insert(0, _Param("D"))
+    kernel.raw_launches = []
+    kernel.compiled.run = _Run(kernel.raw_launches)
+    return kernel, compiled.FastLaunch(kernel)
+
+
+def _box(base):
+    return types.SimpleNamespace(base=base, shape=[2, 16], strides=[16, 1], block_shape=[1, 16], layout="swizzle 32",
+                                 padding="zero")
+
+
+def test_a_prepared_launch_fills_in_only_what_varies(prepared_stand_in):
+    """Prepared launches reach the C launcher with the first call's grid, metadata and fixed arguments, and each
+    call's varying ones: a descriptor as its new base (here in Triton's form without a tensor map: base, shape,
+    strides, padding, shape, strides)."""
+    kernel, fast = prepared_stand_in
+    first, second = torch.empty(32), torch.empty(32)
+    prepared = fast.prepare((5, 2), (_box(first), first, 7), {"BLOCK": 64}, varying=(0, 1))
+    assert isinstance(prepared, compiled.Prepared) and len(kernel.jit_calls) == 1 and kernel.raw_launches == []
+    prepared(second, second)
+    (launch_args, ) = kernel.raw_launches
+    assert launch_args[:13] == (5, 2, 1, 1234, "cu function", False, False, None, None, "metadata", None, None, None)
+    assert launch_args[13] is second and launch_args[14:19] == (2, 16, 16, 1, False)
+    assert launch_args[23] is second and launch_args[24:] == (7, 64, True)
+
+
+def test_a_prepared_launch_keeps_no_tensor_of_the_first_call(prepared_stand_in):
+    import gc
+    import weakref
+    kernel, fast = prepared_stand_in
+    first = torch.empty(32)
+    alive = weakref.ref(first)
+    prepared = fast.prepare((1, ), (_box(first), first, 7), {"BLOCK": 64}, varying=(0, 1))
+    del first
+    kernel.jit_calls.clear()  # the stand-in's own record of the call
+    gc.collect()
+    assert prepared is not None and alive() is None
+
+
+def test_no_prepared_launch_with_a_fixed_tensor_or_scratch_memory(prepared_stand_in):
+    kernel, fast = prepared_stand_in
+    x = torch.empty(32)
+    assert fast.prepare((1, ), (_box(x), x, 7), {"BLOCK": 64}, varying=(0, )) is None
+    kernel.compiled.run.global_scratch_size = 256
+    assert fast.prepare((1, ), (_box(x), x, 8), {"BLOCK": 64}, varying=(0, 1)) is None
+    # Each launched once: the first through the JIT, the second through FastLaunch's compiled kernel (same key).
+    assert len(kernel.jit_calls) == 1 and kernel.compiled.run.calls == 1 and kernel.raw_launches == []
+
+
+def test_prepared_launches_under_a_hook_or_on_another_device_take_the_jit(prepared_stand_in, monkeypatch):
+    kernel, fast = prepared_stand_in
+    first, second = torch.empty(32), torch.empty(32)
+    prepared = fast.prepare((3, ), (_box(first), first, 7), {"BLOCK": 64}, varying=(0, 1))
+    monkeypatch.setattr(compiled, "_hooked", lambda: True)
+    prepared(second, second)
+    monkeypatch.setattr(compiled, "_hooked", lambda: False)
+    monkeypatch.setattr(compiled, "_device_and_stream", lambda: (1, 99))
+    prepared(second, second)
+    assert kernel.raw_launches == [] and len(kernel.jit_calls) == 3
+    for grid, (box, x, n), kwargs in kernel.jit_calls[1:]:
+        assert grid == (3, ) and box.base is second and box.block_shape == [1, 16] and x is second and n == 7
+        assert kwargs == {"BLOCK": 64}
+
+
 def test_every_top_level_kernel_is_wrapped():
     assert isinstance(attention_backward_postprocess, compiled.FastLaunch)
     assert isinstance(launch.attention_forward_kernel, compiled.FastLaunch)

@@ -35,7 +35,7 @@ has no interpreter).
 import torch
 import triton
 
-from flashtron.kernels import compiled, hardware, hopper_forward
+from flashtron.kernels import compiled, hardware, hopper_forward, launch_plans
 from flashtron.kernels.backward import (PREPROCESS_ROWS, attention_backward_postprocess,
                                         attention_backward_preprocess)
 from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
@@ -67,6 +67,7 @@ CONSUMER_REGISTERS = 240
 # D = 128 a whole-width part is 64 registers, which spilled (session 11).
 DQ_BY_KEYS = {64: True, 128: False}
 POSTPROCESS_BLOCK = 4096  # dQ elements per program of attention_backward_postprocess
+_PLANS = launch_plans.table()  # launch_plans.key -> the prepared launches of `backward` (preprocess, main, postprocess)
 # From which sequence length (the longer of Sq and Sk; with variable lengths, the longest) this kernel takes each
 # (head dim, mask: causal or a window), as (dense, variable-length); shorter sequences keep backward.py, whichever
 # kernel ran the forward.  Measured on an H200 against backward.py, non-causal / causal: D = 128 (BENCHMARKS.md,
@@ -626,23 +627,37 @@ def backward(dout, q, k, v, out, lse, delta, dq, dk, dv, softmax_scale: float, w
     """delta = rowsum(dout * out) (lse's layout), then dq, dk, dv, for a call `unsupported_reason` accepted.  dq, dk
     and dv are contiguous (the launcher allocates them).  A window side of -1 is unbounded.  Tensors and varlen as
     in hopper_forward.forward."""
-    num_heads, head_dim = q.shape[2], q.shape[3]
-    num_heads_kv = k.shape[2]
-    batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = hopper_forward.sequences(q, k, lse, varlen)
     # dQ's float32 sums, and after them the persistent programs' tile counter (int32).  The preprocess zeroes both
     # for dense calls; a variable-length batch's rows past its last sequence are no sequence's, so it is zeroed here.
     numel = q.numel()
     dq_buffer = (torch.zeros if varlen is not None else torch.empty)(numel + 1, dtype=torch.float32, device=q.device)
-    dq_accum = dq_buffer[:numel].view(q.shape)
     tile_counter = dq_buffer[numel:].view(torch.int32)
+    plan_key = launch_plans.key((dout, q, k, v, out, lse, delta, dq, dk, dv, *(varlen or (None, None))[:2]),
+                                softmax_scale, window_left, window_right, varlen and varlen[2:])
+    prepared = _PLANS.get(plan_key)
+    if prepared is not None:
+        # dq_buffer stands for dQ's sums wherever they go (the same first element, the strides in the plan).
+        cu_seqlens_q, cu_seqlens_k = (lse, lse) if varlen is None else varlen[:2]
+        preprocess, main, postprocess = prepared
+        preprocess(out, dout, delta, cu_seqlens_q, cu_seqlens_q, dq_buffer, tile_counter)
+        main(q, k, v, dout, dq_buffer, dk, dv, tile_counter, lse, delta, cu_seqlens_q, cu_seqlens_k, dk, dv)
+        postprocess(dq_buffer, dq)
+        return
+    num_heads, head_dim = q.shape[2], q.shape[3]
+    num_heads_kv = k.shape[2]
+    batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = hopper_forward.sequences(q, k, lse, varlen)
+    dq_accum = dq_buffer[:numel].view(q.shape)
     pre_blocks = -(-seqlen_q // PREPROCESS_ROWS)
     # (batch, row, head) strides; a variable-length batch's sequences are rows of its one batch entry.
     strides = (lambda t: (0, t.stride(1), t.stride(2))) if varlen is not None else (lambda t: t.stride()[:3])
-    attention_backward_preprocess[(pre_blocks * batch * num_heads, )](
-        out, dout, delta, *strides(out), *strides(dout), 0 if varlen is not None else lse.stride(0), lse.stride(-2),
-        cu_seqlens_q, cu_seqlens_q, num_heads, seqlen_q, pre_blocks, head_dim, dq_accum, *strides(dq_accum),
-        tile_counter, BLOCK_D=head_dim, EVEN_D=True, BLOCK_M=PREPROCESS_ROWS, VARLEN=varlen is not None,
-        SEQUSED_Q=False, ZERO_DQ=varlen is None)
+    preprocess = attention_backward_preprocess.prepare(
+        (pre_blocks * batch * num_heads, ),
+        (out, dout, delta, *strides(out), *strides(dout), 0 if varlen is not None else lse.stride(0), lse.stride(-2),
+         cu_seqlens_q, cu_seqlens_q, num_heads, seqlen_q, pre_blocks, head_dim, dq_accum, *strides(dq_accum),
+         tile_counter),
+        dict(BLOCK_D=head_dim, EVEN_D=True, BLOCK_M=PREPROCESS_ROWS, VARLEN=varlen is not None, SEQUSED_Q=False,
+             ZERO_DQ=varlen is None),
+        varying=(0, 1, 2, 11, 12, 17, 21))
     box = (1, ROWS, head_dim)
     q_desc, k_desc, v_desc, do_desc = (descriptor(t, box) for t in (q, k, v, dout))
     dq_desc = descriptor(dq_accum, (1, ROWS, head_dim if DQ_BY_KEYS[head_dim] else head_dim // 2))
@@ -651,12 +666,17 @@ def backward(dout, q, k, v, out, lse, delta, dq, dk, dv, softmax_scale: float, w
     num_tiles = num_n_blocks * batch * num_heads_kv
     persistent = _persistent(window_left)
     programs = hardware.sm_count(q.device)
-    hopper_backward_kernel[(min(num_tiles, programs) if persistent else num_tiles, )](
-        q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, tile_counter, lse, delta, lse.stride(0),
-        cu_seqlens_q, cu_seqlens_k, dk, dv, num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_n_blocks,
-        num_tiles, _head_group(batch * num_heads_kv, num_n_blocks, programs), softmax_scale * LOG2E, softmax_scale,
-        max(window_left, 0), max(window_right, 0),
-        HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None,
-        RING=STAGES[head_dim], CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4)
-    attention_backward_postprocess[(triton.cdiv(numel, POSTPROCESS_BLOCK), )](
-        dq_accum, dq, numel, softmax_scale, BLOCK=POSTPROCESS_BLOCK, UPCAST=False)  # on the GPU only
+    main = hopper_backward_kernel.prepare(
+        (min(num_tiles, programs) if persistent else num_tiles, ),
+        (q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, tile_counter, lse, delta, lse.stride(0),
+         cu_seqlens_q, cu_seqlens_k, dk, dv, num_heads, num_heads // num_heads_kv, seqlen_q, seqlen_k, num_n_blocks,
+         num_tiles, _head_group(batch * num_heads_kv, num_n_blocks, programs), softmax_scale * LOG2E, softmax_scale,
+         max(window_left, 0), max(window_right, 0)),
+        dict(HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, PERSISTENT=persistent, VARLEN=varlen is not None,
+             RING=STAGES[head_dim], CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4),
+        varying=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14))
+    postprocess = attention_backward_postprocess.prepare(  # on the GPU only
+        (triton.cdiv(numel, POSTPROCESS_BLOCK), ), (dq_accum, dq, numel, softmax_scale),
+        dict(BLOCK=POSTPROCESS_BLOCK, UPCAST=False), varying=(0, 1))
+    if preprocess is not None and main is not None and postprocess is not None:
+        launch_plans.remember(_PLANS, plan_key, (preprocess, main, postprocess))

@@ -32,7 +32,7 @@ from typing import Optional
 
 import torch
 
-from flashtron.kernels import compiled, hardware, hopper_forward
+from flashtron.kernels import compiled, hardware, hopper_forward, launch_plans
 from flashtron.kernels.hopper_forward import _GLUON, LOG2E, _box, descriptor
 
 if _GLUON:
@@ -57,6 +57,7 @@ PAIR_RING_BYTES = 96 * 1024
 MANY_RING_BYTES = 64 * 1024
 SOLO_RING_BYTES = 128 * 1024
 MAX_STAGES = 8
+_PLANS = launch_plans.table()  # launch_plans.key -> the prepared launch of `decode`
 PRODUCER_REGISTERS = 48
 LOOKUP_TILES = 16  # tiles whose page numbers the producer reads in one load
 MIN_PAGE_SIZE = 8  # a box's rows must cover whole 8-row swizzle atoms (1 KB)
@@ -413,6 +414,11 @@ def decode(q, k, v, out, lse, seqused_k, block_table, softmax_scale: float, caus
     """Attention of q (batch, seqlen_q, H, D) against the paged cache k, v (pages, page_size, Hk, D), for a call
     `unsupported_reason` accepted.  splits == 1: out (batch, seqlen_q, H, D) and lse (batch, H, seqlen_q).
     splits > 1: out and lse are float32 workspaces (splits, ...) of those shapes, for combine_splits_kernel."""
+    plan_key = launch_plans.key((q, k, v, out, lse, seqused_k, block_table), softmax_scale, causal, splits)
+    prepared = _PLANS.get(plan_key)
+    if prepared is not None:
+        prepared(k, v, q, out, lse, seqused_k, block_table)
+        return
     batch, seqlen_q, num_heads, head_dim = q.shape
     page_size, num_heads_kv = k.shape[1], k.shape[2]
     layout = _swizzled(q.dtype)
@@ -422,9 +428,11 @@ def decode(q, k, v, out, lse, seqused_k, block_table, softmax_scale: float, caus
     programs = splits * batch * num_heads_kv
     stages, registers = _launch_shape(head_dim, q.element_size(), programs, hardware.sm_count(q.device))
     options = {} if registers is None else {"maxnreg": registers}
-    hopper_decode_kernel[(programs, )](
-        k_desc, v_desc, q, *q.stride()[:3], out, *out.stride()[-4:-1], split_strides[0], lse, *lse.stride()[-3:-1],
-        split_strides[1], seqused_k, block_table, block_table.stride(0), page_size.bit_length() - 1, num_heads_kv,
-        num_heads // num_heads_kv, seqlen_q, splits, softmax_scale * LOG2E, HEAD_DIM=head_dim, BLOCK_N=BLOCK_N,
-        STAGES=stages, TILE_LAYOUT=layout, CAUSAL=causal, SPLIT=splits > 1, PRODUCER_REGS=PRODUCER_REGISTERS,
-        num_warps=4, **options)
+    args = (k_desc, v_desc, q, *q.stride()[:3], out, *out.stride()[-4:-1], split_strides[0], lse, *lse.stride()[-3:-1],
+            split_strides[1], seqused_k, block_table, block_table.stride(0), page_size.bit_length() - 1, num_heads_kv,
+            num_heads // num_heads_kv, seqlen_q, splits, softmax_scale * LOG2E)
+    kwargs = dict(HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, STAGES=stages, TILE_LAYOUT=layout, CAUSAL=causal,
+                  SPLIT=splits > 1, PRODUCER_REGS=PRODUCER_REGISTERS, num_warps=4, **options)
+    # The call again for the plan's later calls: the tensors (the descriptors' bases among them) vary.
+    launch_plans.remember(_PLANS, plan_key, hopper_decode_kernel.prepare((programs, ), args, kwargs,
+                                                                         varying=(0, 1, 2, 6, 11, 15, 16)))

@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from flashtron.kernels import compiled, hardware, transpose
+from flashtron.kernels import compiled, hardware, launch_plans, transpose
 
 try:  # Gluon ships with Triton >= 3.5.
     from triton.experimental import gluon
@@ -76,6 +76,8 @@ FP8_HEAD_DIMS = (128,)
 K_STAGES, V_STAGES = 2, 2
 PLAIN_LOOP_FROM = 4096  # see _key_order
 MASK_FIRST_WINDOW = 512  # see mask_first
+# launch_plans.key -> the prepared launch of `forward` (fp16 and bf16; FP8 calls take the full path each time)
+_PLANS = launch_plans.table()
 LOG2E = 1.4426950408889634
 
 
@@ -847,6 +849,14 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     length: varlen = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k), q, k, v, out the packed
     (1, total, H, D) tensors seen as one batch entry, lse (H, total_q).  FP8: q, k, v float8_e4m3fn, out
     bfloat16, descale float32 (3, B, Hk) contiguous (q's, k's and v's factors)."""
+    if descale is None:
+        plan_key = launch_plans.key((q, k, v, out, lse, *(varlen or (None, None))[:2]), softmax_scale, window_left,
+                                    window_right, varlen and varlen[2:])
+        prepared = _PLANS.get(plan_key)
+        if prepared is not None:
+            cu_seqlens_q, cu_seqlens_k = (lse, lse) if varlen is None else varlen[:2]
+            prepared(q, k, v, out, out, lse, cu_seqlens_q, cu_seqlens_k, lse, lse)
+            return
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_heads_kv = k.shape[2]
     batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = sequences(q, k, lse, varlen)
@@ -866,13 +876,19 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     # by sequence, which a fixed share of tiles per program cannot balance: one program per tile, in
     # the hardware's order (1.07x-1.14x over persistent on an H200, BENCHMARKS.md session 12).
     programs = num_tiles if varlen is not None else min(num_tiles, hardware.sm_count(q.device))
-    hopper_forward_kernel[(programs, )](
-        q_desc, k_desc, v_desc, o_desc, out, lse, lse.stride(0), cu_seqlens_q, cu_seqlens_k, num_heads,
-        num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
-        max(window_left, 0), max(window_right, 0), lse if descale is None else descale,
-        0 if descale is None else descale.stride(0), lse if v_starts is None else v_starts,
-        HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
-        K_RING=K_STAGES, V_RING=V_STAGES, CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
-        ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs), VARLEN=varlen is not None,
-        O_IN_Q=o_in_q(head_dim), FP8=descale is not None, MASK_FIRST=mask_first(head_dim, window_left), num_warps=4,
-        **_key_order(head_dim, window_left, window_right, varlen, seqlen_k, consumers))
+    args = (q_desc, k_desc, v_desc, o_desc, out, lse, lse.stride(0), cu_seqlens_q, cu_seqlens_k, num_heads,
+            num_heads // num_heads_kv, seqlen_q, seqlen_k, num_m_blocks, num_tiles, softmax_scale * LOG2E,
+            max(window_left, 0), max(window_right, 0), lse if descale is None else descale,
+            0 if descale is None else descale.stride(0), lse if v_starts is None else v_starts)
+    kwargs = dict(HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, K_RING=K_STAGES, V_RING=V_STAGES,
+                  CONSUMERS=consumers, CONSUMER_REGS=CONSUMER_REGISTERS[consumers],
+                  ACROSS_HEADS=across_heads(num_m_blocks, window_left, window_right, varlen, programs),
+                  VARLEN=varlen is not None, O_IN_Q=o_in_q(head_dim), FP8=descale is not None,
+                  MASK_FIRST=mask_first(head_dim, window_left), num_warps=4,
+                  **_key_order(head_dim, window_left, window_right, varlen, seqlen_k, consumers))
+    if descale is None:
+        # The call again for the plan's later calls: the tensors (the descriptors' bases among them) vary.
+        launch_plans.remember(_PLANS, plan_key, hopper_forward_kernel.prepare((programs, ), args, kwargs,
+                                                                              varying=(0, 1, 2, 3, 4, 5, 7, 8, 18, 20)))
+    else:
+        hopper_forward_kernel[(programs, )](*args, **kwargs)
