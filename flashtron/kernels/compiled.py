@@ -56,7 +56,7 @@ def spec(x):
         return kind(x)
     if isinstance(x, torch.Tensor):
         return _tensor(x)
-    if hasattr(x, "block_shape") and hasattr(x, "base"):
+    if _is_descriptor(x):
         return _descriptor(x)
     return x
 
