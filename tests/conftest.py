@@ -23,16 +23,13 @@ def monkeypatch(monkeypatch):
     """pytest's monkeypatch, forgetting the Hopper host functions' launch plans before each change and after the
     test: a plan replays the launch its host function derived under the module's settings at the time."""
     from flashtron.kernels import launch_plans
-    setattr_, delattr_ = monkeypatch.setattr, monkeypatch.delattr
 
-    def setattr_then_forget(*args, **kwargs):
-        launch_plans.clear()
-        return setattr_(*args, **kwargs)
-
-    def delattr_then_forget(*args, **kwargs):
-        launch_plans.clear()
-        return delattr_(*args, **kwargs)
-    monkeypatch.setattr, monkeypatch.delattr = setattr_then_forget, delattr_then_forget
+    def forgetting(change):
+        def forget_then_change(*args, **kwargs):
+            launch_plans.clear()
+            return change(*args, **kwargs)
+        return forget_then_change
+    monkeypatch.setattr, monkeypatch.delattr = forgetting(monkeypatch.setattr), forgetting(monkeypatch.delattr)
     yield monkeypatch
     launch_plans.clear()
 

@@ -302,10 +302,12 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
     if seqused_k is not None:
         dk.zero_()
         dv.zero_()
-    # The Hopper kernel's calls first, as in `forward`; empty ones (no query rows) are left to the lines below.
+    # No query rows (or nothing at all): a packed batch of no sequence or of empty ones, or an empty dense q.
+    empty = dq.numel() == 0 or (cu_seqlens_q is not None and (cu_seqlens_q.shape[0] < 2 or max_seqlen_q == 0))
+    # The Hopper kernel's calls first, as in `forward`; empty ones are left to the lines below.
     plain = not (seqused_q is not None or seqused_k is not None or attn_bias is not None or k.numel() == 0
                  or deterministic)
-    if plain and dq.numel() > 0 and (cu_seqlens_q is None or (cu_seqlens_q.shape[0] > 1 and max_seqlen_q > 0)):
+    if plain and not empty:
         hopper = _hopper_operands((dout, q, k, v, out, dq, dk, dv), cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                   max_seqlen_k)
         if hopper_backward.unsupported_reason(*hopper[0][:4], softmax_scale, window_left, window_right, softcap,
@@ -315,8 +317,7 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
             return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(None, attn_bias, lse)
     q_layout, k_layout, layout_args, layout_switches = _layout_args(
         q, k, lse, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k)
-    if dq.numel() == 0 or q_layout.batch == 0 or q_layout.max_seqlen == 0:
-        # No query rows (or nothing at all): every gradient is zero or empty.
+    if empty:  # every gradient is zero or empty
         dsinks = lse.new_empty(0) if sinks is None else torch.zeros_like(sinks)
         return dq.zero_(), dk.zero_(), dv.zero_(), dsinks, _bias_gradient(dbias_full, attn_bias, lse)
 
