@@ -119,6 +119,35 @@ def test_variable_length_calls_through_their_plans(head_dim, prepared_calls):
 
 @pytest.mark.gpu
 @on_hopper
+@pytest.mark.parametrize("causal", [False, True])
+def test_fp8_calls_through_their_plans(causal, prepared_calls):
+    """Dense FP8 forwards: v's keys-innermost copy and the kernel, both prepared on the second call of a signature,
+    against the full path on the same inputs."""
+    batch, seqlen, heads, heads_kv, head_dim = 2, 333, 4, 2, 128
+
+    def make_inputs():
+        q = torch.randn(batch, seqlen, heads, head_dim, device="cuda").to(torch.float8_e4m3fn)
+        k, v = (torch.randn(batch, seqlen, heads_kv, head_dim, device="cuda").to(torch.float8_e4m3fn) for _ in "kv")
+        descales = [torch.rand(batch, heads_kv, device="cuda") + 0.5 for _ in "qkv"]
+        return lambda: [t.clone() for t in flash_attn_func(
+            q, k, v, causal=causal, q_descale=descales[0], k_descale=descales[1], v_descale=descales[2],
+            return_attn_probs=True)[:2]]
+    launch_plans.clear()
+    make_inputs()()
+    assert prepared_calls == [] and hopper_forward._PLANS
+    run = make_inputs()
+    planned = run()
+    assert len(prepared_calls) == 2  # the copy of v, the kernel
+    launch_plans.clear()
+    full = run()
+    assert len(prepared_calls) == 2
+    for a, b in zip(planned, full):
+        assert not a.isnan().any()
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@on_hopper
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_paged_decoding_through_its_plan(num_splits, prepared_calls):
     """Decoding calls, as serving makes them: new queries and cache contents, the same shapes."""

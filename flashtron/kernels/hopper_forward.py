@@ -76,7 +76,9 @@ FP8_HEAD_DIMS = (128,)
 K_STAGES, V_STAGES = 2, 2
 PLAIN_LOOP_FROM = 4096  # see _key_order
 MASK_FIRST_WINDOW = 512  # see mask_first
-# launch_plans.key -> the prepared launch of `forward` (fp16 and bf16; FP8 calls take the full path each time)
+# launch_plans.key -> the prepared launch of `forward`: the kernel's (fp16 and bf16), or (v's copy, the copy's shape,
+# the kernel) for dense FP8 calls.  FP8 variable-length calls take the full path each time (their copy's columns
+# are computed per call, on the device).
 _PLANS = launch_plans.table()
 LOG2E = 1.4426950408889634
 
@@ -821,7 +823,8 @@ def values_transposed(v: torch.Tensor, keys: int, cu_seqlens_k=None) -> tuple:
     of (1, D, keys) boxes over the copy.  A TMA box's innermost start must be 16-byte aligned, and its rows 16-byte
     multiples: so with cu_seqlens_k (v packed as (1, total, Hk, D)) each sequence starts at a multiple of 16 keys,
     at the int32 offsets returned third (else None).  Keys not copied are zeros: a box reads them as P V's keys
-    past a sequence's end, whose probabilities are 0, and a NaN there would still spread."""
+    past a sequence's end, whose probabilities are 0, and a NaN there would still spread.  Fourth: a dense copy's
+    prepared launch (`transpose.prepared_keys_innermost`) or None."""
     batch, seqlen, heads, head_dim = v.shape
     starts = target = None
     if cu_seqlens_k is None:
@@ -836,10 +839,14 @@ def values_transposed(v: torch.Tensor, keys: int, cu_seqlens_k=None) -> tuple:
         target = (starts[sequence] + key - cu[sequence]).to(torch.int32)
         vt = torch.zeros(1, heads * head_dim, padded, dtype=v.dtype, device=v.device)
         starts = starts.to(torch.int32)
-    transpose.keys_innermost(v, vt, target)
+    copy = None
+    if cu_seqlens_k is None:
+        copy = transpose.prepared_keys_innermost(v, vt)
+    else:
+        transpose.keys_innermost(v, vt, target)
     box = [1, head_dim, keys]
     shape, strides = [vt.shape[0], heads * head_dim, padded], [heads * head_dim * padded, padded, 1]
-    return vt, TensorDescriptor(vt, shape, strides, box, _box_layout(tuple(box), v.dtype)), starts
+    return vt, TensorDescriptor(vt, shape, strides, box, _box_layout(tuple(box), v.dtype)), starts, copy
 
 
 def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_right: int, varlen=None,
@@ -849,14 +856,19 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     length: varlen = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k), q, k, v, out the packed
     (1, total, H, D) tensors seen as one batch entry, lse (H, total_q).  FP8: q, k, v float8_e4m3fn, out
     bfloat16, descale float32 (3, B, Hk) contiguous (q's, k's and v's factors)."""
-    if descale is None:
-        plan_key = launch_plans.key((q, k, v, out, lse, *(varlen or (None, None))[:2]), softmax_scale, window_left,
-                                    window_right, varlen and varlen[2:])
-        prepared = _PLANS.get(plan_key)
-        if prepared is not None:
-            cu_seqlens_q, cu_seqlens_k = (lse, lse) if varlen is None else varlen[:2]
+    plan_key = launch_plans.key((q, k, v, out, lse, descale, *(varlen or (None, None))[:2]), softmax_scale,
+                                window_left, window_right, varlen and varlen[2:])
+    prepared = _PLANS.get(plan_key)
+    if prepared is not None:
+        cu_seqlens_q, cu_seqlens_k = (lse, lse) if varlen is None else varlen[:2]
+        if descale is None:
             prepared(q, k, v, out, out, lse, cu_seqlens_q, cu_seqlens_k, lse, lse)
-            return
+        else:  # dense FP8: v's keys-innermost copy, then the kernel over it
+            copy, copy_shape, kernel = prepared
+            vt = torch.empty(copy_shape, dtype=v.dtype, device=v.device)
+            copy(v.view(torch.uint8), vt.view(torch.uint8))
+            kernel(q, k, vt, out, out, lse, lse, lse, descale, lse)
+        return
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_heads_kv = k.shape[2]
     batch, seqlen_q, seqlen_k, cu_seqlens_q, cu_seqlens_k = sequences(q, k, lse, varlen)
@@ -864,11 +876,11 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
     q_box, kv_box = (1, ROWS, head_dim), (1, BLOCK_N[head_dim], head_dim)
     q_desc, o_desc = descriptor(q, q_box), descriptor(out, q_box)
     k_desc = descriptor(k, kv_box)
-    v_starts = None  # FP8 variable-length calls: each sequence's first key in v's copy
+    v_starts = copy = None  # FP8: each variable-length sequence's first key in v's copy; a dense copy's launch
     if descale is None:
         v_desc = descriptor(v, kv_box)
     else:
-        v, v_desc, v_starts = values_transposed(v, BLOCK_N[head_dim], None if varlen is None else varlen[1])
+        v, v_desc, v_starts, copy = values_transposed(v, BLOCK_N[head_dim], None if varlen is None else varlen[1])
     num_m_blocks = -(-seqlen_q // (ROWS * consumers))
     num_tiles = num_m_blocks * batch * num_heads
     # Persistent: one program per SM, taking tiles in turn, so the producer loads the next tile's
@@ -886,9 +898,12 @@ def forward(q, k, v, out, lse, softmax_scale: float, window_left: int, window_ri
                   VARLEN=varlen is not None, O_IN_Q=o_in_q(head_dim), FP8=descale is not None,
                   MASK_FIRST=mask_first(head_dim, window_left), num_warps=4,
                   **_key_order(head_dim, window_left, window_right, varlen, seqlen_k, consumers))
-    if descale is None:
-        # The call again for the plan's later calls: the tensors (the descriptors' bases among them) vary.
-        launch_plans.remember(_PLANS, plan_key, hopper_forward_kernel.prepare((programs, ), args, kwargs,
-                                                                              varying=(0, 1, 2, 3, 4, 5, 7, 8, 18, 20)))
-    else:
+    if descale is not None and varlen is not None:
         hopper_forward_kernel[(programs, )](*args, **kwargs)
+        return
+    # The call again for the plan's later calls: the tensors (the descriptors' bases among them) vary.
+    kernel = hopper_forward_kernel.prepare((programs, ), args, kwargs, varying=(0, 1, 2, 3, 4, 5, 7, 8, 18, 20))
+    if descale is None:
+        launch_plans.remember(_PLANS, plan_key, kernel)
+    elif copy is not None and kernel is not None:
+        launch_plans.remember(_PLANS, plan_key, (copy, v.shape, kernel))

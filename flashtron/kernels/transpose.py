@@ -45,11 +45,8 @@ def keys_innermost_kernel(V, VT, Target, seqlen, columns, heads, batch_heads, st
     tl.store(VT + out_rows + column[None, :], tl.trans(tile), mask=(d < HEAD_DIM)[:, None] & written[None, :])
 
 
-def keys_innermost(v: torch.Tensor, vt: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Copy v (batch, keys, heads, headdim), unit stride on headdim, into vt (batch, heads * headdim, columns),
-    unit stride on columns: vt[b, h * headdim + d, c] = v[b, s, h, d] with c = s, or c = target[s] (int32 (keys,),
-    distinct columns; the others are left as they are).  Without target, columns >= keys and the columns past the
-    last key are set to zero.  Returns vt.  CUDA tensors, or CPU tensors under Triton's interpreter."""
+def _launch(v: torch.Tensor, vt: torch.Tensor, target: Optional[torch.Tensor]):
+    """keys_innermost's checks, then its kernel's (grid, args, kwargs); None where there is nothing to copy."""
     batch, seqlen, heads, head_dim = v.shape
     columns = vt.shape[2]
     if v.stride(3) != 1 or vt.stride(2) != 1 or vt.shape[:2] != (batch, heads * head_dim) or columns < seqlen:
@@ -60,10 +57,31 @@ def keys_innermost(v: torch.Tensor, vt: torch.Tensor, target: Optional[torch.Ten
     block_s = max(16, TILE_BYTES // block_d)
     keys = seqlen if target is not None else columns
     if keys == 0 or batch * heads == 0:
-        return vt
+        return None
     grid = (batch * heads * triton.cdiv(keys, block_s), )
-    keys_innermost_kernel[grid](v.view(torch.uint8), vt.view(torch.uint8), target, seqlen, columns, heads,
-                                batch * heads, v.stride(0), v.stride(1), v.stride(2), vt.stride(0), vt.stride(1),
-                                HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=block_s, TARGETED=target is not None,
-                                num_warps=4)
+    args = (v.view(torch.uint8), vt.view(torch.uint8), target, seqlen, columns, heads, batch * heads, v.stride(0),
+            v.stride(1), v.stride(2), vt.stride(0), vt.stride(1))
+    return grid, args, dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=block_s, TARGETED=target is not None,
+                            num_warps=4)
+
+
+def keys_innermost(v: torch.Tensor, vt: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Copy v (batch, keys, heads, headdim), unit stride on headdim, into vt (batch, heads * headdim, columns),
+    unit stride on columns: vt[b, h * headdim + d, c] = v[b, s, h, d] with c = s, or c = target[s] (int32 (keys,),
+    distinct columns; the others are left as they are).  Without target, columns >= keys and the columns past the
+    last key are set to zero.  Returns vt.  CUDA tensors, or CPU tensors under Triton's interpreter."""
+    launch = _launch(v, vt, target)
+    if launch is not None:
+        grid, args, kwargs = launch
+        keys_innermost_kernel[grid](*args, **kwargs)
     return vt
+
+
+def prepared_keys_innermost(v: torch.Tensor, vt: torch.Tensor):
+    """keys_innermost(v, vt) (no target), and that copy as a `compiled.Prepared` launch for later calls of the same
+    signature, which pass (v, vt) viewed as uint8; None where it made none (nothing to copy, or see Prepared.of)."""
+    launch = _launch(v, vt, None)
+    if launch is None:
+        return None
+    grid, args, kwargs = launch
+    return keys_innermost_kernel.prepare(grid, args, kwargs, varying=(0, 1))
