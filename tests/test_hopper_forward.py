@@ -61,7 +61,7 @@ def test_fp8_values_copied_keys_innermost(seqlen):
     """FP8's P V reads v keys-innermost, (B, Hk * D, Sk rounded up to 16); the rounding must be zeros (a NaN there
     would reach the output through P's zeros)."""
     v = (torch.randn(2, seqlen, 3, 64, device=KERNEL_DEVICE) * 3).to(torch.float8_e4m3fn)
-    vt, desc, starts = hopper_forward.values_transposed(v, 128)
+    vt, desc, starts, _ = hopper_forward.values_transposed(v, 128)
     padded = -(-seqlen // 16) * 16
     assert vt.shape == (2, 3 * 64, padded) and vt.is_contiguous() and starts is None
     assert torch.equal(vt.view(2, 3, 64, padded)[..., :seqlen].float(), v.permute(0, 2, 3, 1).float())
@@ -76,7 +76,9 @@ def test_fp8_packed_values_start_each_sequence_at_16_keys():
     multiple of 16 in the copy, at the returned offsets, with zeros between."""
     lengths = [17, 0, 32, 1, 5]
     v = (torch.randn(1, sum(lengths), 2, 64) * 3).to(torch.float8_e4m3fn)
-    vt, _, starts = hopper_forward.values_transposed(v.to(KERNEL_DEVICE), 128, cu_seqlens_of(lengths, KERNEL_DEVICE))
+    vt, _, starts, copy = hopper_forward.values_transposed(v.to(KERNEL_DEVICE), 128,
+                                                           cu_seqlens_of(lengths, KERNEL_DEVICE))
+    assert copy is None  # a packed batch's copy is not prepared: its columns come from the device each call
     vt, starts = vt.cpu(), starts.cpu()
     assert starts.tolist() == [0, 32, 32, 64, 80, 96] and starts.dtype == torch.int32
     expected = torch.zeros(2 * 64, vt.shape[2])
