@@ -340,8 +340,22 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
              softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
              cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
              max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None, bias_requires_grad: bool = False,
-             deterministic: bool = False):
-    """deterministic: accepted for the common signature; this path is always deterministic."""
+             deterministic: bool = False, grads=None):
+    """deterministic: accepted for the common signature; this path is always deterministic.  grads: (dq, dk, dv)
+    to copy the gradients into, as in the Triton launcher's backward."""
+    results = _backward(dout, q, k, v, out, lse, softmax_scale, window_left, window_right, softcap, alibi_slopes,
+                        sinks, dropout_p, dropout_seed, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
+                        attn_bias, bias_requires_grad)
+    if grads is None:
+        return results
+    for given, computed in zip(grads, results):
+        given.copy_(computed)
+    return (*grads, *results[3:])
+
+
+def _backward(dout, q, k, v, out, lse, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
+              dropout_p, dropout_seed, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, attn_bias,
+              bias_requires_grad):
     args = (softmax_scale, window_left, window_right, softcap)
     if cu_seqlens_q is None and seqused_q is None and seqused_k is None:
         return _dense_backward(dout, q, k, v, out, lse, *args, alibi_slopes, sinks, dropout_p, dropout_seed,

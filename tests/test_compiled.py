@@ -221,7 +221,8 @@ def test_compiled_launches_match_the_jit(monkeypatch):
         accum = buffer[offset:]
         for _ in range(3):
             dq = torch.full(accum.shape, float("nan"), dtype=torch.bfloat16, device="cuda")
-            attention_backward_postprocess[(3, )](accum, dq, accum.numel(), scale, BLOCK=block, UPCAST=False)
+            attention_backward_postprocess[(3, )](accum, dq, accum.numel(), scale, 1, 1, 1, 1, BLOCK=block,
+                                                  UPCAST=False, STRIDED=False)
             torch.cuda.synchronize()
             assert torch.equal(dq, (accum * scale).to(torch.bfloat16))
         assert len(jit_calls) == 1 + offset

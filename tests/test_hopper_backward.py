@@ -6,8 +6,9 @@ checks that the gradients really came from the Hopper kernel.
 
 import pytest
 import torch
+import triton
 
-from flashtron import flash_attn_func, flash_attn_qkvpacked_func
+from flashtron import flash_attn_func, flash_attn_qkvpacked_func, ops
 from flashtron.kernels import hardware, hopper_backward, hopper_forward, launch
 from flashtron.kernels.backward import attention_backward_postprocess
 from conftest import KERNEL_DEVICE, triton_kernel
@@ -30,8 +31,26 @@ def test_postprocess_scales_and_rounds_dq(dtype):
     accum = torch.randn(2 * block + 37, device=device) * 100
     dq = torch.full(accum.shape, float("nan"), dtype=dtype, device=device)
     scale = 0.3 + torch.rand(()).item()
-    attention_backward_postprocess[(3, )](accum, dq, accum.numel(), scale, BLOCK=block, UPCAST=launch._upcast(dtype))
+    attention_backward_postprocess[(3, )](accum, dq, accum.numel(), scale, 1, 1, 1, 1, BLOCK=block,
+                                          UPCAST=launch._upcast(dtype), STRIDED=False)
     assert torch.equal(dq, (accum * scale).to(dtype))  # one float32 product, one rounding to nearest even
+
+
+@triton_kernel
+def test_postprocess_writes_into_a_part_of_a_packed_gradient():
+    """STRIDED: dQ as the middle part of a packed (batch, seqlen, 3, heads, headdim) gradient, whose other parts
+    the pass leaves as they were."""
+    batch, seqlen, heads, head_dim = 3, 37, 2, 16
+    accum = torch.randn(batch, seqlen, heads, head_dim, device=KERNEL_DEVICE) * 100
+    packed = torch.full((batch, seqlen, 3, heads, head_dim), float("nan"), dtype=torch.float16, device=KERNEL_DEVICE)
+    dq = packed[:, :, 1]
+    scale = 0.3 + torch.rand(()).item()
+    block = 256
+    attention_backward_postprocess[(triton.cdiv(accum.numel(), block), )](
+        accum, dq, accum.numel(), scale, heads * head_dim, seqlen, dq.stride(1), dq.stride(0), BLOCK=block,
+        UPCAST=launch._upcast(torch.float16), STRIDED=True)
+    assert torch.equal(dq, (accum * scale).to(torch.float16))
+    assert packed[:, :, 0::2].isnan().all()
 
 
 def test_head_dims_only_the_forward_takes_keep_the_portable_backward(monkeypatch):
@@ -198,3 +217,28 @@ def test_unsupported_calls_fall_back(launches):
     q96, k96, v96 = random_inputs((1, 300, 300, 2, 2, 96), torch.bfloat16, "cuda")
     check_against_oracle(q96, k96, v96, False)
     assert not launches
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_gradients_into_given_tensors(monkeypatch, causal):
+    """An engine's backward writes dq, dk and dv into given tensors (flashtron.keras.fused: the parts of one
+    packed gradient) as it would into its own: every engine (the PyTorch path on the CPU, the portable kernels
+    under the interpreter, the Hopper kernel on an sm_90 GPU, where the call must take it)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch, seqlen, heads, head_dim = (2, 700, 3, 128) if device == "cuda" else (2, 37, 3, 16)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    qkv = torch.randn(batch, seqlen, 3, heads, head_dim, dtype=dtype, device=device)
+    q, k, v = qkv.unbind(2)
+    engine = ops._engine(q)
+    args = (0.3, -1, 0 if causal else -1, 0.0, None, None, 0.0, None, False)
+    out, lse = engine.forward(q, k, v, *args)
+    dout = torch.randn_like(out)
+    hopper = count_calls(monkeypatch, hopper_backward, "backward", lambda args: args[7].is_contiguous())
+    own = engine.backward(dout, q, k, v, out, lse, *args)
+    packed = torch.full_like(qkv, float("nan"))
+    given = engine.backward(dout, q, k, v, out, lse, *args, grads=tuple(packed.unbind(2)))
+    for part, a, b in zip(packed.unbind(2), own[:3], given[:3]):
+        assert b.data_ptr() == part.data_ptr()
+        torch.testing.assert_close(b, a, rtol=0.01, atol=0.01)  # dQ's float32 atomics: sums in any order
+    if device == "cuda" and torch.cuda.get_device_capability() == (9, 0):
+        assert hopper == [True, False]

@@ -72,14 +72,22 @@ def attention_backward_preprocess(
 
 @compiled.fast_launch
 @triton.jit
-def attention_backward_postprocess(DqAccum, Dq, numel, softmax_scale, BLOCK: tl.constexpr, UPCAST: tl.constexpr):
-    """dQ = softmax_scale * dq_accum, rounded to dQ's dtype: the Hopper kernel's float32 sums, flat (both
-    contiguous).  One pass that reads 4 bytes and writes 2 per element (torch.mul with a 16-bit out= ran
-    1.3x slower, BENCHMARKS.md session 11)."""
+def attention_backward_postprocess(DqAccum, Dq, numel, softmax_scale, row_width, seqlen, stride_row, stride_batch,
+                                   BLOCK: tl.constexpr, UPCAST: tl.constexpr, STRIDED: tl.constexpr):
+    """dQ = softmax_scale * dq_accum, rounded to dQ's dtype: the Hopper kernel's float32 sums, flat (contiguous
+    (batch, seqlen, heads, headdim)).  dQ is contiguous too, or with STRIDED its rows of row_width elements
+    (heads side by side) lie stride_row apart and its batch entries stride_batch apart: a part of a packed
+    gradient, such as dq inside one dqkv.  One pass that reads 4 bytes and writes 2 per element (torch.mul
+    with a 16-bit out= ran 1.3x slower, BENCHMARKS.md session 11)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < numel
     dq = tl.load(DqAccum + offs, mask=inside) * softmax_scale
-    tl.store(Dq + offs, downcast(dq, Dq.dtype.element_ty, UPCAST), mask=inside)
+    if STRIDED:
+        row = offs // row_width
+        target = (row // seqlen) * stride_batch + (row % seqlen) * stride_row + offs % row_width
+    else:
+        target = offs
+    tl.store(Dq + target, downcast(dq, Dq.dtype.element_ty, UPCAST), mask=inside)
 
 
 @triton.jit

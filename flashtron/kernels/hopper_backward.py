@@ -82,15 +82,18 @@ MIN_SEQLEN = {(64, False): (1024, 1024), (64, True): (1024, 1024), (128, False):
 
 
 def unsupported_reason(dout, q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
-                       dropout_p, plain: bool, seqlens=None):
+                       dropout_p, plain: bool, seqlens=None, grads=()):
     """None when this kernel computes the call's gradients, else why the portable kernels do.  Arguments as
-    in hopper_forward.unsupported_reason; plain also excludes deterministic=True."""
+    in hopper_forward.unsupported_reason; plain also excludes deterministic=True.  grads: the tensors dq, dk
+    and dv go to, where the caller gives them."""
     if _DISABLED:
         return "disabled"
     reason = hopper_forward.unsupported_reason(q, k, v, softmax_scale, window_left, window_right, softcap,
                                                alibi_slopes, sinks, dropout_p, plain, seqlens, check_length=False)
     if reason is None and _box(dout) is None:
         return "dout's strides do not allow TMA boxes"
+    if reason is None and any(_box(t) is None for t in grads):
+        return "the given gradients' strides do not allow TMA boxes"
     if reason is None:
         masked = window_left >= 0 or window_right >= 0
         if (q.shape[-1], masked) not in MIN_SEQLEN:
@@ -625,8 +628,8 @@ def _head_group(batch_heads: int, num_n_blocks: int, programs: int) -> int:
 def backward(dout, q, k, v, out, lse, delta, dq, dk, dv, softmax_scale: float, window_left: int, window_right: int,
              varlen=None) -> None:
     """delta = rowsum(dout * out) (lse's layout), then dq, dk, dv, for a call `unsupported_reason` accepted.  dq, dk
-    and dv are contiguous (the launcher allocates them).  A window side of -1 is unbounded.  Tensors and varlen as
-    in hopper_forward.forward."""
+    and dv are contiguous (the launcher allocates them) or, where the caller gives them, boxable (`_box`).  A
+    window side of -1 is unbounded.  Tensors and varlen as in hopper_forward.forward."""
     # dQ's float32 sums, and after them the persistent programs' tile counter (int32).  The preprocess zeroes both
     # for dense calls; a variable-length batch's rows past its last sequence are no sequence's, so it is zeroed here.
     numel = q.numel()
@@ -676,7 +679,8 @@ def backward(dout, q, k, v, out, lse, delta, dq, dk, dv, softmax_scale: float, w
              RING=STAGES[head_dim], CONSUMER_REGS=CONSUMER_REGISTERS, num_warps=4),
         varying=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14))
     postprocess = attention_backward_postprocess.prepare(  # on the GPU only
-        (triton.cdiv(numel, POSTPROCESS_BLOCK), ), (dq_accum, dq, numel, softmax_scale),
-        dict(BLOCK=POSTPROCESS_BLOCK, UPCAST=False), varying=(0, 1))
+        (triton.cdiv(numel, POSTPROCESS_BLOCK), ),
+        (dq_accum, dq, numel, softmax_scale, num_heads * head_dim, dq.shape[1], dq.stride(1), dq.stride(0)),
+        dict(BLOCK=POSTPROCESS_BLOCK, UPCAST=False, STRIDED=not dq.is_contiguous()), varying=(0, 1))
     if preprocess is not None and main is not None and postprocess is not None:
         launch_plans.remember(_PLANS, plan_key, (preprocess, main, postprocess))

@@ -282,19 +282,18 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
              softcap: float, alibi_slopes, sinks, dropout_p: float, dropout_seed, allow_tf32: bool,
              cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
              max_seqlen_q: int = -1, max_seqlen_k: int = -1, attn_bias=None, bias_requires_grad: bool = False,
-             deterministic: bool = False):
+             deterministic: bool = False, grads=None):
     """dq, dk, dv, dsinks, dbias.  The Hopper kernel sums dQ with float32 atomics; deterministic=True (or any
     call it does not cover) takes the portable kernels, whose every output element is written by one
-    program in a fixed order."""
+    program in a fixed order.  grads: (dq, dk, dv) to write into, of q's, k's and v's shapes and dtype with unit
+    stride on the head dim, such as views of one packed tensor (their callers build them); else allocated."""
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_heads_kv = k.shape[-2]
-    dq = _new_output(q.shape, q.dtype, q.device)
+    dq, dk, dv = grads or (_new_output(t.shape, t.dtype, t.device) for t in (q, k, v))
     # The bias gradient is written per (batch, head, query, key) in float32, then summed over the
     # dims the bias broadcasts along; pairs no program visits (outside the band) stay 0.
     dbias_full = (torch.zeros((q.shape[0], num_heads, q.shape[1], k.shape[1]), dtype=torch.float32,
                               device=q.device) if bias_requires_grad else None)
-    dk = _new_output(k.shape, k.dtype, k.device)
-    dv = _new_output(v.shape, v.dtype, v.device)
     # Delta has softmax_lse's layout; rows past a used length keep delta 0 (sink_gradient reads them).
     delta = torch.zeros_like(lse) if seqused_q is not None else _new_output(lse.shape, torch.float32, lse.device)
     if seqused_q is not None:
@@ -311,7 +310,8 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
         hopper = _hopper_operands((dout, q, k, v, out, dq, dk, dv), cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                   max_seqlen_k)
         if hopper_backward.unsupported_reason(*hopper[0][:4], softmax_scale, window_left, window_right, softcap,
-                                              alibi_slopes, sinks, dropout_p, plain, hopper[1]) is None:
+                                              alibi_slopes, sinks, dropout_p, plain, hopper[1],
+                                              hopper[0][5:] if grads else ()) is None:
             hopper_backward.backward(*hopper[0][:5], lse, delta, *hopper[0][5:], softmax_scale, window_left,
                                      window_right, hopper[2])
             return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(None, attn_bias, lse)
