@@ -45,10 +45,10 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
 
 def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
                deterministic, return_attn_probs, sinks, names, sequences=None, attn_bias=None, block_table=None,
-               descales=(None, None, None)):
+               descales=(None, None, None), packed=None):
     """The shared body.  sequences: None (dense), or the raw variable-length arguments
     (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k); block_table
-    (variable-length only) pages k and v."""
+    (variable-length only) pages k and v; packed: (qkv or kv, the dim that packs them), for ops.attention."""
     varlen = sequences is not None
     paged = block_table is not None
     q, k, v = validation.check_qkv(q, k, v, names, varlen=varlen, paged=paged, allow_fp8=True)
@@ -87,7 +87,7 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
                     else None)
     out, softmax_lse = ops.attention(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
                                      dropout_p, dropout_seed, allow_tf32, **layout, attn_bias=attn_bias,
-                                     descale=descale, deterministic=deterministic)
+                                     descale=descale, deterministic=deterministic, packed=packed)
     if return_attn_probs:
         s_dmask = None
         if dropout_p > 0 and paged:
@@ -108,7 +108,7 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
     validation.check_packed("qkv", qkv, 5, 2, 3, "(batch, seqlen, 3, num_heads, head_dim)")
     return _attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal,
                       window_size, softcap, alibi_slopes, deterministic, return_attn_probs, sinks,
-                      names=("qkv", "qkv", "qkv"), attn_bias=attn_bias)
+                      names=("qkv", "qkv", "qkv"), attn_bias=attn_bias, packed=(qkv, 2))
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
@@ -118,7 +118,7 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
     validation.check_packed("kv", kv, 5, 2, 2, "(batch, seqlen_k, 2, num_heads_k, head_dim)")
     return _attention(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal,
                       window_size, softcap, alibi_slopes, deterministic, return_attn_probs, sinks,
-                      names=("q", "kv", "kv"), attn_bias=attn_bias)
+                      names=("q", "kv", "kv"), attn_bias=attn_bias, packed=(kv, 2))
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
@@ -154,7 +154,7 @@ def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
     validation.check_packed("qkv", qkv, 4, 1, 3, "(total_tokens, 3, num_heads, head_dim)")
     return _attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], dropout_p, softmax_scale, causal, window_size, softcap,
                       alibi_slopes, deterministic, return_attn_probs, sinks, names=("qkv", "qkv", "qkv"),
-                      sequences=(cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, None, None))
+                      sequences=(cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, None, None), packed=(qkv, 1))
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
@@ -164,4 +164,5 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
     validation.check_packed("kv", kv, 4, 1, 2, "(total_tokens, 2, num_heads_k, head_dim)")
     return _attention(q, kv[:, 0], kv[:, 1], dropout_p, softmax_scale, causal, window_size, softcap,
                       alibi_slopes, deterministic, return_attn_probs, sinks, names=("q", "kv", "kv"),
-                      sequences=(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, None, None))
+                      sequences=(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, None, None),
+                      packed=(kv, 1))

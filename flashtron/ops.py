@@ -8,7 +8,8 @@ formula.  The public functions call `attention`: under torch.compile, a dispatch
 mode (FakeTensor, make_fx, FlopCounterMode), a functorch transform or a tensor
 subclass it calls the op; in plain eager mode it calls the engine itself, through
 an autograd.Function with the same formula (the op's dispatch costs more host
-time than a short kernel runs).  `flashtron::dropout_probabilities` materialises
+time than a short kernel runs); the packed forms' calls use a second Function that writes the packed
+tensor's gradient whole.  `flashtron::dropout_probabilities` materialises
 S_dmask for return_attn_probs with dropout.  Below this line the work goes to one
 of two engines at the same level: the Triton launcher (CUDA tensors, or CPU
 tensors under TRITON_INTERPRET=1) or the blockwise PyTorch path (CPU tensors).
@@ -113,7 +114,8 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dout, _dlse):
+def _backward(ctx, dout, _dlse, grads=None):
+    """attention_forward's gradients; grads: (dq, dk, dv) to write them into (`_PackedAttention`)."""
     if ctx.fp8:
         raise NotImplementedError("float8_e4m3fn attention has no backward (forward only, as in FlashAttention-3)")
     if ctx.kv_cache:
@@ -128,11 +130,15 @@ def _backward(ctx, dout, _dlse):
         # e.g. the expanded gradient of out.sum(): stride 0 everywhere.
         dout = dout.contiguous()
     bias_requires_grad = attn_bias is not None and ctx.needs_input_grad[_ATTN_BIAS_INPUT]
-    backward = _engine(q).backward if _eager(dout, *saved) else attention_backward
-    dq, dk, dv, dsinks, dbias = backward(
-        dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, sinks, ctx.dropout_p, dropout_seed,
-        ctx.allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, *ctx.max_seqlens, attn_bias,
-        bias_requires_grad, ctx.deterministic)
+    arguments = (dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, sinks, ctx.dropout_p, dropout_seed,
+                 ctx.allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, *ctx.max_seqlens, attn_bias,
+                 bias_requires_grad, ctx.deterministic)
+    if _eager(dout, *saved):
+        dq, dk, dv, dsinks, dbias = _engine(q).backward(*arguments, grads=grads)
+    else:
+        dq, dk, dv, dsinks, dbias = attention_backward(*arguments)
+        if grads is not None:
+            dq, dk, dv = (given.copy_(computed) for given, computed in zip(grads, (dq, dk, dv)))
     return (dq, dk, dv, None, None, None, None, None, None if sinks is None else dsinks, None, None, None,
             None, None, None, None, None, None, dbias if bias_requires_grad else None, None, None, None, None,
             None, None, None)
@@ -177,11 +183,51 @@ class _Attention(torch.autograd.Function):
 _ENGINE_INPUTS = 25
 
 
+class _PackedAttention(torch.autograd.Function):
+    """_Attention where k and v (and q) are views of one packed tensor, qkv or kv (flash_attn_qkvpacked_func and
+    the other packed forms): the backward writes their gradients into one tensor of the packed layout.  Through
+    the views autograd would instead build one zero-filled packed-size gradient per view and add them up: the
+    qkv-packed forward+backward took 1.30x the time of separate tensors (BENCHMARKS.md, session 37)."""
+
+    @staticmethod
+    def forward(ctx, packed, dim, *inputs):
+        output = _engine(inputs[0]).forward(*inputs[:_ENGINE_INPUTS])
+        _setup_context(ctx, inputs, output)
+        ctx.packed_dim = dim
+        ctx.packed_layout = packed.detach()  # its shape and strides (no copy)
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        layout, q = ctx.packed_layout, ctx.saved_tensors[0]
+        dpacked = torch.empty_like(layout)
+        parts = dpacked.unbind(ctx.packed_dim)
+        dq = parts[0] if len(parts) == 3 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        if launch.POISON_OUTPUTS:
+            dpacked.fill_(float("nan"))
+            dq.fill_(float("nan"))
+        gradients = _backward(ctx, dout, dlse, grads=(dq, *parts[-2:]))
+        if gradients[0] is None:  # nothing flowed into out
+            return (None, None, *gradients)
+        return (dpacked, None, None if len(parts) == 3 else gradients[0], None, None, *gradients[3:])
+
+
+def _packed_views(packed, q, k, v) -> bool:
+    """Whether k and v (and q, when packed holds three) are packed's parts along packed[1] as they are."""
+    tensor, dim = packed
+    parts = tensor.unbind(dim)
+    views = (q, k, v)[-len(parts):]
+    return tensor.stride(-1) == 1 and all(t.data_ptr() == p.data_ptr() and t.stride() == p.stride()
+                                          for t, p in zip(views, parts))
+
+
 def attention(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
               dropout_seed, allow_tf32, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
               max_seqlen_q=-1, max_seqlen_k=-1, attn_bias=None, block_table=None, cache_batch_idx=None,
-              cache_leftpad=None, num_splits=1, pack_gqa=False, descale=None, deterministic=False):
-    """attention_forward (same arguments), differentiable in q, k, v, sinks and attn_bias."""
+              cache_leftpad=None, num_splits=1, pack_gqa=False, descale=None, deterministic=False, packed=None):
+    """attention_forward (same arguments), differentiable in q, k, v, sinks and attn_bias.  packed: (tensor,
+    dim) where q, k and v (or k and v) are tensor.unbind(dim), for the packed forms: their gradient is then
+    written as one tensor (eager mode)."""
     inputs = (q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
               dropout_seed, allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k,
               attn_bias, block_table, cache_batch_idx, cache_leftpad, num_splits, pack_gqa, descale, deterministic)
@@ -189,6 +235,8 @@ def attention(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_
                   attn_bias, block_table, cache_batch_idx, cache_leftpad, descale):
         return attention_forward(*inputs)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks, attn_bias)):
+        if packed is not None and packed[0].requires_grad and _packed_views(packed, q, k, v):
+            return _PackedAttention.apply(*packed, *inputs)
         return _Attention.apply(*inputs)
     return _engine(q).forward(*inputs[:_ENGINE_INPUTS])
 

@@ -158,6 +158,50 @@ def test_kvpacked_matches_unpacked_with_gqa():
     assert torch.equal(dq, grads[0]) and torch.equal(dkv, torch.stack(grads[1:], dim=2))
 
 
+@pytest.mark.parametrize("form", ["qkv", "kv", "varlen_qkv", "varlen_kv", "qkv_from_a_product", "qkv_copied"])
+def test_packed_forms_write_their_gradient_whole(form):
+    """The packed forms' backward writes the packed tensor's gradient as one tensor (ops._PackedAttention), not as
+    one zero-filled packed-size tensor per part summed by autograd; the values are the unpacked call's gradients
+    stacked.  A packed tensor whose parts must be copied on the way in (no unit stride on the head dim) takes the
+    unpacked path."""
+    from flashtron import flash_attn_varlen_func, flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func
+    varlen = form.startswith("varlen")
+    lead = (40,) if varlen else (2, 20)
+    dim = len(lead)
+    parts = 2 if form.endswith("kv") else 3
+    if form == "qkv_from_a_product":  # not a leaf: autograd adds its gradient into a buffer, not into .grad
+        weight = torch.randn(12, 3 * 2 * 16, requires_grad=True)
+        leaf = torch.randn(*lead, 12)
+        packed = (leaf @ weight).view(*lead, 3, 2, 16)
+    elif form == "qkv_copied":
+        packed = torch.randn(*lead, 3, 16, 2).transpose(-1, -2).requires_grad_()
+    else:
+        packed = torch.randn(*lead, parts, 2, 16, requires_grad=True)
+    q = torch.randn(*lead, 4, 16, requires_grad=True) if parts == 2 else None
+    cu = torch.tensor([0, 13, 13, 40], dtype=torch.int32)
+    if varlen:
+        out = (flash_attn_varlen_qkvpacked_func(packed, cu, 27, causal=True) if parts == 3
+               else flash_attn_varlen_kvpacked_func(q, packed, cu, cu, 27, 27, causal=True))
+    else:
+        out = (flash_attn_qkvpacked_func(packed, causal=True) if parts == 3
+               else flash_attn_kvpacked_func(q, packed, causal=True))
+    expected_node = "_AttentionBackward" if form == "qkv_copied" else "_PackedAttentionBackward"
+    assert type(out.grad_fn).__name__ == expected_node
+    dout = torch.randn_like(out)
+    leaves = [packed] + ([q] if q is not None else [])
+    grads = torch.autograd.grad(out, leaves, dout)
+    unpacked = [t.detach().clone().requires_grad_() for t in ([q] if q is not None else []) + list(packed.unbind(dim))]
+    if varlen:
+        ref = flash_attn_varlen_func(*unpacked, cu, cu, 27, 27, causal=True)
+    else:
+        ref = flash_attn_func(*unpacked, causal=True)
+    ref_grads = torch.autograd.grad(ref, unpacked, dout)
+    assert torch.equal(out, ref)
+    assert torch.equal(grads[0], torch.stack(ref_grads[-parts:], dim=dim))
+    if q is not None:
+        assert torch.equal(grads[1], ref_grads[0])
+
+
 def test_gqa_gradients_sum_over_the_group():
     # MQA with identical query heads: dk and dv equal the per-head gradients summed.
     q1 = torch.randn(1, 19, 1, 16, dtype=torch.float64).float()
