@@ -16,6 +16,7 @@ if os.environ.setdefault("KERAS_BACKEND", "torch") != "torch":
 keras = pytest.importorskip("keras")
 
 import flashtron.keras as fk  # noqa: E402
+from flashtron.keras import fused as fk_fused  # noqa: E402
 from flashtron.keras import ops as fk_ops  # noqa: E402
 from conftest import INTERPRET  # noqa: E402
 from reference import assert_within_rule  # noqa: E402
@@ -25,14 +26,21 @@ KERAS_ATTENTION = keras.src.backend.torch.nn.dot_product_attention  # Keras's ow
 
 @pytest.fixture
 def count_flashtron_calls(monkeypatch):
+    """Records each call flashtron serves: flash_attn_func's keyword arguments (attention behind Keras's
+    sublayers) or, for a whole layer run by `fused`, {"fused": True, "dropout_p", "window"}."""
     calls = []
-    original = fk_ops.flash_attn_func
+    original, original_fused = fk_ops.flash_attn_func, fk_fused.multi_head_attention
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
         return original(*args, **kwargs)
 
+    def counting_fused(*args):
+        calls.append(dict(fused=True, window=args[-2], dropout_p=args[-1]))
+        return original_fused(*args)
+
     monkeypatch.setattr(fk_ops, "flash_attn_func", counting)
+    monkeypatch.setattr(fk_fused, "multi_head_attention", counting_fused)
     return calls
 
 
@@ -128,6 +136,140 @@ def test_multi_head_attention_matches_keras(case):
         torch.testing.assert_close(g, g_expected, rtol=1e-4, atol=1e-5)
 
 
+def _weights_as(source, target):
+    target.set_weights([w.astype(v.dtype) for w, v in zip(source.get_weights(), target.weights)])
+
+
+def _layer_against_keras(dtype, inputs, call_kwargs, **config):
+    """flashtron's layer in `dtype` against Keras's own layer in float64 (the truth) and in `dtype`, one set of
+    weights: the output, the inputs' gradients and every weight's gradient, by flash-attn's 2x / 3x rule."""
+    layers = {d: keras.layers.MultiHeadAttention(dtype=d, **config) for d in ("float64", dtype)}
+    ours = fk.MultiHeadAttention(dtype=dtype, **config)
+    for layer in (*layers.values(), ours):
+        layer(*inputs)
+        _weights_as(layers["float64"], layer)
+    compute = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
+               "mixed_float16": torch.float16}
+    grad_out = torch.randn(inputs[0].shape[:-1] + (config.get("output_shape") or inputs[0].shape[-1],))
+
+    def run(layer, dtype):
+        leaves = [t.to(compute[dtype]).requires_grad_() for t in inputs]
+        if len(leaves) == 2 and inputs[0] is inputs[1]:  # self-attention: one tensor
+            leaves[1] = leaves[0]
+        args = dict(zip(("query", "value", "key"), leaves))
+        out = layer(**args, **call_kwargs)
+        variables = [v.value for v in layer.trainable_variables]
+        distinct = list({id(t): t for t in leaves}.values())
+        return out, torch.autograd.grad(out, distinct + variables, grad_out.to(out))
+
+    truth, plain, got = run(layers["float64"], "float64"), run(layers[dtype], dtype), run(ours, dtype)
+    assert_within_rule("out", got[0], truth[0], plain[0], 2)
+    names = [f"gradient {i}" for i in range(len(got[1]))]
+    for name, g, g_truth, g_plain in zip(names, got[1], truth[1], plain[1]):
+        assert g.dtype == g_plain.dtype, name
+        assert_within_rule(name, g, g_truth, g_plain, 3)
+
+
+@pytest.mark.parametrize("inputs", ["self", "cross", "three"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_whole_layer_path_matches_keras(inputs, causal, count_flashtron_calls):
+    """Plain calls run the layer as one Function (projections included): self-attention (one tensor, q, k, v
+    projected together), cross-attention (key is value) and three inputs; causal with fewer keys than
+    queries (a window of right = T - S); with and without biases."""
+    query = torch.randn(2, 9, 12)
+    tensors = {"self": (query, query), "cross": (query, torch.randn(2, 7, 10)),
+               "three": (query, torch.randn(2, 7, 10), torch.randn(2, 7, 6))}[inputs]
+    for use_bias in (True, False):
+        _layer_against_keras("float32", tensors, dict(use_causal_mask=causal), num_heads=3, key_dim=8,
+                             use_bias=use_bias)
+        window = ((-1, 0) if inputs == "self" else (-1, 2)) if causal else (-1, -1)
+        assert count_flashtron_calls[-1] == dict(fused=True, dropout_p=0.0, window=window)
+    assert all(call.get("fused") for call in count_flashtron_calls)
+
+
+def test_whole_layer_path_under_a_mixed_policy(count_flashtron_calls):
+    """float32 variables, float16 compute: the kernels are cast as Keras's sublayers cast them, and their
+    gradients come back in float32."""
+    query = torch.randn(2, 11, 16)
+    _layer_against_keras("mixed_float16", (query, query), dict(use_causal_mask=True), num_heads=2, key_dim=16,
+                         output_shape=8)
+    assert all(call.get("fused") for call in count_flashtron_calls)
+    assert count_flashtron_calls[-1]["window"] == (-1, 0)
+
+
+@pytest.mark.gpu
+def test_whole_layer_path_on_the_gpu(count_flashtron_calls, monkeypatch):
+    """bfloat16 self-attention with head dim 128 on CUDA tensors: the GPU engine's kernels (on an sm_90 GPU the
+    Hopper backward, writing into the packed gradient)."""
+    from flashtron.kernels import hopper_backward
+    contiguous = []
+    original = hopper_backward.backward
+    monkeypatch.setattr(hopper_backward, "backward",
+                        lambda *args, **kwargs: contiguous.append(args[7].is_contiguous()) or original(*args, **kwargs))
+    query = torch.randn(2, 600, 256, device="cuda")
+    _layer_against_keras("bfloat16", (query, query), dict(use_causal_mask=True), num_heads=2, key_dim=128)
+    assert count_flashtron_calls and all(call.get("fused") for call in count_flashtron_calls)
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert contiguous and not any(contiguous)
+
+
+@pytest.mark.parametrize("case", ["attention_mask", "keras_mask", "value_dim", "scores", "lora", "keys_past_queries",
+                                  "float64"])
+def test_whole_layer_path_leaves_the_rest_to_keras(case, count_flashtron_calls):
+    """What the one-Function path does not do goes through Keras's call (and flashtron's attention where it
+    can), with the same results as Keras's layer."""
+    config = dict(num_heads=2, key_dim=8, value_dim=6 if case == "value_dim" else None,
+                  dtype="float64" if case == "float64" else None)
+    plain, ours = keras.layers.MultiHeadAttention(**config), fk.MultiHeadAttention(**config)
+    query, value = torch.randn(2, 7, 12), torch.randn(2, 9 if case == "keys_past_queries" else 7, 12)
+    plain(query, value), ours(query, value)
+    ours.set_weights(plain.get_weights())
+    if case == "lora":
+        for layer in (plain, ours):
+            layer._query_dense.enable_lora(2)
+        lora_b = plain._query_dense.lora_kernel_b  # zeros when enabled: make the adapter count
+        lora_b.assign(torch.randn(*lora_b.shape) * 0.1)
+        ours.set_weights(plain.get_weights())
+    kwargs = dict(use_causal_mask=True)
+    # Every query keeps its first key: Keras averages the values of a query with none, flashtron gives 0.
+    if case == "attention_mask":
+        kwargs["attention_mask"] = torch.rand(2, 7, 7) > 0.3
+        kwargs["attention_mask"][..., 0] = True
+    elif case == "keras_mask":
+        value_mask = torch.rand(2, 7) > 0.2
+        value_mask[:, 0] = True
+    elif case == "scores":
+        kwargs["return_attention_scores"] = True
+    count_flashtron_calls.clear()
+    results = []
+    for layer in (ours, plain):
+        if case == "keras_mask":
+            value._keras_mask = value_mask  # each call takes it off
+        results.append(layer(query, value, **kwargs))
+    got, expected = results
+    for g, e in zip(*((got, expected) if case == "scores" else ((got,), (expected,)))):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    assert not any(call.get("fused") for call in count_flashtron_calls)
+    assert len(count_flashtron_calls) == (0 if case in ("scores", "float64") else 1)
+
+
+def test_whole_layer_dropout_matches_the_attention_path():
+    """Attention dropout in the one-Function path draws the same mask as flashtron's attention behind Keras's
+    sublayers (one seed from torch's generator per call), and its backward regenerates that mask."""
+    _, ours = _layer_pair(num_heads=2, key_dim=8, dropout=0.4)
+    query = torch.randn(2, 7, 12)
+    keep_all = torch.ones(2, 7, 7, dtype=torch.bool)  # an attention mask: Keras's call and flashtron's attention
+    results = []
+    for kwargs in (dict(), dict(attention_mask=keep_all)):
+        x = query.clone().requires_grad_()
+        torch.manual_seed(11)
+        out = ours(x, x, training=True, use_causal_mask=True, **kwargs)
+        weights = [v.value for v in ours.trainable_variables]
+        results.append((out, *torch.autograd.grad(out.square().sum(), [x] + weights)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_dropout_runs_in_training_only(count_flashtron_calls):
     _, ours = _layer_pair(num_heads=2, key_dim=8, dropout=0.3)
     count_flashtron_calls.clear()
@@ -189,7 +331,7 @@ def test_enable_routes_keras_to_flashtron(enabled, count_flashtron_calls):
     layer = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8, dropout=0.2)
     x = torch.randn(2, 5, 12)
     layer(x, x, use_causal_mask=True, training=True)
-    assert count_flashtron_calls[-1]["dropout_p"] == 0.2 and count_flashtron_calls[-1]["causal"]
+    assert count_flashtron_calls[-1] == dict(fused=True, dropout_p=0.2, window=(-1, 0))
     _, scores = layer(x, x, return_attention_scores=True)  # Keras alone refuses this with flash on
     assert scores.shape == (2, 2, 5, 5)
     keras.config.disable_flash_attention()

@@ -1,10 +1,16 @@
 """`MultiHeadAttention`: keras.layers.MultiHeadAttention with its attention computed by flashtron.
 
-The subclass keeps Keras's arguments, sublayers, weights and config, and replaces three methods:
+The subclass keeps Keras's arguments, sublayers, weights and config, and replaces four methods:
 `__init__` (so attention dropout may be combined with flash attention, which flashtron supports
-and Keras's own flash path refuses), `_compute_attention_mask` and `_compute_attention`.  The
+and Keras's own flash path refuses), `call`, `_compute_attention_mask` and `_compute_attention`.  The
 module-level functions below are those replacements; `flashtron.keras.enable()` installs the
 same functions on keras.layers.MultiHeadAttention itself.
+
+`call` runs the whole layer (projections, attention, output projection) as one autograd Function
+(`flashtron.keras.fused`) when nothing beyond a causal mask and attention dropout is asked of it: no
+masks, no returned scores, one attention axis, key_dim == value_dim, plain EinsumDense sublayers (no
+LoRA, quantization or activity regularizer), eager PyTorch on CUDA or CPU tensors.  Other calls run
+Keras's own `call`, whose sublayers project and whose attention goes through the two methods below.
 
 A causal mask is never materialised: `_compute_attention_mask` builds Keras's mask without the
 causal part and leaves a note on the layer, which `_compute_attention` turns into flashtron's
@@ -17,14 +23,19 @@ Keras's seed.  A query whose every key is masked gets output 0 (Keras's path ave
 import inspect
 
 import keras
+from keras.src import backend as keras_backend
+import torch
 
+from flashtron import ops
+from flashtron.keras import fused
 from flashtron.keras.ops import SUPPORTED_DTYPES, attention, require_torch_backend
+from flashtron.sdpa import top_left_causal
 
 __all__ = ["MultiHeadAttention"]
 
 _KERAS_MHA = keras.layers.MultiHeadAttention
 # Keras's own methods, kept before enable() replaces them on the class.
-KERAS_METHODS = {name: _KERAS_MHA.__dict__[name] for name in ("__init__", "_compute_attention",
+KERAS_METHODS = {name: _KERAS_MHA.__dict__[name] for name in ("__init__", "call", "_compute_attention",
                                                              "_compute_attention_mask")}
 _KERAS_INIT_SIGNATURE = inspect.signature(KERAS_METHODS["__init__"])
 
@@ -43,6 +54,70 @@ def init_allowing_dropout(layer, *args, **kwargs):
     bound.arguments["dropout"] = 0.0
     KERAS_METHODS["__init__"](*bound.args, **bound.kwargs)
     layer._dropout = dropout  # read when the Dropout sublayer is built, and by get_config
+
+
+_PROJECTION = "abc,cde->abde"  # EinsumDense's equations for rank-3 inputs and one attention axis
+_OUTPUT = "abcd,cde->abe"
+
+
+def _plain_dense(dense, equation: str, compute_dtype) -> bool:
+    """An EinsumDense that is one matrix product and a bias: the arithmetic `fused` does in its place."""
+    return (dense.equation == equation and dense.activation in (None, keras.activations.linear)
+            and not dense.lora_enabled and dense.quantization_mode is None and dense.activity_regularizer is None
+            and dense.compute_dtype == compute_dtype)
+
+
+def _fused_arguments(layer, query, key, value, masks, return_attention_scores, use_causal_mask):
+    """multi_head_attention's weights and attention arguments for this call, or None where it needs
+    Keras's own call."""
+    inputs = (query, key, value)
+    if (return_attention_scores or any(m is not None for m in masks) or not uses_flashtron(layer)
+            or not all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in inputs)
+            or any(keras_backend.get_keras_mask(t) is not None for t in inputs)
+            or getattr(layer, "_use_gate", False) or getattr(layer, "_sliding_window", None) is not None
+            or tuple(layer._attention_axes) != (1,) or layer._key_dim != layer._value_dim
+            or query.device.type not in ("cuda", "cpu") or not ops._eager(*inputs)):
+        return None
+    dtype = query.dtype
+    if (dtype not in SUPPORTED_DTYPES or key.dtype != dtype or value.dtype != dtype
+            or keras.backend.standardize_dtype(layer.compute_dtype) != str(dtype).removeprefix("torch.")):
+        return None
+    projections = (layer._query_dense, layer._key_dense, layer._value_dense)
+    if (not all(_plain_dense(d, _PROJECTION, layer.compute_dtype) for d in projections)
+            or not _plain_dense(layer._output_dense, _OUTPUT, layer.compute_dtype)):
+        return None
+    window = (-1, -1)
+    if use_causal_mask:
+        kept, _, window = top_left_causal(query.shape[1], key.shape[1])
+        if kept < key.shape[1]:  # keys no query sees: Keras's path slices them off
+            return None
+    weights = []
+    for dense in projections:  # .value: cast to the compute dtype under a mixed policy, as the sublayer would
+        weights += [dense.kernel.value.reshape(dense.kernel.shape[0], -1),
+                    None if dense.bias is None else dense.bias.value.reshape(-1)]
+    output = layer._output_dense
+    weights += [output.kernel.value.reshape(-1, output.kernel.shape[-1]),
+                None if output.bias is None else output.bias.value]
+    if any(w is not None and w.dtype != dtype for w in weights):
+        return None
+    return weights, window
+
+
+def call(layer, query, value, key=None, query_mask=None, value_mask=None, key_mask=None, attention_mask=None,
+         return_attention_scores=False, training=None, use_causal_mask=False):
+    """keras.layers.MultiHeadAttention.call: the whole layer in `fused` where it can, else Keras's call."""
+    masks = (query_mask, value_mask, key_mask, attention_mask)
+    arguments = _fused_arguments(layer, query, value if key is None else key, value, masks,
+                                 return_attention_scores, use_causal_mask)
+    if arguments is None:
+        return KERAS_METHODS["call"](layer, query, value, key=key, query_mask=query_mask, value_mask=value_mask,
+                                     key_mask=key_mask, attention_mask=attention_mask,
+                                     return_attention_scores=return_attention_scores, training=training,
+                                     use_causal_mask=use_causal_mask)
+    weights, window = arguments
+    dropout_p = layer._dropout if training and layer._dropout > 0 else 0.0
+    return fused.multi_head_attention(query, value if key is None else key, value, *weights, layer._num_heads,
+                                      layer._inverse_sqrt_key_dim, window, dropout_p)
 
 
 def compute_attention_mask(layer, query, value, query_mask=None, value_mask=None, key_mask=None, attention_mask=None,
@@ -99,6 +174,12 @@ class MultiHeadAttention(_KERAS_MHA):
         require_torch_backend("flashtron.keras.MultiHeadAttention")
         init_allowing_dropout(self, *args, **kwargs)
         self._flashtron_causal = False
+
+    def call(self, query, value, key=None, query_mask=None, value_mask=None, key_mask=None, attention_mask=None,
+             return_attention_scores=False, training=None, use_causal_mask=False):
+        return call(self, query, value, key=key, query_mask=query_mask, value_mask=value_mask, key_mask=key_mask,
+                    attention_mask=attention_mask, return_attention_scores=return_attention_scores,
+                    training=training, use_causal_mask=use_causal_mask)
 
     def _compute_attention_mask(self, query, value, query_mask=None, value_mask=None, key_mask=None,
                                 attention_mask=None, use_causal_mask=False):

@@ -7,8 +7,8 @@ After enable(), with Keras's PyTorch backend:
   itself refuses outside JAX on TPU.  The hook is the backend function that keras.ops calls,
   keras.src.backend.torch.nn.dot_product_attention, plus the public function for the soft cap.
 - keras.layers.MultiHeadAttention computes its attention with flashtron (dropout, masks and causal
-  masks included) unless flash attention is off for the layer, through the same three methods as
-  flashtron.keras.MultiHeadAttention.
+  masks included) unless flash attention is off for the layer, through the same four methods as
+  flashtron.keras.MultiHeadAttention; plain calls run the whole layer as one Function (`fused`).
 Keras's own code still runs for what flashtron cannot do: float64, returned attention scores,
 attention over several axes, inputs that are not 4-D.  disable() puts Keras's functions back.
 """
@@ -61,6 +61,7 @@ def _targets():
     return ([(keras_backend.nn, "dot_product_attention", _backend_dot_product_attention)]
             + [(owner, "dot_product_attention", _ops_dot_product_attention) for owner in public_ops]
             + [(mha, "__init__", layers.init_allowing_dropout),
+               (mha, "call", layers.call),
                (mha, "_compute_attention", layers.compute_attention),
                (mha, "_compute_attention_mask", layers.compute_attention_mask)])
 
