@@ -128,7 +128,7 @@ def test_packed_calls_reach_the_kernels_as_one_batch_entry(monkeypatch):
     device = KERNEL_DEVICE
     seen = []
 
-    def refuse(*args):
+    def refuse(*args, **kwargs):
         seen.append(args)
         return "recorded"
 

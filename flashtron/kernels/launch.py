@@ -311,7 +311,7 @@ def backward(dout, q, k, v, out, lse, softmax_scale: float, window_left: int, wi
                                   max_seqlen_k)
         if hopper_backward.unsupported_reason(*hopper[0][:4], softmax_scale, window_left, window_right, softcap,
                                               alibi_slopes, sinks, dropout_p, plain, hopper[1],
-                                              hopper[0][5:] if grads else ()) is None:
+                                              grads=hopper[0][5:] if grads else ()) is None:
             hopper_backward.backward(*hopper[0][:5], lse, delta, *hopper[0][5:], softmax_scale, window_left,
                                      window_right, hopper[2])
             return dq, dk, dv, sink_gradient(sinks, lse, delta), _bias_gradient(None, attn_bias, lse)
