@@ -106,9 +106,9 @@ def _fused_arguments(layer, query, key, value, masks, return_attention_scores, u
 def call(layer, query, value, key=None, query_mask=None, value_mask=None, key_mask=None, attention_mask=None,
          return_attention_scores=False, training=None, use_causal_mask=False):
     """keras.layers.MultiHeadAttention.call: the whole layer in `fused` where it can, else Keras's call."""
+    key = value if key is None else key  # as Keras's call does first
     masks = (query_mask, value_mask, key_mask, attention_mask)
-    arguments = _fused_arguments(layer, query, value if key is None else key, value, masks,
-                                 return_attention_scores, use_causal_mask)
+    arguments = _fused_arguments(layer, query, key, value, masks, return_attention_scores, use_causal_mask)
     if arguments is None:
         return KERAS_METHODS["call"](layer, query, value, key=key, query_mask=query_mask, value_mask=value_mask,
                                      key_mask=key_mask, attention_mask=attention_mask,
@@ -116,8 +116,8 @@ def call(layer, query, value, key=None, query_mask=None, value_mask=None, key_ma
                                      use_causal_mask=use_causal_mask)
     weights, window = arguments
     dropout_p = layer._dropout if training and layer._dropout > 0 else 0.0
-    return fused.multi_head_attention(query, value if key is None else key, value, *weights, layer._num_heads,
-                                      layer._inverse_sqrt_key_dim, window, dropout_p)
+    return fused.multi_head_attention(query, key, value, *weights, layer._num_heads, layer._inverse_sqrt_key_dim,
+                                      window, dropout_p)
 
 
 def compute_attention_mask(layer, query, value, query_mask=None, value_mask=None, key_mask=None, attention_mask=None,
