@@ -81,10 +81,7 @@ def _attention(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     # torch.set_float32_matmul_precision("high") sets this flag; reading it (unlike the
     # precision string) traces under torch.compile without a graph break.
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    # One seed per call from torch's generator for q's device (torch.manual_seed reproduces it); it
-    # stays on the device, so no host synchronisation.  The kernels derive every draw from it.
-    dropout_seed = (torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64) if dropout_p > 0
-                    else None)
+    dropout_seed = ops.dropout_seed(dropout_p, q.device)
     out, softmax_lse = ops.attention(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
                                      dropout_p, dropout_seed, allow_tf32, **layout, attn_bias=attn_bias,
                                      descale=descale, deterministic=deterministic, packed=packed)

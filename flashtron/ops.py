@@ -212,6 +212,14 @@ class _PackedAttention(torch.autograd.Function):
         return (dpacked, None, None if len(parts) == 3 else gradients[0], None, None, *gradients[3:])
 
 
+def dropout_seed(dropout_p: float, device) -> Optional[torch.Tensor]:
+    """With dropout, one seed per call from torch's generator for the device (torch.manual_seed reproduces it); it
+    stays on the device, so no host synchronisation.  The kernels derive every draw from it.  None without."""
+    if dropout_p == 0:
+        return None
+    return torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
+
+
 def _packed_views(packed, q, k, v) -> bool:
     """Whether k and v (and q, when packed holds three) are packed's parts along packed[1] as they are."""
     tensor, dim = packed

@@ -136,9 +136,7 @@ def ring_params(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, 
 def new_base_seed(q, params: RingParams) -> Optional[torch.Tensor]:
     """With dropout, one base seed per call from torch's generator for q's device (torch.manual_seed
     reproduces it); every block call derives its own from it (`block_seed`)."""
-    if params.dropout_p == 0:
-        return None
-    return torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
+    return ops.dropout_seed(params.dropout_p, q.device)
 
 
 def _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,

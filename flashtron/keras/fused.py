@@ -62,7 +62,7 @@ class _MultiHeadAttention(torch.autograd.Function):
             group_weights.append(w)
         q, k, v = validation.check_qkv(*projected, names=("query", "key", "value"))
         allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-        seed = (torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64) if dropout_p > 0 else None)
+        seed = ops.dropout_seed(dropout_p, q.device)
         attention = (softmax_scale, *window, 0.0, None, None, dropout_p, seed, allow_tf32)
         out, lse = ops._engine(q).forward(q, k, v, *attention)
         out_flat = out.view(-1, out.shape[-2] * out.shape[-1])
