@@ -109,8 +109,11 @@ def _backward_cases():
     from flashtron.kernels import hopper_backward
     compiled = _install(hopper_backward, ["attention_backward_preprocess", "hopper_backward_kernel",
                                           "attention_backward_postprocess"])
-    cases = [(2, 1000, 1100, 4, 2, 128, (-1, 0), False), (1, 2048, 2048, 2, 2, 64, (-1, -1), False),
-             (2, 700, 700, 2, 2, 128, (1024, 0), False), (1, 900, 900, 4, 2, 64, (-1, 0), True)]
+    # Persistent (hopper_backward._persistent: short dense calls, windows) and one program per tile (longer ones,
+    # D = 64 without a mask, variable-length batches without a left edge).
+    cases = [(2, 1000, 1100, 4, 2, 128, (-1, 0), False), (1, 4096, 4096, 2, 2, 128, (-1, 0), False),
+             (1, 2048, 2048, 2, 2, 64, (-1, -1), False), (2, 700, 700, 2, 2, 128, (1024, 0), False),
+             (1, 900, 900, 4, 2, 64, (-1, 0), True)]
     for batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, window, varlen in cases:
         q, dout, out = (_tensors((batch, seqlen_q, heads, head_dim)) for _ in range(3))
         k, v = (_tensors((batch, seqlen_k, heads_kv, head_dim)) for _ in range(2))

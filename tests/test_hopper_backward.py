@@ -135,18 +135,35 @@ def test_windows_match_oracle(shape, window, launches):
 @pytest.mark.gpu
 @on_hopper
 @over_shapes
-@pytest.mark.parametrize("window", [(100, 0), (300, 50)], ids=lambda w: f"{w[0]}_{w[1]}")
+@pytest.mark.parametrize("window", [(100, 0), (300, 50), (-1, 0), (-1, -1)], ids=lambda w: f"{w[0]}_{w[1]}")
 @pytest.mark.parametrize("programs", [1, 3])
 def test_persistent_programs_take_many_tiles(shape, window, programs, launches, monkeypatch):
-    """Windowed calls run one program per SM, each taking its next tile from a counter as it finishes one (the
-    tile numbers' hand-over to the consumers, ring phases, the K/V hand-over and key blocks no query sees
-    carried from tile to tile).  The test shapes have fewer tiles than an H200 has SMs, so the SM count is
-    lowered to give every program many tiles; the forward then takes the windowed tiles across heads
+    """The persistent build (one program per SM, each taking its next tile from a counter as it finishes one: the
+    tile numbers' hand-over to the consumers, ring phases, the K/V hand-over and key blocks no query sees carried
+    from tile to tile), for every shape and mask, also those `_persistent` gives one program per tile.  The SM
+    count is lowered to give every program many tiles; the forward then takes the windowed tiles across heads
     (hopper_forward.across_heads)."""
-    assert hopper_forward.across_heads(1, *window, None, programs)
-    assert hopper_backward._persistent(window[0])
+    if window[0] >= 0:
+        assert hopper_forward.across_heads(1, *window, None, programs)
+        assert hopper_backward._persistent(shape[-1], *window, None, 100000)
+    monkeypatch.setattr(hopper_backward, "_persistent", lambda *args: True)
     monkeypatch.setattr(hopper_backward.hardware, "sm_count", lambda device: programs)
     check_on_hopper(launches, shape, torch.bfloat16, False, window_size=window)
+
+
+def test_persistent_schedule_by_length_head_dim_and_mask():
+    """Which calls run the persistent build (`_persistent`): windows with a left edge always; dense calls up to
+    PERSISTENT_UP_TO tokens at D = 128 with any mask and at D = 64 with a right edge; nothing longer, and no
+    variable-length batch without a left edge."""
+    persistent, limit = hopper_backward._persistent, hopper_backward.PERSISTENT_UP_TO
+    varlen = (None, None, limit, limit)
+    for head_dim in (64, 128):
+        assert persistent(head_dim, 1024, 0, None, 10 * limit) and persistent(head_dim, 0, -1, varlen, 10 * limit)
+        assert persistent(head_dim, -1, 0, None, limit) and persistent(head_dim, -1, 300, None, limit)
+        assert not persistent(head_dim, -1, 0, None, limit + 1)
+        assert not persistent(head_dim, -1, 0, varlen, limit)
+    assert persistent(128, -1, -1, None, limit) and not persistent(128, -1, -1, None, limit + 1)
+    assert not persistent(64, -1, -1, None, 1024)
 
 
 def _gradients(q, k, v, dout, window):

@@ -607,12 +607,29 @@ if _GLUON:
                            [CONSUMER_REGS, CONSUMER_REGS])
 
 
-def _persistent(window_left: int) -> bool:
+PERSISTENT_UP_TO = 2048  # see _persistent
+
+
+def _persistent(head_dim: int, window_left: int, window_right: int, varlen, seqlen: int) -> bool:
     """Whether one program per SM takes tiles by arrival (PERSISTENT, see _producer) rather than one program
-    per tile.  Measured on an H200: 1.07x-1.09x for windows with a left edge, whose tiles are short (session 11,
-    then in the forward's static snake order; tiles by arrival added 1.00x-1.08x, session 15).  Causal and full
-    attention ran 0.95x-1.04x with tiles by arrival (session 15), so they keep the simpler grid."""
-    return window_left >= 0
+    per tile.  The persistent build releases K and V before a tile's epilogue, so the next tile's copy runs
+    under its dK and dV stores, but carries more state through the step loop (D = 128 causal: 44 bytes of
+    spills against 4).  Taken
+    - for windows with a left edge, whose tiles are short: 1.07x-1.09x (H200, session 11, then in the
+      forward's static snake order; tiles by arrival added 1.00x-1.08x, session 15; the early K/V release
+      1.022x-1.049x, session 31);
+    - for dense calls of at most PERSISTENT_UP_TO tokens (seqlen: the longer of Sq and Sk) at D = 128, and
+      causal ones (a right edge) at D = 64, whose tiles are a few steps long.  Forward+backward against one
+      program per tile (BENCHMARKS.md session 38, an H100 and an H200): D = 128 1.028x-1.039x at 1k and
+      1.009x-1.016x at 2k (4k 0.996x-1.010x), D = 64 causal 1.026x-1.034x at 1k-2k (4k 1.010x-1.012x); D = 64
+      without a mask 0.978x-1.010x at 1k-2k and 0.953x at 4k, so it keeps one program per tile, as do longer
+      calls (16k causal 0.948x-0.993x) and variable-length batches without a left edge (not measured), whose
+      tiles the hardware's order balances."""
+    if window_left >= 0:
+        return True
+    if varlen is not None or seqlen > PERSISTENT_UP_TO:
+        return False
+    return head_dim == 128 or window_right >= 0
 
 
 def _head_group(batch_heads: int, num_n_blocks: int, programs: int) -> int:
@@ -667,7 +684,7 @@ def backward(dout, q, k, v, out, lse, delta, dq, dk, dv, softmax_scale: float, w
     dk_desc, dv_desc = descriptor(dk, box), descriptor(dv, box)
     num_n_blocks = -(-seqlen_k // (2 * ROWS))
     num_tiles = num_n_blocks * batch * num_heads_kv
-    persistent = _persistent(window_left)
+    persistent = _persistent(head_dim, window_left, window_right, varlen, max(seqlen_q, seqlen_k))
     programs = hardware.sm_count(q.device)
     main = hopper_backward_kernel.prepare(
         (min(num_tiles, programs) if persistent else num_tiles, ),
