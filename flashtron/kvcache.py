@@ -43,6 +43,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     (batch, H, seqlen_q).  Forward only (inference).
     """
     paged = block_table is not None
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        # A copy with a unit stride (what check_qkv would make) would take the new tokens instead of the cache.
+        if isinstance(cache, torch.Tensor) and cache.dim() == 4 and cache.shape[-1] > 1 and cache.stride(-1) != 1:
+            raise ValueError(f"{name} must have a unit stride in its last (head) dimension: the cache is updated in "
+                             f"place; got strides {tuple(cache.stride())}")
     q_checked, k_cache, v_cache = validation.check_qkv(q, k_cache, v_cache, ("q", "k_cache", "v_cache"),
                                                        paged=True)
     batch = q.shape[0]
@@ -56,6 +61,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         raise NotImplementedError("cache_leftpad with a paged cache (block_table) is not supported")
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (new keys and values) or both left None")
+    if k is not None:
+        validation.require_tensor("k", k)
+        validation.require_tensor("v", v)
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin must be given together")
     if rotary_cos is not None and k is None:
@@ -64,9 +72,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         raise ValueError(f"num_splits must be an int >= 0 (0: automatic, 1: no split), got {num_splits!r}")
     validation.check_flag("return_softmax_lse", return_softmax_lse)
     validation.check_flag("rotary_interleaved", rotary_interleaved)
-    cache_rows = block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[1]
     if paged:
         block_table = validation.check_block_table(block_table, k_cache, batch, 0)
+    cache_rows = block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[1]
     seqlen_new = 0 if k is None else k.shape[1]
     cache_seqlens = _cache_seqlens(cache_seqlens, batch, cache_rows, seqlen_new, q.device)
     for name, index in (("cache_batch_idx", cache_batch_idx), ("cache_leftpad", cache_leftpad)):
@@ -77,11 +85,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         if not torch.compiler.is_compiling() and out_of_range.any():
             raise ValueError(f"cache_batch_idx entries must be in [0, {k_cache.shape[0]}), "
                              f"got {cache_batch_idx.tolist()}")
-
-    if k is not None:
-        update_kv_cache(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,
-                        cache_leftpad=cache_leftpad, block_table=block_table, rotary_cos=rotary_cos,
-                        rotary_sin=rotary_sin, rotary_interleaved=rotary_interleaved)
+    if cache_leftpad is not None and (q.device.type == "cpu" or validation.sequence_checks_enabled()):
+        # (Unchecked, the kernels clamp each row's padding to [0, its keys].)
+        if not torch.compiler.is_compiling() and ((cache_leftpad < 0) | (cache_leftpad > cache_seqlens)).any():
+            raise ValueError(f"cache_leftpad entries must lie in [0, cache_seqlens[b]], got {cache_leftpad.tolist()} "
+                             f"for cache_seqlens {cache_seqlens.tolist()}")
     softmax_scale = validation.softmax_scale_or_default(softmax_scale, q.shape[-1])
     window_left, window_right = validation.window_bounds(causal, window_size)
     softcap = validation.check_softcap(softcap)
@@ -89,6 +97,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     if rotary_cos is not None:
         q_checked = _rotate_queries(q_checked, rotary_cos, rotary_sin, cache_seqlens, cache_leftpad,
                                     rotary_interleaved, tokens_at_one_position=window_left < 0 and window_right < 0)
+    # Everything is checked before the cache changes.
+    if k is not None:
+        update_kv_cache(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,
+                        cache_leftpad=cache_leftpad, block_table=block_table, rotary_cos=rotary_cos,
+                        rotary_sin=rotary_sin, rotary_interleaved=rotary_interleaved)
 
     # Keys of row b: [cache_leftpad[b], cache_seqlens[b] + seqlen_new) (the kernel subtracts the padding).
     # (No new tokens: cache_seqlens itself, which spares a decoding step an elementwise kernel.)

@@ -256,3 +256,74 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="cache_batch_idx entries"):
         flash_attn_with_kvcache(q, cache, cache.clone(), cache_seqlens=4,
                                 cache_batch_idx=torch.tensor([0, 2], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("bad,error", [
+    (dict(softcap=-1.0), ValueError), (dict(window_size=(-2, 0)), ValueError),
+    (dict(softmax_scale=float("nan")), ValueError), (dict(causal="yes"), TypeError),
+    (dict(alibi_slopes=torch.ones(3)), ValueError),
+    (dict(rotary_cos=torch.ones(4, 4), rotary_sin=torch.zeros(4, 4)), ValueError),  # table too short for the positions
+])
+def test_bad_input_leaves_the_cache_alone(bad, error):
+    """Every argument is checked before the new tokens are written: a call that raises changes no cache entry."""
+    q = torch.randn(2, 1, HEADS, HEAD_DIM)
+    cache = torch.randn(2, 10, HEADS_KV, HEAD_DIM)
+    new = torch.randn(2, 3, HEADS_KV, HEAD_DIM)
+    k_cache, v_cache = cache.clone(), cache.clone() + 1
+    with pytest.raises(error):
+        flash_attn_with_kvcache(q, k_cache, v_cache, new, new, cache_seqlens=4, **bad)
+    assert torch.equal(k_cache, cache) and torch.equal(v_cache, cache + 1)
+
+
+@pytest.mark.parametrize("with_new", [False, True])
+@pytest.mark.parametrize("leftpad", [[-2, 0], [0, 6]])
+def test_cache_leftpad_values_are_checked(with_new, leftpad):
+    """cache_leftpad must lie in [0, cache_seqlens[b]], with or without new tokens."""
+    q = torch.randn(2, 1, HEADS, HEAD_DIM)
+    cache = torch.randn(2, 10, HEADS_KV, HEAD_DIM)
+    new = (torch.randn(2, 1, HEADS_KV, HEAD_DIM), ) * 2 if with_new else (None, None)
+    with pytest.raises(ValueError, match="cache_leftpad entries"):
+        flash_attn_with_kvcache(q, cache, cache.clone(), *new, cache_seqlens=torch.tensor([3, 5], dtype=torch.int32),
+                                cache_leftpad=torch.tensor(leftpad, dtype=torch.int32))
+
+
+@triton_kernel
+def test_kernel_clamps_cache_leftpad():
+    """Where the host does not check cache_leftpad (a GPU without set_sequence_checks), the kernel clamps each
+    row's padding to [0, its keys]: a negative one reads from the row's start, a too large one leaves no keys,
+    and neither reads outside the cache.  Called below the host checks, with the cache's neighbours poisoned."""
+    from flashtron import ops
+    q = torch.randn(3, 1, HEADS, HEAD_DIM, dtype=torch.float16)
+    storage = torch.full((5, 9, HEADS_KV, HEAD_DIM), float("nan"), dtype=torch.float16)
+    storage[1:4] = torch.randn(3, 9, HEADS_KV, HEAD_DIM, dtype=torch.float16)
+    cache = storage[1:4]
+    seqused = torch.tensor([7, 7, 7], dtype=torch.int32)
+
+    def attend(leftpad):
+        return ops.attention(q, cache, cache, HEAD_DIM ** -0.5, -1, -1, 0.0, None, None, 0.0, None, False,
+                             seqused_k=seqused, cache_leftpad=torch.tensor(leftpad, dtype=torch.int32), pack_gqa=True)
+
+    out, lse = attend([-3, 2, 50])
+    out_ok, lse_ok = attend([0, 2, 0])
+    assert torch.equal(out[:2], out_ok[:2]) and torch.equal(lse[:2], lse_ok[:2])
+    assert torch.equal(out[2], torch.zeros_like(out[2])) and bool((lse[2] == float("inf")).all())
+
+
+def test_cache_argument_checks():
+    q = torch.randn(2, 1, HEADS, HEAD_DIM)
+    cache = torch.randn(2, 10, HEADS_KV, HEAD_DIM)
+    strided = torch.randn(2, 10, HEADS_KV, 2 * HEAD_DIM)[..., ::2]
+    new = torch.randn(2, 1, HEADS_KV, HEAD_DIM)
+    with pytest.raises(ValueError, match="k_cache must have a unit stride"):  # the new tokens would go to a copy
+        flash_attn_with_kvcache(q, strided, cache.clone(), new, new, cache_seqlens=4)
+    with pytest.raises(ValueError, match="v_cache must have a unit stride"):
+        flash_attn_with_kvcache(q, cache, strided, cache_seqlens=4)
+    with pytest.raises(ValueError, match="k_cache has 24, v_cache has 8"):  # the messages name the cache arguments
+        flash_attn_with_kvcache(q, cache, cache[..., :8].contiguous(), cache_seqlens=4)
+    pages = torch.randn(4, 5, HEADS_KV, HEAD_DIM)
+    with pytest.raises(ValueError, match="block_table must have shape"):
+        flash_attn_with_kvcache(q, pages, pages, cache_seqlens=3, block_table=torch.tensor([0, 1], dtype=torch.int32))
+    with pytest.raises(TypeError, match="block_table must be a torch.Tensor"):
+        flash_attn_with_kvcache(q, pages, pages, cache_seqlens=3, block_table=[[0, 1], [2, 3]])
+    with pytest.raises(TypeError, match="k must be a torch.Tensor"):
+        flash_attn_with_kvcache(q, cache, cache.clone(), [[1.0]], new, cache_seqlens=4)

@@ -44,7 +44,9 @@ def key_extent(CuSeqlensK, SeqUsedK, LeftPadK, KVBatchIdx, batch, max_seqlen_k,
     if PAGED:
         k_start = k_start * 0
     if LEFTPAD:
-        pad = tl.load(LeftPadK + batch)
+        # Clamped to [0, seqlen_k]: the host checks the values only where that is cheap (set_sequence_checks), and
+        # a bad one must not move the reads out of the cache's row.
+        pad = tl.minimum(tl.maximum(tl.load(LeftPadK + batch), 0), seqlen_k)
         k_start = k_start + pad
         seqlen_k = seqlen_k - pad
     return kv_batch, k_start, seqlen_k
