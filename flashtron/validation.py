@@ -60,7 +60,8 @@ def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False, paged: bool 
     for name, t in ((k_name, k), (v_name, v)):
         _require_rank(name, t, rank, layout)
     if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device, got q on {q.device}, k on {k.device}, v on {v.device}")
+        raise ValueError(f"{q_name}, {k_name} and {v_name} must be on one device, got {q_name} on {q.device}, "
+                         f"{k_name} on {k.device}, {v_name} on {v.device}")
     if q.device.type not in ("cuda", "cpu"):
         raise NotImplementedError(f"{q_name} is on device {q.device}; flashtron runs on CUDA GPUs and on the CPU")
     if q.dtype == FP8_DTYPE and not allow_fp8:
@@ -74,13 +75,15 @@ def check_qkv(q, k, v, names=("q", "k", "v"), varlen: bool = False, paged: bool 
             raise TypeError(f"{name} has dtype {t.dtype}, but {q_name} has dtype {q.dtype}; they must match")
     num_heads, head_dim = q.shape[-2:]
     if not varlen and not paged and (k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]):
-        raise ValueError(f"batch sizes differ: q has {q.shape[0]}, k has {k.shape[0]}, v has {v.shape[0]}")
+        raise ValueError(f"batch sizes differ: {q_name} has {q.shape[0]}, {k_name} has {k.shape[0]}, {v_name} has "
+                         f"{v.shape[0]}")
     if v.shape[:-1] != k.shape[:-1]:
         what = "(total_tokens, num_heads)" if varlen else "(batch, seqlen, num_heads)"
-        raise ValueError(f"k and v must agree in {what}, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+        raise ValueError(f"{k_name} and {v_name} must agree in {what}, got {k_name} {tuple(k.shape)} and {v_name} "
+                         f"{tuple(v.shape)}")
     if k.shape[-1] != head_dim or v.shape[-1] != head_dim:
-        raise ValueError(f"head dims differ: q has {head_dim}, k has {k.shape[-1]}, v has {v.shape[-1]}; "
-                         "they must be equal")
+        raise ValueError(f"head dims differ: {q_name} has {head_dim}, {k_name} has {k.shape[-1]}, {v_name} has "
+                         f"{v.shape[-1]}; they must be equal")
     if head_dim < 1:
         raise ValueError(f"head_dim (last dimension of q) must be at least 1, got {head_dim}")
     if head_dim > MAX_HEAD_DIM:
@@ -199,6 +202,12 @@ def check_block_table(block_table, k, batch: int, max_seqlen_k: int, name: str =
     return block_table.contiguous()
 
 
+# Magnitudes of the normal float32 numbers, within a factor 2 of the extremes: a scale or softcap outside them would
+# round to 0 or infinity in the kernels' float32 (a Python float beyond float32 also makes Triton type the argument
+# float64), and the scale's base-2 form (times log2 e) must stay finite.
+_FLOAT32_NORMAL = (2.0 ** -126, 2.0 ** 126)
+
+
 def softmax_scale_or_default(softmax_scale, head_dim: int) -> float:
     if softmax_scale is None:
         return head_dim ** -0.5
@@ -206,6 +215,9 @@ def softmax_scale_or_default(softmax_scale, head_dim: int) -> float:
         raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
     if not math.isfinite(softmax_scale):
         raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
+    if softmax_scale != 0 and not _FLOAT32_NORMAL[0] <= abs(softmax_scale) <= _FLOAT32_NORMAL[1]:
+        raise ValueError(f"softmax_scale must be 0 or of magnitude in [2**-126, 2**126] (the kernels compute in "
+                         f"float32), got {softmax_scale}")
     return float(softmax_scale)
 
 
@@ -242,6 +254,8 @@ def check_softcap(softcap) -> float:
     softcap = _require_real("softcap", softcap)
     if not (softcap >= 0.0 and math.isfinite(softcap)):
         raise ValueError(f"softcap must be a finite float >= 0 (0 disables it), got {softcap!r}")
+    if softcap != 0 and not _FLOAT32_NORMAL[0] <= softcap <= _FLOAT32_NORMAL[1]:
+        raise ValueError(f"softcap must be 0 or in [2**-126, 2**126] (the kernels compute in float32), got {softcap!r}")
     return softcap
 
 

@@ -95,9 +95,9 @@ def test_mixed_devices(meta):
 
 def test_mixed_devices_kvpacked():
     q, k, v = _qkv()
-    with pytest.raises(ValueError, match=r"one device.*q on cpu, k on meta"):
+    with pytest.raises(ValueError, match=r"one device.*q on cpu, kv on meta"):
         flash_attn_kvpacked_func(q, torch.stack([k, v], 2).to("meta"))
-    with pytest.raises(ValueError, match=r"one device.*q on meta, k on cpu"):
+    with pytest.raises(ValueError, match=r"one device.*q on meta, kv on cpu"):
         flash_attn_kvpacked_func(q.to("meta"), torch.stack([k, v], 2))
 
 
@@ -263,6 +263,22 @@ def test_softmax_scale_wrong_type(call, scale):
 def test_softmax_scale_not_finite(call, scale):
     with pytest.raises(ValueError, match=r"^softmax_scale must be finite"):
         call(*_qkv(), softmax_scale=scale)
+
+
+@ENTRY_POINTS
+@pytest.mark.parametrize("scale", [1e39, -3e38, 1e-50, -2.0 ** -127])
+def test_softmax_scale_beyond_float32(call, scale):
+    # Beyond float32's normal range the kernels' float32 scale would round to 0 or overflow (and Triton would type
+    # the argument float64); 0 and negative scales in range stay valid.
+    with pytest.raises(ValueError, match=r"^softmax_scale must be 0 or of magnitude"):
+        call(*_qkv(), softmax_scale=scale)
+
+
+@ENTRY_POINTS
+@pytest.mark.parametrize("softcap", [1e39, 1e-50])
+def test_softcap_beyond_float32(call, softcap):
+    with pytest.raises(ValueError, match=r"^softcap must be 0 or in"):
+        call(*_qkv(), softcap=softcap)
 
 
 @ENTRY_POINTS
