@@ -572,6 +572,12 @@ def test_errors_have_xformers_meaning():
         xf.memory_efficient_attention(q, k, torch.randn(2, 6, HEADS, 8))
     with pytest.raises(ValueError, match="must all be"):
         xf.memory_efficient_attention(q, k[:, :, 0], v)
+    # [B, M, H, K] needs query's H on key and value, expanded (stride 0) or not, as xFormers does.
+    for heads in (HEADS - 1, HEADS + 1):
+        with pytest.raises(ValueError, match="query's H"):
+            xf.memory_efficient_attention(q, k[:, :, :1].expand(-1, -1, heads, -1), v[:, :, :1].expand(-1, -1, heads, -1))
+    with pytest.raises(ValueError, match="query's H"):
+        xf.memory_efficient_attention(q, k[:, :, :1], v[:, :, :1])
     with pytest.raises(NotImplementedError, match="not supported"):
         xf.memory_efficient_attention(q, k, v, attn_bias=xb.AttentionBias())
 

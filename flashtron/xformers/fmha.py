@@ -61,6 +61,10 @@ def _flash_layout(query, key, value) -> Tuple[_Layout, torch.Tensor, torch.Tenso
     if query.ndim == 3:
         return _Layout(3), query.unsqueeze(2), key.unsqueeze(2), value.unsqueeze(2)
     if query.ndim == 4:
+        if key.shape[2] != query.shape[2] or value.shape[2] != query.shape[2]:
+            raise ValueError(f"[B, M, H, K] inputs need key and value with query's H = {query.shape[2]} (expand them "
+                             f"along H for multi-query attention, or use [B, M, G, H, K] for grouped-query); got key "
+                             f"{tuple(key.shape)}, value {tuple(value.shape)}")
         if _shares_heads(key, 2) and _shares_heads(value, 2) and key.shape[2] > 1:
             key, value = key[:, :, :1], value[:, :, :1]  # MQA written as an expand
         return _Layout(4), query, key, value
