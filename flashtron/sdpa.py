@@ -10,6 +10,8 @@ additive bias (a boolean mask is turned into 0 / -inf first). A query row that s
 output 0, as torch 2.13's math backend gives.
 """
 
+import math
+
 import torch
 
 from flashtron.interface import flash_attn_func
@@ -37,6 +39,8 @@ def _check_inputs(query, key, value):
             raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}; they must match")
     if key.shape[-1] != query.shape[-1]:
         raise ValueError(f"key's head dim ({key.shape[-1]}) must equal query's ({query.shape[-1]})")
+    if query.shape[-1] == 0:
+        raise ValueError("query and key need a head dim (last dimension) of at least 1, got 0")
     if key.shape[-2] != value.shape[-2]:
         raise ValueError(f"key and value must have the same sequence length, got {key.shape[-2]} and "
                          f"{value.shape[-2]}")
@@ -53,7 +57,7 @@ def _to_4d(query, key, value):
         raise ValueError(f"the batch dimensions of query {tuple(query.shape[:-3])}, key {tuple(key.shape[:-3])} "
                          f"and value {tuple(value.shape[:-3])} do not broadcast") from None
     # expand keeps views (stride 0); reshape copies only where a broadcast batch dim must be flattened
-    out = [t.expand(*lead, *t.shape[-3:]).reshape(-1, *t.shape[-3:]) for t in (query, key, value)]
+    out = [t.expand(*lead, *t.shape[-3:]).reshape(math.prod(lead), *t.shape[-3:]) for t in (query, key, value)]
     return (*out, tuple(lead))
 
 

@@ -104,6 +104,16 @@ def test_dropout_is_flash_attn_funcs_with_the_same_seed():
     assert not torch.allclose(ours, scaled_dot_product_attention(query, key, value))
 
 
+@pytest.mark.parametrize("shapes", [((1, 2, 0, 8), (1, 2, 5, 8)), ((1, 2, 4, 8), (1, 2, 0, 8)),
+                                    ((2, 3, 2, 4, 8), (2, 3, 2, 0, 8)), ((0, 2, 4, 8), (0, 2, 5, 8))],
+                         ids=["no-queries", "no-keys", "5d-no-keys", "no-batch"])
+def test_empty_sequences_match_torch(shapes):
+    query = torch.randn(*shapes[0])
+    key, value = torch.randn(*shapes[1]), torch.randn(*shapes[1])
+    ours = scaled_dot_product_attention(query, key, value)
+    assert torch.equal(ours, torch.nn.functional.scaled_dot_product_attention(query, key, value))
+
+
 def test_errors_name_the_argument():
     query, key, value = _draw(1, 4, 2, 5, 6, 8)
     with pytest.raises(ValueError, match="enable_gqa"):
