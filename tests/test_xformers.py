@@ -588,6 +588,11 @@ def test_top_left_blocks_with_different_offsets_are_refused_not_approximated():
     q, k, v = random_qkv(1, 7, 4, torch.float32)
     with pytest.raises(NotImplementedError, match="different flash-attn window"):
         xf.memory_efficient_attention(q, k, v, attn_bias=bias)
+    # One block with fewer keys than queries beside one with more: windows (-1, 0) and (-1, 5).
+    bias = xb.BlockDiagonalCausalMask.from_seqlens([5, 9], [8, 4], device="cpu")
+    q, k, v = random_qkv(1, 14, 12, torch.float32)
+    with pytest.raises(NotImplementedError, match=r"max\(num_queries - num_keys, 0\)"):
+        xf.memory_efficient_attention(q, k, v, attn_bias=bias)
 
 
 def test_bias_constructors_check_their_arguments():

@@ -127,8 +127,8 @@ def _common_window(bias, q_lengths: List[int], k_lengths: List[int]) -> Tuple[Tu
         raise NotImplementedError(
             f"{type(bias).__name__} with blocks of {q_lengths} queries and {k_lengths} keys: its top-left "
             f"alignment needs a different flash-attn window per block ({sorted(windows)}), and "
-            "flash_attn_varlen_func takes one; use equal (num_queries - num_keys) in every block with "
-            "fewer keys than queries, or the ...FromBottomRight form")
+            "flash_attn_varlen_func takes one; use blocks of equal max(num_queries - num_keys, 0), or the "
+            "...FromBottomRight form")
     return next(iter(windows), (-1, -1)), used
 
 
