@@ -4,8 +4,8 @@
 cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1 of each batch row b.  A dense cache
 (batch_cache, seqlen_cache, nheads_k, headdim) takes row b in cache row cache_batch_idx[b] (or b); a
 paged cache (num_blocks, page_size, nheads_k, headdim), any page_size >= 1, keeps position p of row b
-at [block_table[b, p // page_size], p % page_size].  With rotary_cos/rotary_sin, k is rotated first,
-token t of row b as position cache_seqlens[b] - cache_leftpad[b] + t; v never is.  The way down:
+at [block_table[b, p // page_size], p % page_size].  With rotary_cos/rotary_sin, k is rotated first, each
+token at the position it is written to (flash-attn's rule, left padding included); v never is.  The way down:
 checks here, then the custom op `flashtron::update_kv_cache` (mutates k_cache and v_cache; a fake
 implementation for torch.compile), then one Triton launch (`kernels.cache_update`: CUDA tensors, or
 CPU tensors under TRITON_INTERPRET=1) or indexed writes in PyTorch (CPU tensors).  Nothing reads a
@@ -30,14 +30,13 @@ _PAGED = "(num_blocks, page_size, nheads_k, headdim) (block_table given)"
 # ----------------------------------------------------------------------------------------------
 # The PyTorch engine (CPU tensors).
 
-def _update_torch(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
-                  rotary_cos, rotary_sin, rotary_interleaved) -> None:
+def _update_torch(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table, rotary_cos, rotary_sin,
+                  rotary_interleaved) -> None:
     """Same addressing and the same dropped out-of-range writes as the kernel."""
     batch, seqlen_new = k.shape[:2]
     positions = cache_seqlens.long()[:, None] + torch.arange(seqlen_new, device=k.device)[None, :]
     if rotary_cos is not None:
-        leftpad = 0 if cache_leftpad is None else cache_leftpad.long()[:, None]
-        k = rotate_torch(k, rotary_cos, rotary_sin, positions - leftpad, rotary_interleaved)
+        k = rotate_torch(k, rotary_cos, rotary_sin, positions, rotary_interleaved)
     page_size = k_cache.shape[1]
     page_index = positions.clamp(min=0) // page_size
     if block_table is not None:
@@ -58,18 +57,16 @@ def _update_torch(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_
 
 @torch.library.custom_op("flashtron::update_kv_cache", mutates_args=("k_cache", "v_cache"))
 def update_kv_cache_op(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, cache_seqlens: Tensor,
-                       cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor],
-                       block_table: Optional[Tensor], rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor],
+                       cache_batch_idx: Optional[Tensor], block_table: Optional[Tensor], rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor],
                        rotary_interleaved: bool) -> None:
     """Writes k (rotated when rotary_cos is given) and v into the caches; arguments already checked."""
     engine = kernels.update_kv_cache if use_triton(k) else _update_torch
-    engine(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table, rotary_cos,
-           rotary_sin, rotary_interleaved)
+    engine(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table, rotary_cos, rotary_sin,
+           rotary_interleaved)
 
 
 @update_kv_cache_op.register_fake
-def _(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table, rotary_cos, rotary_sin,
-      rotary_interleaved):
+def _(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table, rotary_cos, rotary_sin, rotary_interleaved):
     return None
 
 
@@ -122,19 +119,13 @@ def _check_tensors(k_cache, v_cache, k, v, paged: bool) -> None:
         raise ValueError(f"k_cache must have {what} (dimension 1) >= 1, got shape {tuple(k_cache.shape)}")
 
 
-def _check_values_on_host(k_cache, seqlen_new, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
-                          capacity: int) -> None:
+def _check_values_on_host(k_cache, seqlen_new, cache_seqlens, cache_batch_idx, block_table, capacity: int) -> None:
     """Checks that read index tensors: every write lands inside the cache."""
     seqlens = cache_seqlens.tolist()
     bad = [s for s in seqlens if s < 0 or s + seqlen_new > capacity]
     if bad:
         raise ValueError(f"cache_seqlens must hold values s with 0 <= s and s + seqlen_new <= {capacity} (the "
                          f"cache's length per sequence) for seqlen_new = {seqlen_new}, got {seqlens}")
-    if cache_leftpad is not None:
-        leftpad = cache_leftpad.tolist()
-        if any(p < 0 or p > s for p, s in zip(leftpad, seqlens)):
-            raise ValueError(f"cache_leftpad must hold values in [0, cache_seqlens[b]], got {leftpad} for "
-                             f"cache_seqlens {seqlens}")
     if cache_batch_idx is not None:
         rows = cache_batch_idx.tolist()
         if any(r < 0 or r >= k_cache.shape[0] for r in rows):
@@ -154,8 +145,7 @@ def _check_values_on_host(k_cache, seqlen_new, cache_seqlens, cache_batch_idx, c
 # Public function.
 
 def update_kv_cache(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, cache_seqlens: Tensor,
-                    cache_batch_idx: Optional[Tensor] = None, cache_leftpad: Optional[Tensor] = None,
-                    block_table: Optional[Tensor] = None, rotary_cos: Optional[Tensor] = None,
+                    cache_batch_idx: Optional[Tensor] = None, block_table: Optional[Tensor] = None, rotary_cos: Optional[Tensor] = None,
                     rotary_sin: Optional[Tensor] = None, rotary_interleaved: bool = True) -> None:
     """Write k and v into k_cache and v_cache in place (flash_attn_with_kvcache's append), rotating k first when
     rotary_cos and rotary_sin are given.
@@ -166,8 +156,9 @@ def update_kv_cache(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, cach
     caches (num_blocks, page_size, nheads_k, headdim) with block_table int32 (batch, max_blocks_per_seq):
     position p of row b is k_cache[block_table[b, p // page_size], p % page_size].  rotary_cos, rotary_sin:
     (seqlen_ro, rotary_dim / 2), k's dtype, seqlen_ro >= the cache's length per sequence; token t of row b is
-    rotated as position cache_seqlens[b] - cache_leftpad[b] + t (cache_leftpad int32 (batch,), None for 0),
-    pairs (2j, 2j + 1) when rotary_interleaved else (j, j + rotary_dim / 2).  v is never rotated.
+    rotated as position cache_seqlens[b] + t, where it is written (flash-attn's rule: a left-padded sequence's
+    positions count its padding), pairs (2j, 2j + 1) when rotary_interleaved else (j, j + rotary_dim / 2).  v is
+    never rotated.
     """
     paged = block_table is not None
     _check_tensors(k_cache, v_cache, k, v, paged)
@@ -192,8 +183,6 @@ def update_kv_cache(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, cach
             raise ValueError(f"k_cache holds {k_cache.shape[0]} sequences, fewer than the batch {batch} of k; pass "
                              "cache_batch_idx to map batch rows to cache rows, or a larger cache")
         capacity = k_cache.shape[1]
-    if cache_leftpad is not None:
-        cache_leftpad = _check_index("cache_leftpad", cache_leftpad, (batch,), "(batch,)", device)
     if seqlen_new > capacity:
         raise ValueError(f"k has seqlen_new = {seqlen_new} tokens, more than the cache holds per sequence "
                          f"({capacity})")
@@ -208,7 +197,6 @@ def update_kv_cache(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, cach
             raise ValueError(f"rotary_cos/rotary_sin have {rotary_cos.shape[0]} positions, fewer than the cache's "
                              f"length per sequence ({capacity}); they must cover every position of the cache")
     if host_checks_enabled(k):
-        _check_values_on_host(k_cache, seqlen_new, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
-                              capacity)
-    update_kv_cache_op(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
-                       rotary_cos, rotary_sin, rotary_interleaved)
+        _check_values_on_host(k_cache, seqlen_new, cache_seqlens, cache_batch_idx, block_table, capacity)
+    update_kv_cache_op(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table, rotary_cos, rotary_sin,
+                       rotary_interleaved)

@@ -34,8 +34,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     cache_seqlens: int or int32 (batch,), the tokens already in the cache (None: the whole cache).
     cache_batch_idx int32 (batch,): cache row of each batch row (dense caches).  cache_leftpad int32
     (batch,): the first cache_leftpad[b] rows of row b are padding.  rotary_cos / rotary_sin
-    (seqlen_ro, rotary_dim / 2): applied to the new k and to q at their positions (counted from
-    cache_leftpad); q's tokens all sit at position cache_seqlens unless causal or windowed.
+    (seqlen_ro, rotary_dim / 2): applied to the new k and to q at their positions, which are cache rows (as in
+    flash-attn the padding counts: new token t goes to row and position cache_seqlens[b] + t); q's tokens all
+    sit at position cache_seqlens unless causal or windowed (a window side of at least the cache's rows per
+    sequence counts as none, as in flash-attn).
     causal and window_size align bottom-right against cache_seqlens + seqlen_new.  num_splits: 0
     picks a split-KV count from the shape and the GPU, 1 disables splitting, > 1 forces it.
 
@@ -95,13 +97,15 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     softcap = validation.check_softcap(softcap)
     alibi_slopes = validation.check_alibi_slopes(alibi_slopes, q, batch)
     if rotary_cos is not None:
-        q_checked = _rotate_queries(q_checked, rotary_cos, rotary_sin, cache_seqlens, cache_leftpad,
-                                    rotary_interleaved, tokens_at_one_position=window_left < 0 and window_right < 0)
+        # flash-attn drops a window side that spans the whole cache before it chooses q's positions.
+        one_position = all(side < 0 or side >= cache_rows for side in (window_left, window_right))
+        q_checked = _rotate_queries(q_checked, rotary_cos, rotary_sin, cache_seqlens, rotary_interleaved,
+                                    tokens_at_one_position=one_position)
     # Everything is checked before the cache changes.
     if k is not None:
         update_kv_cache(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,
-                        cache_leftpad=cache_leftpad, block_table=block_table, rotary_cos=rotary_cos,
-                        rotary_sin=rotary_sin, rotary_interleaved=rotary_interleaved)
+                        block_table=block_table, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
+                        rotary_interleaved=rotary_interleaved)
 
     # Keys of row b: [cache_leftpad[b], cache_seqlens[b] + seqlen_new) (the kernel subtracts the padding).
     # (No new tokens: cache_seqlens itself, which spares a decoding step an elementwise kernel.)
@@ -132,14 +136,13 @@ def _cache_seqlens(cache_seqlens, batch: int, cache_rows: int, seqlen_new: int, 
     return cache_seqlens.contiguous()
 
 
-def _rotate_queries(q, cos, sin, cache_seqlens, cache_leftpad, interleaved: bool, tokens_at_one_position: bool):
-    """q rotated at positions cache_seqlens - cache_leftpad + t (causal or windowed), or with every token
-    at position cache_seqlens - cache_leftpad (flash-attn's rule for full attention)."""
-    offsets = cache_seqlens if cache_leftpad is None else cache_seqlens - cache_leftpad
+def _rotate_queries(q, cos, sin, cache_seqlens, interleaved: bool, tokens_at_one_position: bool):
+    """q rotated at positions cache_seqlens + t (causal or windowed), or with every token at position
+    cache_seqlens (flash-attn's rule for full attention)."""
     if tokens_at_one_position:
         batch, seqlen_q, num_heads, head_dim = q.shape
         # Tokens as extra heads of a one-token sequence: all at the sequence's offset.
         flat = apply_rotary_emb(q.reshape(batch, 1, seqlen_q * num_heads, head_dim), cos, sin,
-                                interleaved=interleaved, seqlen_offsets=offsets)
+                                interleaved=interleaved, seqlen_offsets=cache_seqlens)
         return flat.reshape(q.shape)
-    return apply_rotary_emb(q, cos, sin, interleaved=interleaved, seqlen_offsets=offsets)
+    return apply_rotary_emb(q, cos, sin, interleaved=interleaved, seqlen_offsets=cache_seqlens)

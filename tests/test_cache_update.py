@@ -3,7 +3,7 @@
 The expected destination of every new token is worked out here with plain Python loops (position
 cache_seqlens[b] + t, cache row cache_batch_idx[b] or b, or page block_table[b, p // page_size],
 row p % page_size).  v and unrotated k must arrive bit for bit; rotated k is held to flash-attn's rule
-against the float64 rotation of `test_rotary` at position cache_seqlens[b] - cache_leftpad[b] + t.
+against the float64 rotation of `test_rotary` at the position written, cache_seqlens[b] + t.
 Caches start as random data, and every entry not written must stay bit-identical.  Runs on the CPU,
 in plain mode and under TRITON_INTERPRET=1.
 """
@@ -17,19 +17,17 @@ from reference import assert_within_rule
 from test_rotary import DTYPES, random_tables, rotary_reference
 
 
-def expected_writes(batch, seqlen_new, cache_seqlens, cache_batch_idx=None, block_table=None, page_size=None,
-                    cache_leftpad=None):
+def expected_writes(batch, seqlen_new, cache_seqlens, cache_batch_idx=None, block_table=None, page_size=None):
     """[(b, t, cache index (row or page, position or row in page), rotary position)] for every new token."""
     writes = []
     for b in range(batch):
         for t in range(seqlen_new):
             p = int(cache_seqlens[b]) + t
-            rotary_position = p - (0 if cache_leftpad is None else int(cache_leftpad[b]))
             if block_table is None:
                 row = b if cache_batch_idx is None else int(cache_batch_idx[b])
-                writes.append((b, t, (row, p), rotary_position))
+                writes.append((b, t, (row, p), p))
             else:
-                writes.append((b, t, (int(block_table[b, p // page_size]), p % page_size), rotary_position))
+                writes.append((b, t, (int(block_table[b, p // page_size]), p % page_size), p))
     return writes
 
 
@@ -101,21 +99,6 @@ def test_cache_batch_idx_and_other_head_dim_for_v():
     check_update(k_after, v_after, k_cache, v_cache, k, v, writes)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_leftpad_rotary_positions(dtype):
-    batch, seqlen_cache, heads, head_dim = 3, 11, 2, 16
-    k_cache = torch.randn(batch, seqlen_cache, heads, head_dim, dtype=dtype)
-    v_cache = torch.randn_like(k_cache)
-    k, v = new_tokens(batch, 2, heads, head_dim, dtype)
-    cache_seqlens = torch.tensor([6, 3, 9], dtype=torch.int32)
-    cache_leftpad = torch.tensor([2, 0, 9], dtype=torch.int32)
-    cos, sin = random_tables(seqlen_cache, 8, dtype)
-    k_after, v_after = run(k_cache, v_cache, k, v, cache_seqlens, cache_leftpad=cache_leftpad, rotary_cos=cos,
-                           rotary_sin=sin, rotary_interleaved=True)
-    writes = expected_writes(batch, 2, cache_seqlens, cache_leftpad=cache_leftpad)
-    check_update(k_after, v_after, k_cache, v_cache, k, v, writes, (cos, sin, True))
-
-
 @pytest.mark.parametrize("page_size", [1, 3, 16])
 @pytest.mark.parametrize("rotary", [False, True])
 def test_paged(page_size, rotary):
@@ -166,8 +149,7 @@ def test_out_of_range_writes_are_dropped():
     block_table = torch.tensor([[0, -1], [2, 1], [7, 7]], dtype=torch.int32)  # pages -1 and 7 do not exist
     cache_seqlens = torch.tensor([1, 2, 0], dtype=torch.int32)  # row 1 runs past its 4 positions
     k_after, v_after = k_cache.clone(), v_cache.clone()
-    torch.ops.flashtron.update_kv_cache(k_after, v_after, k, v, cache_seqlens, None, None, block_table, None, None,
-                                        True)
+    torch.ops.flashtron.update_kv_cache(k_after, v_after, k, v, cache_seqlens, None, block_table, None, None, True)
     writes = [(0, 0, (0, 1), 1), (1, 0, (1, 0), 2), (1, 1, (1, 1), 3)]
     check_update(k_after, v_after, k_cache, v_cache, k, v, writes)
 
@@ -204,7 +186,7 @@ def test_opcheck():
     cos, sin = random_tables(6, 3, torch.float32)
     cache_seqlens = torch.tensor([2, 4], dtype=torch.int32)
     result = torch.library.opcheck(torch.ops.flashtron.update_kv_cache.default,
-                                   (k_cache, v_cache, k, v, cache_seqlens, None, None, block_table, cos, sin, False))
+                                   (k_cache, v_cache, k, v, cache_seqlens, None, block_table, cos, sin, False))
     assert all(value == "SUCCESS" for value in result.values()), result
 
 
@@ -233,7 +215,6 @@ def _error_cases():
         (ValueError, "cache_seqlens must have shape", call(cache_seqlens=seqlens[:1])),
         (TypeError, "cache_batch_idx must be int32", call(cache_batch_idx=torch.tensor([0, 1]))),
         (ValueError, "cache_batch_idx must have shape", call(cache_batch_idx=seqlens[:1])),
-        (ValueError, "cache_leftpad must have shape", call(cache_leftpad=seqlens[:1])),
         (ValueError, "cache_batch_idx and block_table", call(cache_batch_idx=seqlens, block_table=table)),
         (TypeError, "block_table must be int32", call(block_table=table.long())),
         (ValueError, "block_table must have shape", call(block_table=table[:1])),
@@ -249,7 +230,6 @@ def _error_cases():
         (ValueError, "cache_seqlens must hold", call(cache_seqlens=torch.tensor([1, 5], dtype=torch.int32))),
         (ValueError, "cache_seqlens must hold", call(cache_seqlens=torch.tensor([-1, 0], dtype=torch.int32))),
         (ValueError, "cache_batch_idx must hold", call(cache_batch_idx=torch.tensor([0, 3], dtype=torch.int32))),
-        (ValueError, "cache_leftpad must hold", call(cache_leftpad=torch.tensor([0, 3], dtype=torch.int32))),
         (ValueError, r"block_table\[1\] points outside",
          call(block_table=torch.tensor([[0, 1], [2, 3]], dtype=torch.int32),
               cache_seqlens=torch.tensor([1, 6], dtype=torch.int32))),

@@ -114,7 +114,7 @@ def run_case(batch=3, seqlen_q=2, seqlen_new=2, cache_len=45, dtype=torch.float1
     for b in range(batch):
         start, end = int(cache_seqlens[b]), int(cache_seqlens[b]) + seqlen_new
         row = b if paged else row_of[b]
-        positions = torch.arange(seqlen_new) + start - int(pad[b])
+        positions = torch.arange(seqlen_new) + start  # cache rows, padding included (flash-attn's rule)
         for i, (cache_after, cache_before) in enumerate(zip(after, before)):
             expected_new = new[i][b] if new[i] is not None else cache_before[row, start:end]
             if i == 0 and rotary is not None and seqlen_new:
@@ -129,9 +129,10 @@ def run_case(batch=3, seqlen_q=2, seqlen_new=2, cache_len=45, dtype=torch.float1
         keys = [t[row, int(pad[b]):end][None] for t in after]
         q_b = q[b:b + 1]
         if rotary is not None:
-            windowed = causal or variants.get("window_size", (-1, -1)) != (-1, -1)
-            q_positions = (torch.arange(seqlen_q) if windowed else torch.zeros(seqlen_q, dtype=torch.long)) \
-                + start - int(pad[b])
+            # flash-attn drops a window side of at least the cache's rows before it picks q's positions.
+            rows_per_seq = table.shape[1] * page_size if paged else cache_len
+            windowed = causal or any(0 <= side < rows_per_seq for side in variants.get("window_size", (-1, -1)))
+            q_positions = (torch.arange(seqlen_q) if windowed else torch.zeros(seqlen_q, dtype=torch.long)) + start
             q_b = rotate(q[b], extra["rotary_cos"], extra["rotary_sin"], q_positions,
                          rotary["interleaved"]).to(dtype)[None]
         seq_variants = dict(variants)
@@ -207,6 +208,15 @@ def test_split_merge_skips_splits_that_saw_nothing():
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_rotary(interleaved, causal):
     run_case(rotary=dict(interleaved=interleaved, rotary_dim=16), causal=causal, leftpad=causal)
+
+
+@pytest.mark.parametrize("window", [(45, -1), (3, 45), (-1, 44)], ids=["left-spans", "right-spans", "right-short"])
+def test_rotary_with_left_padding_and_windows(window):
+    """flash-attn's positions: new tokens and queries rotate at their cache rows, left padding included, and a
+    window side spanning the whole cache (45 rows) counts as none when q's positions are picked (all at
+    cache_seqlens, as for full attention, only when neither side is left)."""
+    run_case(rotary=dict(interleaved=False, rotary_dim=16), causal=False, leftpad=True,
+             window_size=window)
 
 
 def test_cache_batch_idx_leftpad_and_variants():
