@@ -57,8 +57,8 @@ def _update_torch(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_
 
 @torch.library.custom_op("flashtron::update_kv_cache", mutates_args=("k_cache", "v_cache"))
 def update_kv_cache_op(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, cache_seqlens: Tensor,
-                       cache_batch_idx: Optional[Tensor], block_table: Optional[Tensor], rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor],
-                       rotary_interleaved: bool) -> None:
+                       cache_batch_idx: Optional[Tensor], block_table: Optional[Tensor],
+                       rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor], rotary_interleaved: bool) -> None:
     """Writes k (rotated when rotary_cos is given) and v into the caches; arguments already checked."""
     engine = kernels.update_kv_cache if use_triton(k) else _update_torch
     engine(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table, rotary_cos, rotary_sin,
@@ -145,8 +145,9 @@ def _check_values_on_host(k_cache, seqlen_new, cache_seqlens, cache_batch_idx, b
 # Public function.
 
 def update_kv_cache(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, cache_seqlens: Tensor,
-                    cache_batch_idx: Optional[Tensor] = None, block_table: Optional[Tensor] = None, rotary_cos: Optional[Tensor] = None,
-                    rotary_sin: Optional[Tensor] = None, rotary_interleaved: bool = True) -> None:
+                    cache_batch_idx: Optional[Tensor] = None, block_table: Optional[Tensor] = None,
+                    rotary_cos: Optional[Tensor] = None, rotary_sin: Optional[Tensor] = None,
+                    rotary_interleaved: bool = True) -> None:
     """Write k and v into k_cache and v_cache in place (flash_attn_with_kvcache's append), rotating k first when
     rotary_cos and rotary_sin are given.
 

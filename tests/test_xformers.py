@@ -575,7 +575,8 @@ def test_errors_have_xformers_meaning():
     # [B, M, H, K] needs query's H on key and value, expanded (stride 0) or not, as xFormers does.
     for heads in (HEADS - 1, HEADS + 1):
         with pytest.raises(ValueError, match="query's H"):
-            xf.memory_efficient_attention(q, k[:, :, :1].expand(-1, -1, heads, -1), v[:, :, :1].expand(-1, -1, heads, -1))
+            xf.memory_efficient_attention(q, k[:, :, :1].expand(-1, -1, heads, -1),
+                                          v[:, :, :1].expand(-1, -1, heads, -1))
     with pytest.raises(ValueError, match="query's H"):
         xf.memory_efficient_attention(q, k[:, :, :1], v[:, :, :1])
     with pytest.raises(NotImplementedError, match="not supported"):

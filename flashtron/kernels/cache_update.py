@@ -5,9 +5,10 @@ head_dim) maps position p of batch row b to page block_table[b, p // page_size],
 A dense cache (batch_cache, seqlen_cache, heads, head_dim) is the same with one page per sequence:
 page_size = seqlen_cache, and the page of row b is cache_batch_idx[b] (or b).  Token t of row b goes
 to position cache_seqlens[b] + t; with rotary tables, k is first rotated as the token at that
-position (`kernels.rotary.rotate_rows`), and v is copied bit for bit.  A write whose position, page or page index falls outside the cache is dropped rather than
-sent past the end of a tensor; `flashtron.cache_update` rejects such inputs wherever it may read
-their values.  Nothing here re-checks user input.
+position (`kernels.rotary.rotate_rows`), and v is copied bit for bit.  A write whose position, page
+or page index falls outside the cache is dropped rather than sent past the end of a tensor;
+`flashtron.cache_update` rejects such inputs wherever it may read their values.  Nothing here
+re-checks user input.
 """
 
 import torch
@@ -29,7 +30,8 @@ def cache_update_kernel(KCache, VCache, K, V, CacheSeqlens, CacheBatchIdx, Block
                         stride_v_b, stride_v_s, stride_v_h, stride_v_d,
                         stride_kc_b, stride_kc_s, stride_kc_h, stride_kc_d,
                         stride_vc_b, stride_vc_s, stride_vc_h, stride_vc_d,
-                        PAGED: tl.constexpr, HAS_BATCH_IDX: tl.constexpr, ROTARY: tl.constexpr, INTERLEAVED: tl.constexpr, UPCAST: tl.constexpr,
+                        PAGED: tl.constexpr, HAS_BATCH_IDX: tl.constexpr, ROTARY: tl.constexpr,
+                        INTERLEAVED: tl.constexpr, UPCAST: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     head = pid % num_heads
