@@ -208,15 +208,16 @@ def check_block_table(block_table, k, batch: int, max_seqlen_k: int, name: str =
 _FLOAT32_NORMAL = (2.0 ** -126, 2.0 ** 126)
 
 
-def softmax_scale_or_default(softmax_scale, head_dim: int) -> float:
+def softmax_scale_or_default(softmax_scale, head_dim: int, name: str = "softmax_scale") -> float:
+    """The scale, head_dim ** -0.5 for None; name: the caller's argument, for the messages."""
     if softmax_scale is None:
         return head_dim ** -0.5
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
-        raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+        raise TypeError(f"{name} must be a float or None, got {type(softmax_scale).__name__}")
     if not math.isfinite(softmax_scale):
-        raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
+        raise ValueError(f"{name} must be finite, got {softmax_scale}")
     if softmax_scale != 0 and not _FLOAT32_NORMAL[0] <= abs(softmax_scale) <= _FLOAT32_NORMAL[1]:
-        raise ValueError(f"softmax_scale must be 0 or of magnitude in [2**-126, 2**126] (the kernels compute in "
+        raise ValueError(f"{name} must be 0 or of magnitude in [2**-126, 2**126] (the kernels compute in "
                          f"float32), got {softmax_scale}")
     return float(softmax_scale)
 
@@ -243,10 +244,11 @@ def _require_real(name: str, value) -> float:
     return float(value)
 
 
-def check_dropout(dropout_p) -> float:
-    dropout_p = _require_real("dropout_p", dropout_p)
+def check_dropout(dropout_p, name: str = "dropout_p") -> float:
+    """dropout_p as a float in [0, 1); name: the caller's argument, for the messages."""
+    dropout_p = _require_real(name, dropout_p)
     if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+        raise ValueError(f"{name} must be in [0, 1), got {dropout_p!r}")
     return dropout_p
 
 

@@ -579,6 +579,14 @@ def test_errors_have_xformers_meaning():
                                           v[:, :, :1].expand(-1, -1, heads, -1))
     with pytest.raises(ValueError, match="query's H"):
         xf.memory_efficient_attention(q, k[:, :, :1], v[:, :, :1])
+    # Scalar arguments are named as xFormers names them.
+    for entry in (xf.memory_efficient_attention, xf.memory_efficient_attention_partial):
+        with pytest.raises(ValueError, match=r"^p must be in \[0, 1\)"):
+            entry(q, k, v, p=1.5)
+        with pytest.raises(TypeError, match=r"^scale must be a float"):
+            entry(q, k, v, scale="0.5")
+        with pytest.raises(ValueError, match=r"^scale must be finite"):
+            entry(q, k, v, scale=float("nan"))
     with pytest.raises(NotImplementedError, match="not supported"):
         xf.memory_efficient_attention(q, k, v, attn_bias=xb.AttentionBias())
 

@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 import torch
 
 import flashtron
+from flashtron import validation
 from flashtron.xformers import attn_bias as xb
 from flashtron.xformers import dispatch
 
@@ -165,6 +166,8 @@ def memory_efficient_attention(query: torch.Tensor, key: torch.Tensor, value: to
     [B, Mq, H, K] in query's dtype, or output_dtype.  Differentiable in query, key, value (and a
     tensor bias).
     """
+    validation.check_dropout(p, name="p")  # here, for messages in xFormers' names
+    validation.softmax_scale_or_default(scale, 1, name="scale")
     call = _prepare(query, key, value, attn_bias)
     out = call.layout.out(call.attend(call.q, call.k, call.v, p, scale, return_lse=False))
     return out if output_dtype is None else out.to(output_dtype)
@@ -213,6 +216,8 @@ def memory_efficient_attention_partial(query: torch.Tensor, key: torch.Tensor, v
     5-D inputs, [1, H, total_q] for block-diagonal biases), natural log, -inf where a query sees no
     key.  Both are differentiable, the lse included, so merged partials train exactly.
     """
+    validation.check_dropout(p, name="p")
+    validation.softmax_scale_or_default(scale, 1, name="scale")
     if p != 0.0:
         raise NotImplementedError(f"memory_efficient_attention_partial does not support dropout (got p={p}): "
                                   "dropout of the parts would not compose into dropout of the merged attention")
