@@ -114,8 +114,10 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dout, _dlse, grads=None):
-    """attention_forward's gradients; grads: (dq, dk, dv) to write them into (`_PackedAttention`)."""
+def _backward(ctx, dout, _dlse, grads=None, saved=None):
+    """attention_forward's gradients; grads: (dq, dk, dv) to write them into (`_PackedAttention`).  saved:
+    ctx.saved_tensors where the caller has unpacked them already (non-reentrant checkpointing allows one unpacking
+    per backward)."""
     if ctx.fp8:
         raise NotImplementedError("float8_e4m3fn attention has no backward (forward only, as in FlashAttention-3)")
     if ctx.kv_cache:
@@ -123,7 +125,7 @@ def _backward(ctx, dout, _dlse, grads=None):
                                   "no backward: it serves inference; pass tensors that do not require grad")
     if dout is None:  # nothing flowed into out
         return (None, ) * _NUM_INPUTS
-    saved = ctx.saved_tensors
+    saved = ctx.saved_tensors if saved is None else saved
     (q, k, v, out, softmax_lse, alibi_slopes, sinks, dropout_seed,
      cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, attn_bias) = saved
     if dout.stride(-1) != 1:
@@ -199,14 +201,15 @@ class _PackedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        layout, q = ctx.packed_layout, ctx.saved_tensors[0]
+        saved = ctx.saved_tensors
+        layout, q = ctx.packed_layout, saved[0]
         dpacked = torch.empty_like(layout)
         parts = dpacked.unbind(ctx.packed_dim)
         dq = parts[0] if len(parts) == 3 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if launch.POISON_OUTPUTS:
             dpacked.fill_(float("nan"))
             dq.fill_(float("nan"))
-        gradients = _backward(ctx, dout, dlse, grads=(dq, *parts[-2:]))
+        gradients = _backward(ctx, dout, dlse, grads=(dq, *parts[-2:]), saved=saved)
         if gradients[0] is None:  # nothing flowed into out
             return (None, None, *gradients)
         return (dpacked, None, None if len(parts) == 3 else gradients[0], None, None, *gradients[3:])

@@ -158,6 +158,26 @@ def test_checkpointing_residual_and_dwconv():
     torch.testing.assert_close(plain(x2)[:, :4], plain(x)[:, :4])
 
 
+@pytest.mark.parametrize("kind", ["mha", "gqa", "cross"])
+def test_checkpointing_gradients(kind):
+    """checkpointing=True (non-reentrant torch.utils.checkpoint) gives the plain module's gradients; the packed
+    attention's backward unpacks its saved tensors once, as that mode requires."""
+    torch.manual_seed(1)
+    options = dict(gqa=dict(num_heads_kv=2), cross=dict(cross_attn=True), mha={})[kind]
+    plain = MHA(32, 4, causal=kind != "cross", **options)
+    checkpointed = MHA(32, 4, causal=kind != "cross", checkpointing=True, **options)
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 7, 32, requires_grad=True)
+    extra = dict(x_kv=torch.randn(2, 5, 32)) if kind == "cross" else {}
+    grads = []
+    for module in (plain, checkpointed):
+        (module(x, **extra) * torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(2))).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in module.parameters()])
+        x.grad = None
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_decoding_through_the_kv_cache_matches_the_full_sequence():
     torch.manual_seed(0)
     mha = MHA(48, 4, num_heads_kv=2, causal=True, rotary_emb_dim=12, layer_idx=3).eval()
