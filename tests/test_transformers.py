@@ -10,13 +10,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from flashtron.integrations.transformers import register  # noqa: E402
+from flashtron.integrations.transformers import NAME, register  # noqa: E402
 from conftest import INTERPRET  # noqa: E402
 
 
-def _models(**config_overrides):
-    """The same random weights under "sdpa" and "flashtron"."""
-    register()
+def _models(name=NAME, **config_overrides):
+    """The same random weights under "sdpa" and flashtron's implementation `name`."""
+    register(name)
     settings = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
     settings.update(config_overrides)
@@ -25,9 +25,9 @@ def _models(**config_overrides):
     reference = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**settings),
                                                               attn_implementation="sdpa").eval()
     ours = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**settings),
-                                                         attn_implementation="flashtron").eval()
+                                                         attn_implementation=name).eval()
     ours.load_state_dict(reference.state_dict())
-    assert reference.config._attn_implementation == "sdpa" and ours.config._attn_implementation == "flashtron"
+    assert reference.config._attn_implementation == "sdpa" and ours.config._attn_implementation == name
     return reference, ours
 
 
@@ -39,8 +39,10 @@ def _left_padded_batch(lengths, seqlen):
     return input_ids, attention_mask
 
 
-def test_logits_match_sdpa_without_padding():
-    reference, ours = _models()
+@pytest.mark.parametrize("name", [NAME, "flashtron"])  # the second: a name transformers counts as flash-attention
+def test_logits_match_sdpa_without_padding(name):
+    reference, ours = _models(name)
+    assert "flash" not in NAME
     input_ids = torch.randint(0, 128, (2, 11))
     with torch.no_grad():
         expected, got = reference(input_ids).logits, ours(input_ids).logits
@@ -109,3 +111,31 @@ def test_packed_sequences_from_position_ids():
         alone = ours(input_ids[:, 4:], use_cache=False).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got[:, 4:], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_gpt_oss_sinks_and_window_under_the_default_name():
+    """gpt-oss (attention sinks, a sliding window on alternate layers, padding) against "eager".  Under a name
+    with "flash" in it transformers would swap in a hub kernel for this model; the default name keeps flashtron."""
+    register()
+    config = dict(vocab_size=97, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, head_dim=16, num_local_experts=4,
+                  num_experts_per_tok=2, sliding_window=4)
+    torch.manual_seed(0)
+    reference = transformers.GptOssForCausalLM._from_config(transformers.GptOssConfig(**config),
+                                                            attn_implementation="eager").eval()
+    with torch.no_grad():
+        for layer in reference.model.layers:
+            layer.self_attn.sinks.normal_(0, 1.5)
+    ours = transformers.GptOssForCausalLM._from_config(transformers.GptOssConfig(**config),
+                                                       attn_implementation=NAME).eval()
+    ours.load_state_dict(reference.state_dict())
+    assert ours.config._attn_implementation == NAME
+    input_ids = torch.randint(1, 97, (3, 13))
+    attention_mask = torch.ones(3, 13, dtype=torch.long)
+    attention_mask[1, 9:] = 0
+    attention_mask[2, :5] = 0
+    with torch.no_grad():
+        expected = reference(input_ids, attention_mask=attention_mask).logits
+        got = ours(input_ids, attention_mask=attention_mask).logits
+    real = attention_mask.bool()
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-4)

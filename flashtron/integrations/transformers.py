@@ -1,4 +1,4 @@
-"""Hugging Face Transformers: flashtron as the attention implementation "flashtron".
+"""Hugging Face Transformers: flashtron as the attention implementation "ftron".
 
 `register()` adds two entries under one name: an attention function to transformers'
 `AttentionInterface`, and a mask function to its `AttentionMaskInterface`, which decides what the
@@ -15,7 +15,11 @@ the functions, so this module loads without it.
 
     from flashtron.integrations.transformers import register
     register()
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="flashtron")
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="ftron")
+
+The name has no "flash" in it on purpose: transformers treats every such name as flash-attention and takes
+that library's code paths, which some models remap or refuse (gpt-oss swaps in a hub kernel, Llama 4's
+chunked attention raises, GPT-J, Falcon and GPT-Neo pick classes that call flash-attn's own helpers).
 """
 
 import torch
@@ -25,7 +29,7 @@ from flashtron.interface import flash_attn_func, flash_attn_varlen_func
 
 __all__ = ["register", "flashtron_attention_forward", "flashtron_mask"]
 
-NAME = "flashtron"
+NAME = "ftron"  # see the module's docstring: a name containing "flash" takes transformers' flash-attention paths
 
 
 def _transformers_masking():
@@ -42,7 +46,9 @@ def register(name: str = NAME) -> None:
 
     Afterwards `from_pretrained(..., attn_implementation=name)`, `from_config(config,
     attn_implementation=name)` and `model.set_attn_implementation(name)` select flashtron.
-    Registering again is harmless.
+    Registering again is harmless.  A name containing "flash" (such as "flashtron") works for models without
+    flash-attention special cases (Llama, Mistral, Qwen2, Gemma): transformers then imports flash-attn's
+    functions for it, which `register()` answers with flashtron's; the default name avoids those special cases.
     """
     masking_utils = _transformers_masking()
     from transformers import AttentionInterface
