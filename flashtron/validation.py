@@ -299,7 +299,8 @@ def check_attn_bias(attn_bias, q: torch.Tensor, k: torch.Tensor):
 def check_descales(q_descale, k_descale, v_descale, q: torch.Tensor, batch: int, num_heads_kv: int):
     """FP8 descale factors (FlashAttention-3's convention: true value = fp8 value x descale), float32
     (batch, num_heads_k) each, None meaning 1.  Returns None for non-FP8 inputs, else one float32
-    (3, batch, num_heads_k) tensor (q's, k's and v's factors) for the kernels."""
+    (3, batch, num_heads_k) tensor (q's, k's and v's factors) for the kernels, detached: FP8 is forward only,
+    on every path (the CPU path's dequantisation would otherwise carry a gradient to the descales)."""
     given = {"q_descale": q_descale, "k_descale": k_descale, "v_descale": v_descale}
     if q.dtype != FP8_DTYPE:
         for name, t in given.items():
@@ -321,7 +322,7 @@ def check_descales(q_descale, k_descale, v_descale, q: torch.Tensor, batch: int,
                              f"got {tuple(t.shape)}")
         if t.device != q.device:
             raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
-        planes.append(t)
+        planes.append(t.detach())
     return torch.stack(planes).contiguous()
 
 

@@ -139,3 +139,6 @@ def test_fp8_errors():
     out = flash_attn_func(leaf.to(FP8), k, v)
     with pytest.raises(NotImplementedError, match="no backward"):
         out.float().sum().backward()
+    # Descales are not differentiated either, on any path (the CPU path used to carry a gradient to them).
+    scale = descales[0].clone().requires_grad_()
+    assert not flash_attn_func(q, k, v, q_descale=scale).requires_grad
