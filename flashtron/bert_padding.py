@@ -24,7 +24,8 @@ import torch
 
 from flashtron.validation import require_tensor
 
-__all__ = ["index_first_axis", "index_put_first_axis", "unpad_input", "pad_input"]
+__all__ = ["index_first_axis", "index_put_first_axis", "unpad_input", "pad_input",
+           "unpad_input_for_concatenated_sequences"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -186,6 +187,45 @@ def unpad_input(hidden_states, attention_mask, unused_mask=None):
 
     flat = hidden_states.flatten(0, 1)  # a view unless the first two dims cannot be merged
     return index_first_axis(flat, indices), indices, cu_seqlens, max_seqlen_in_batch, seqused
+
+
+def unpad_input_for_concatenated_sequences(hidden_states, attention_mask_in_length):
+    """Pack rows that each hold several sequences end to end (flash-attn's form for concatenated samples).
+
+    hidden_states: (batch, seqlen, ...). attention_mask_in_length: (batch, seqlen), integer: row b's
+    nonzero entries, in order, are the lengths of the sequences laid end to end from position 0 of
+    row b (e.g. [3, 2, 0, 0, 0, 0] for two sequences of 3 and 2 tokens in a row of 6); zeros
+    elsewhere. Returns (hidden_states_unpad, indices, cu_seqlens, max_seqlen_in_batch) as
+    unpad_input, but cu_seqlens has one entry per sequence (not per row), so each sequence
+    attends only to itself in the variable-length kernels.
+    """
+    require_tensor("hidden_states", hidden_states)
+    if hidden_states.dim() < 2:
+        raise ValueError(f"hidden_states must be (batch, seqlen, ...), got shape {tuple(hidden_states.shape)}")
+    require_tensor("attention_mask_in_length", attention_mask_in_length)
+    batch, seqlen = hidden_states.shape[:2]
+    if tuple(attention_mask_in_length.shape) != (batch, seqlen):
+        raise ValueError(f"attention_mask_in_length must be (batch, seqlen) = ({batch}, {seqlen}), got shape "
+                         f"{tuple(attention_mask_in_length.shape)}")
+    if attention_mask_in_length.dtype.is_floating_point or attention_mask_in_length.dtype in (torch.bool,
+                                                                                              torch.complex64,
+                                                                                              torch.complex128):
+        raise TypeError(f"attention_mask_in_length must hold integer lengths, got {attention_mask_in_length.dtype}")
+    if attention_mask_in_length.device != hidden_states.device:
+        raise ValueError(f"attention_mask_in_length is on {attention_mask_in_length.device} but hidden_states is on "
+                         f"{hidden_states.device}; they must be on one device")
+    lengths = attention_mask_in_length.long()
+    row_tokens = lengths.sum(dim=-1)
+    if bool((lengths < 0).any()) or bool((row_tokens > seqlen).any()):
+        raise ValueError(f"attention_mask_in_length must hold non-negative lengths summing to at most seqlen = "
+                         f"{seqlen} per row, got row sums {row_tokens.tolist()}")
+    # A row's tokens are its first sum(lengths) positions; the sequences are its nonzero lengths in order.
+    selected = torch.arange(seqlen, device=lengths.device)[None, :] < row_tokens[:, None]
+    indices = torch.nonzero(selected.flatten(), as_tuple=False).flatten()
+    seqlens = lengths.flatten()[lengths.flatten() != 0].to(torch.int32)
+    max_seqlen_in_batch = int(seqlens.max().item()) if seqlens.numel() > 0 else 0
+    cu_seqlens = torch.cat([seqlens.new_zeros(1), torch.cumsum(seqlens, dim=0, dtype=torch.int32)])
+    return index_first_axis(hidden_states.flatten(0, 1), indices), indices, cu_seqlens, max_seqlen_in_batch
 
 
 def pad_input(hidden_states, indices, batch, seqlen):

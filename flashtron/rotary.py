@@ -41,6 +41,33 @@ def host_checks_enabled(t: Tensor) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# flash_attn.layers.rotary's plain-PyTorch reference helpers, for code written against them.
+
+def rotate_half(x: Tensor, interleaved: bool = False) -> Tensor:
+    """Each column's partner in the rotation, signed: halves (x1, x2) -> (-x2, x1) of the last dim, or pairs
+    (2j, 2j + 1) -> (-x[2j + 1], x[2j]) when interleaved."""
+    if not interleaved:
+        first, second = x.chunk(2, dim=-1)
+        return torch.cat((-second, first), dim=-1)
+    return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+
+def apply_rotary_emb_torch(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    """Rotary embedding in plain PyTorch, in x's dtype: x (batch, seqlen, heads, head_dim), cos and sin
+    (seqlen_ro >= seqlen, rotary_dim / 2), token t at position t; columns past rotary_dim pass through."""
+    rotary_dim = 2 * cos.shape[-1]
+    if rotary_dim > x.shape[-1]:
+        raise ValueError(f"rotary_dim = 2 * cos.shape[-1] = {rotary_dim} exceeds x's head dim {x.shape[-1]}")
+    seqlen = x.shape[1]
+    if interleaved:
+        cos_rows, sin_rows = (t[:seqlen].repeat_interleave(2, dim=-1)[:, None] for t in (cos, sin))
+    else:
+        cos_rows, sin_rows = (torch.cat((t[:seqlen], t[:seqlen]), dim=-1)[:, None] for t in (cos, sin))
+    rotated = x[..., :rotary_dim]
+    return torch.cat((rotated * cos_rows + rotate_half(rotated, interleaved) * sin_rows, x[..., rotary_dim:]), dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
 # The PyTorch engine (CPU tensors), shared with flashtron.cache_update.
 
 def rotate_torch(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, interleaved: bool,
@@ -285,6 +312,10 @@ def _apply(x, cos, sin, interleaved, inplace, seqlen_offsets, cu_seqlens, max_se
     args = (cos, sin, offsets_tensor, offset, cu_seqlens, max_seqlen, interleaved, False)
     if not inplace:
         return rotary(x, *args)
+    if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
+        # An expanded tensor: one element per several positions, which an in-place rotation would turn repeatedly.
+        raise ValueError(f"inplace=True needs {name} to hold each element once; it has a stride 0 dimension "
+                         f"(an expand), strides {tuple(x.stride())}: pass inplace=False or a copy")
     if torch.is_grad_enabled() and x.requires_grad:
         # The in-place op has no autograd formula (torch.library allows none on mutating ops); going through
         # the functional op and copy_ keeps the gradient exact and the graph whole.

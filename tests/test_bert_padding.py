@@ -9,7 +9,8 @@ import random
 import pytest
 import torch
 
-from flashtron.bert_padding import index_first_axis, index_put_first_axis, pad_input, unpad_input
+from flashtron.bert_padding import (index_first_axis, index_put_first_axis, pad_input, unpad_input,
+                                    unpad_input_for_concatenated_sequences)
 
 SIZES = [(1, 1), (1, 9), (3, 7), (5, 13), (4, 1), (6, 32)]
 TRAILING = [(), (3,), (2, 5), (2, 1, 3)]
@@ -285,3 +286,19 @@ def test_bad_input_names_the_argument(gen, call, exc, match):
     m = torch.ones(3, 5, dtype=torch.bool)
     with pytest.raises(exc, match=match):
         call(x, m)
+
+
+def test_unpad_input_for_concatenated_sequences():
+    """Rows holding several sequences end to end: one cu_seqlens entry per sequence, tokens in row-major order."""
+    hidden = torch.randn(3, 6, 2, 5, requires_grad=True)
+    lengths = torch.tensor([[3, 2, 0, 0, 0, 0], [1, 4, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.int32)
+    packed, indices, cu_seqlens, max_seqlen = unpad_input_for_concatenated_sequences(hidden, lengths)
+    assert indices.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+    assert cu_seqlens.tolist() == [0, 3, 5, 6, 10, 11] and cu_seqlens.dtype == torch.int32 and max_seqlen == 4
+    assert torch.equal(packed, hidden.flatten(0, 1)[indices])
+    packed.sum().backward()
+    assert torch.equal(hidden.grad.flatten(0, 1).sum((1, 2)) != 0, torch.isin(torch.arange(18), indices))
+    with pytest.raises(ValueError, match="attention_mask_in_length must hold non-negative lengths"):
+        unpad_input_for_concatenated_sequences(hidden, torch.full((3, 6), 2))
+    with pytest.raises(TypeError, match="attention_mask_in_length must hold integer lengths"):
+        unpad_input_for_concatenated_sequences(hidden, lengths.float())

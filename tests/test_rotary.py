@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch._dynamo
 
-from flashtron.rotary import RotaryEmbedding, apply_rotary_emb, apply_rotary_emb_kv_, apply_rotary_emb_qkv_
+from flashtron.rotary import (RotaryEmbedding, apply_rotary_emb, apply_rotary_emb_kv_, apply_rotary_emb_qkv_,
+                              apply_rotary_emb_torch, rotate_half)
 from reference import assert_within_rule
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -386,3 +387,25 @@ def test_cuda(interleaved, rotary_dim):
     truth = rotary_reference(dout, cos, -sin, positions, interleaved)
     plain = rotary_reference(dout, cos, -sin, positions, interleaved, upcast=False)
     assert_within_rule("dx", leaf.grad, truth, plain, 3.0, slack=1e-6)
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["halves", "interleaved"])
+def test_torch_reference_helpers(interleaved):
+    """rotate_half and apply_rotary_emb_torch (flash_attn.layers.rotary's references) against the float64 rotation."""
+    x = torch.randn(2, 7, 3, 20, dtype=torch.float64)
+    cos, sin = random_tables(9, 6, torch.float64)
+    expected = rotary_reference(x, cos, sin, dense_positions(2, 7, 0), interleaved)
+    torch.testing.assert_close(apply_rotary_emb_torch(x, cos, sin, interleaved), expected)
+    pairs = torch.arange(4.0)
+    assert rotate_half(pairs, interleaved).tolist() == ([-1.0, 0.0, -3.0, 2.0] if interleaved else [-2.0, -3.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="rotary_dim"):
+        apply_rotary_emb_torch(x[..., :8], cos, sin, interleaved)
+
+
+def test_in_place_refuses_an_expanded_tensor():
+    """An expand holds one element for several positions: rotating it in place would turn that element repeatedly."""
+    cos, sin = random_tables(6, 2, torch.float32)
+    expanded = torch.randn(1, 3, 1, 4).expand(2, 3, 2, 4)
+    with pytest.raises(ValueError, match="inplace=True needs x to hold each element once"):
+        apply_rotary_emb(expanded, cos, sin, inplace=True)
+    torch.testing.assert_close(apply_rotary_emb(expanded, cos, sin), apply_rotary_emb(expanded.contiguous(), cos, sin))
