@@ -13,6 +13,7 @@ once, so they agree.  Nothing here copies a CUDA tensor to the host unless
 `flashtron.set_sequence_checks(True)` asks for the value checks.
 """
 
+import math
 import numbers
 from typing import Optional, Tuple, Union
 
@@ -411,6 +412,8 @@ class RotaryEmbedding(torch.nn.Module):
         super().__init__()
         if not _is_int(dim) or dim < 2 or dim % 2:
             raise ValueError(f"dim (the rotary dim) must be an even int >= 2, got {dim!r}")
+        if isinstance(base, bool) or not isinstance(base, numbers.Real) or not (math.isfinite(base) and base > 0):
+            raise ValueError(f"base (the frequency base) must be a finite number > 0, got {base!r}")
         if scale_base is not None and not (isinstance(scale_base, numbers.Real) and scale_base > 0):
             raise ValueError(f"scale_base must be None or a positive number (xPos), got {scale_base!r}")
         self.dim = dim
@@ -471,6 +474,13 @@ class RotaryEmbedding(torch.nn.Module):
         Rotates in place; returns qkv, or (q, kv)."""
         validation.require_tensor("qkv", qkv)
         seqlen = qkv.shape[1]
+        if not (_is_int(seqlen_offset) or isinstance(seqlen_offset, Tensor)):
+            raise TypeError(f"seqlen_offset must be an int or an int32 tensor (batch,), got "
+                            f"{type(seqlen_offset).__name__}")
+        if _is_int(seqlen_offset) and seqlen_offset < 0:
+            raise ValueError(f"seqlen_offset must be >= 0, got {seqlen_offset}")
+        if max_seqlen is not None and not (_is_int(max_seqlen) and max_seqlen >= 0):
+            raise TypeError(f"max_seqlen must be an int >= 0 or None, got {max_seqlen!r}")
         if max_seqlen is not None:
             self._update_cos_sin_cache(max_seqlen, device=qkv.device, dtype=qkv.dtype)
         elif _is_int(seqlen_offset):

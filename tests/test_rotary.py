@@ -409,3 +409,18 @@ def test_in_place_refuses_an_expanded_tensor():
     with pytest.raises(ValueError, match="inplace=True needs x to hold each element once"):
         apply_rotary_emb(expanded, cos, sin, inplace=True)
     torch.testing.assert_close(apply_rotary_emb(expanded, cos, sin), apply_rotary_emb(expanded.contiguous(), cos, sin))
+
+
+def test_rotary_embedding_arguments():
+    with pytest.raises(ValueError, match="base"):
+        RotaryEmbedding(8, base=0)
+    with pytest.raises(ValueError, match="base"):
+        RotaryEmbedding(8, base=-5.0)
+    module = RotaryEmbedding(8)
+    qkv = torch.randn(1, 3, 3, 2, 8)
+    with pytest.raises(ValueError, match="seqlen_offset must be >= 0"):
+        module(qkv.clone(), seqlen_offset=-1)
+    with pytest.raises(TypeError, match="seqlen_offset must be an int"):
+        module(qkv.clone(), seqlen_offset=1.0)
+    with pytest.raises(TypeError, match="max_seqlen must be an int"):
+        module(qkv.clone(), max_seqlen=4.0)
