@@ -138,13 +138,15 @@ def dropout_case(rank, spec, groups):
 
 
 def raising_case(rank, spec, groups):
-    """Each rank's local length from spec['lengths']: every rank must raise, none may hang."""
+    """Each rank's local length from spec['lengths'] (k's from spec['k_lengths'] when given) and keyword
+    arguments from spec['kwargs'][rank]: every rank must raise, none may hang."""
     batch, _, num_heads, num_heads_kv, head_dim = spec["shape"]
     length = spec["lengths"][rank]
     q = torch.randn(batch, length, num_heads, head_dim)
-    k, v = (torch.randn(batch, length, num_heads_kv, head_dim) for _ in range(2))
+    k, v = (torch.randn(batch, spec.get("k_lengths", spec["lengths"])[rank], num_heads_kv, head_dim)
+            for _ in range(2))
     try:
-        FUNCTIONS[(spec["layout"], "none")](q, k, v, causal=True)
+        FUNCTIONS[(spec["layout"], "none")](q, k, v, causal=True, **spec.get("kwargs", {}).get(rank, {}))
     except Exception as error:  # noqa: BLE001 - the type is what the test checks
         return type(error).__name__, str(error)
     return None
@@ -231,8 +233,9 @@ def varlen_raising_case(rank, spec, groups):
     total = cu_seqlens[-1].item()
     q = torch.randn(total, num_heads, head_dim)
     k, v = (torch.randn(total, num_heads_kv, head_dim) for _ in range(2))
+    max_seqlen = spec["max_seqlen"][rank] if isinstance(spec["max_seqlen"], tuple) else spec["max_seqlen"]
     try:
-        ring_flash_attn_varlen_func(q, k, v, cu_seqlens, spec["max_seqlen"], causal=True)
+        ring_flash_attn_varlen_func(q, k, v, cu_seqlens, max_seqlen, causal=True)
     except Exception as error:  # noqa: BLE001 - the type is what the test checks
         return type(error).__name__, str(error)
     return None
@@ -503,6 +506,21 @@ def test_bad_local_lengths_raise_on_every_rank(workers, world_size, layout, leng
         assert raised[0] == "ValueError" and message in raised[1], raised
 
 
+@pytest.mark.parametrize("bad,message", [
+    (dict(k_lengths=(8, 6)), "k holds 6 positions"),
+    (dict(kwargs={1: dict(dropout_p=1.5)}), "dropout_p must be in"),
+    (dict(kwargs={1: dict(window_size=(-2, 0))}), "window_size"),
+])
+def test_one_rank_refused_raises_on_every_rank(workers, bad, message):
+    """A check that fails on one rank only: that rank raises its own error, the others a ValueError naming it,
+    and none waits in the ring for a rank that left."""
+    pool = workers(2)
+    pool.submit("raising", dict(shape=(1, None, 2, 1, 16), layout="contiguous", lengths=(8, 8), **bad))
+    raised = pool.collect()
+    assert raised[1] is not None and raised[1][0] == "ValueError" and message in raised[1][1], raised
+    assert raised[0] is not None and raised[0][0] == "ValueError" and "rank(s) [1]" in raised[0][1], raised
+
+
 # ---------------------------------------------------------------------------------------------
 # ring_flash_attn_varlen_func: a packed batch, every sequence split across the ranks.
 
@@ -611,13 +629,17 @@ def test_varlen_dropout(workers):
     (([0, 2, 6], [0, 4, 6]), 4, "cu_seqlens differs across ranks"),
     (([0, 3, 6], [0, 3, 7]), 4, "token counts differ"),
     (([0, 1, 5], [0, 1, 5]), 3, "max_seqlen"),
+    (([0, 3, 8], [0, 3, 8]), (5, 2), ("rank(s) [1]", "max_seqlen")),  # too small on rank 1 only
+    (([0, 3, 8], [0, 3, 8]), (5, 6), "different max_seqlen"),
 ])
 def test_varlen_bad_local_batches_raise_on_every_rank(workers, cu_seqlens, max_seqlen, message):
+    """message: what every rank's ValueError says, or per rank."""
     pool = workers(2)
     pool.submit("varlen_raising", dict(heads=(2, 1, 16), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen))
     for rank, raised in enumerate(pool.collect()):
+        expected = message[rank] if isinstance(message, tuple) else message
         assert raised is not None, f"rank {rank} did not raise"
-        assert raised[0] == "ValueError" and message in raised[1], raised
+        assert raised[0] == "ValueError" and expected in raised[1], raised
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,9 +19,12 @@ TAG_GRADIENT = 1
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
 
-def resolve_group(group: Optional[dist.ProcessGroup]):
-    """(group, rank in it, its size); group=None is the default group."""
+def resolve_group(group: Optional[dist.ProcessGroup], error: Optional[Exception] = None):
+    """(group, rank in it, its size); group=None is the default group.  error: what this rank's own checks
+    raised, if anything; without an initialised group there is nobody to settle it with, so it is raised here."""
     if not (dist.is_available() and dist.is_initialized()):
+        if error is not None:
+            raise error
         raise RuntimeError("ring attention needs torch.distributed initialised: call "
                            "torch.distributed.init_process_group first (group=None uses the default group)")
     rank = dist.get_rank(group)
@@ -57,9 +60,12 @@ class Ring:
             request.wait()
 
 
-def _collective_device(group, tensor: torch.Tensor) -> torch.device:
-    # gloo (alone or as the CPU half of "cpu:gloo,cuda:nccl") reduces CPU tensors.
-    return torch.device("cpu") if "gloo" in str(dist.get_backend(group)) else tensor.device
+def _collective_device(group, tensor) -> torch.device:
+    # gloo (alone or as the CPU half of "cpu:gloo,cuda:nccl") reduces CPU tensors.  `tensor` may be an argument
+    # that failed its checks (not a tensor): NCCL then takes the current CUDA device.
+    if "gloo" in str(dist.get_backend(group)):
+        return torch.device("cpu")
+    return tensor.device if isinstance(tensor, torch.Tensor) else torch.device("cuda", torch.cuda.current_device())
 
 
 def _gather_rows(values, group, world_size: int, like: torch.Tensor) -> list:
@@ -75,17 +81,39 @@ def _gather_rows(values, group, world_size: int, like: torch.Tensor) -> list:
     return [tuple(row.tolist()) for row in table]
 
 
-def check_same_shapes(q: torch.Tensor, k: torch.Tensor, group, world_size: int) -> None:
-    """Raise ValueError on every rank unless all ranks hold q and k of the same shapes and dtype.
+_REFUSED = -1  # the first value of a rank's row when its own checks refused its arguments
+
+
+def _settle(rows: list, error: Optional[Exception]) -> None:
+    """Raise on every rank if any rank's checks refused its arguments: that rank its own error, the others a
+    ValueError naming it, so that no rank goes on into the ring's exchanges waiting for one that left."""
+    refused = [rank for rank, row in enumerate(rows) if row[0] == _REFUSED]
+    if error is not None:
+        raise error
+    if refused:
+        raise ValueError(f"rank(s) {refused} of the group refused their arguments (each raises its own error "
+                         "there); ring attention runs only when every rank's call is valid")
+
+
+def check_same_shapes(q: torch.Tensor, k: torch.Tensor, group, world_size: int,
+                      error: Optional[Exception] = None) -> None:
+    """Raise ValueError on every rank unless all ranks hold q and k of the same shapes and dtype.  error: what
+    this rank's own checks raised (None: they passed), which every rank learns of here (`_settle`).
 
     One small all_gather: ranks that disagree would otherwise exchange blocks of different sizes
     (a hang under NCCL).  Every rank sees the same gathered table, so all raise together.
     """
     if world_size == 1:
+        if error is not None:
+            raise error
         return
-    batch, seqlen, num_heads, head_dim = q.shape
-    rows = _gather_rows([seqlen, batch, num_heads, k.shape[2], head_dim, _DTYPE_CODES[q.dtype]], group,
-                        world_size, q)
+    if error is None:
+        batch, seqlen, num_heads, head_dim = q.shape
+        values = [seqlen, batch, num_heads, k.shape[2], head_dim, _DTYPE_CODES[q.dtype]]
+    else:
+        values = [_REFUSED] * 6
+    rows = _gather_rows(values, group, world_size, q)
+    _settle(rows, error)
     lengths = [row[0] for row in rows]
     if any(length != lengths[0] for length in lengths):
         raise ValueError(f"the local sequence lengths differ across ranks: {lengths}; every rank must hold "
@@ -95,26 +123,33 @@ def check_same_shapes(q: torch.Tensor, k: torch.Tensor, group, world_size: int) 
                          f"dtype code) per rank = {[row[1:] for row in rows]}; they must agree")
 
 
-def check_same_packed_batch(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, group,
-                            world_size: int) -> list:
-    """The packed form of `check_same_shapes`: q (total, H, D), k (total, Hk, D) and the local
-    cu_seqlens (B + 1,) must agree on every rank (ValueError on every rank otherwise).
+def check_same_packed_batch(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, group,
+                            world_size: int, error: Optional[Exception] = None) -> list:
+    """The packed form of `check_same_shapes`: q (total, H, D), k (total, Hk, D), the local cu_seqlens
+    (B + 1,) and max_seqlen must agree on every rank (ValueError on every rank otherwise); error as there.
 
     Returns cu_seqlens' values as a list of ints, read on the host: the one synchronisation of a
     call, which the check needs anyway.  Two all_gathers (the second once the batch sizes agree).
     """
     if world_size == 1:
+        if error is not None:
+            raise error
         return cu_seqlens.tolist()
-    total, num_heads, head_dim = q.shape
-    rows = _gather_rows([total, cu_seqlens.shape[0], num_heads, k.shape[1], head_dim, _DTYPE_CODES[q.dtype]],
-                        group, world_size, q)
+    if error is None:
+        total, num_heads, head_dim = q.shape
+        values = [total, cu_seqlens.shape[0], num_heads, k.shape[1], head_dim, _DTYPE_CODES[q.dtype], max_seqlen]
+    else:
+        values = [_REFUSED] * 7
+    rows = _gather_rows(values, group, world_size, q)
+    _settle(rows, error)
     totals = [row[0] for row in rows]
     if any(count != totals[0] for count in totals):
         raise ValueError(f"the local token counts differ across ranks: {totals}; every rank must hold an equal "
                          "part (1 / world_size) of every sequence of the packed batch")
     if any(row != rows[0] for row in rows):
-        raise ValueError("ranks pass q, k and cu_seqlens of different shapes or dtypes: (len(cu_seqlens), heads, "
-                         f"heads_k, head_dim, dtype code) per rank = {[row[1:] for row in rows]}; they must agree")
+        raise ValueError("ranks pass q, k and cu_seqlens of different shapes or dtypes, or different max_seqlen: "
+                         "(len(cu_seqlens), heads, heads_k, head_dim, dtype code, max_seqlen) per rank = "
+                         f"{[row[1:] for row in rows]}; they must agree")
     tables = _gather_rows(cu_seqlens, group, world_size, q)
     if any(table != tables[0] for table in tables):
         raise ValueError(f"cu_seqlens differs across ranks: {[list(table) for table in tables]}; every rank must "

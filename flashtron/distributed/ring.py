@@ -139,20 +139,27 @@ def new_base_seed(q, params: RingParams) -> Optional[torch.Tensor]:
     return ops.dropout_seed(params.dropout_p, q.device)
 
 
-def _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
+def _ring_attention(parts, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
                     return_attn_probs, group, softcap, layout, names):
-    q, k, v = validation.check_qkv(q, k, v, names)
-    if k.shape[1] != q.shape[1]:
-        raise ValueError(f"{names[1]} holds {k.shape[1]} positions but {names[0]} holds {q.shape[1]}: ring "
-                         "attention needs the q and k/v parts of the same positions on each rank")
-    params = ring_params(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
-                         return_attn_probs, softcap, layout)
-    group, rank, world_size = resolve_group(group)
-    # Collective: before any check that could fail on some ranks only.
-    check_same_shapes(q, k, group, world_size)
-    if q.shape[1] % chunks_per_rank(layout) != 0:
-        raise ValueError(f"{names[0]} holds {q.shape[1]} positions; the zigzag layout needs an even local "
-                         "sequence length (two equal chunks per rank)")
+    """parts: returns (q, k, v), checking a packed tensor first where there is one (it may raise, like the other
+    checks of this rank, which settle together with every rank's)."""
+    # This rank's own checks, then one collective that every rank reaches and that settles them together: a
+    # rank that raised alone would leave the others waiting in the ring's exchanges.
+    error = q = k = None
+    try:
+        q, k, v = validation.check_qkv(*parts(), names)
+        if k.shape[1] != q.shape[1]:
+            raise ValueError(f"{names[1]} holds {k.shape[1]} positions but {names[0]} holds {q.shape[1]}: ring "
+                             "attention needs the q and k/v parts of the same positions on each rank")
+        params = ring_params(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
+                             return_attn_probs, softcap, layout)
+        if q.shape[1] % chunks_per_rank(layout) != 0:
+            raise ValueError(f"{names[0]} holds {q.shape[1]} positions; the zigzag layout needs an even local "
+                             "sequence length (two equal chunks per rank)")
+    except (TypeError, ValueError, NotImplementedError) as refused:
+        error = refused
+    group, rank, world_size = resolve_group(group, error)
+    check_same_shapes(q, k, group, world_size, error)
     out, softmax_lse = _RingAttention.apply(q, k, v, new_base_seed(q, params), params, Ring(group, rank, world_size))
     if return_attn_probs:
         return out, softmax_lse, None
@@ -179,8 +186,8 @@ def ring_flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=Fals
     Returns this rank's out (like q); with return_attn_probs=True, (out, softmax_lse, None),
     softmax_lse float32 (batch, num_heads, seqlen_local) in natural log over all global keys.
     """
-    return _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
-                           return_attn_probs, group, softcap, "contiguous", ("q", "k", "v"))
+    return _ring_attention(lambda: (q, k, v), dropout_p, softmax_scale, causal, window_size, alibi_slopes,
+                           deterministic, return_attn_probs, group, softcap, "contiguous", ("q", "k", "v"))
 
 
 def zigzag_ring_flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
@@ -192,24 +199,25 @@ def zigzag_ring_flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, caus
     concatenated (`shard(x, r, W, layout="zigzag")`); seqlen_local must be even.  Everything
     else as ring_flash_attn_func.
     """
-    return _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
-                           return_attn_probs, group, softcap, "zigzag", ("q", "k", "v"))
+    return _ring_attention(lambda: (q, k, v), dropout_p, softmax_scale, causal, window_size, alibi_slopes,
+                           deterministic, return_attn_probs, group, softcap, "zigzag", ("q", "k", "v"))
 
 
-def _check_qkvpacked(qkv):
+def _qkvpacked_parts(qkv):
     validation.check_packed("qkv", qkv, 5, 2, 3, "(batch, seqlen_local, 3, num_heads, head_dim)")
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
 
-def _check_kvpacked(kv):
+def _kvpacked_parts(kv):
     validation.check_packed("kv", kv, 5, 2, 2, "(batch, seqlen_local, 2, num_heads_k, head_dim)")
+    return kv[:, :, 0], kv[:, :, 1]
 
 
 def ring_flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                                    alibi_slopes=None, deterministic=False, return_attn_probs=False, group=None, *,
                                    softcap=0.0):
     """ring_flash_attn_func with qkv (batch, seqlen_local, 3, num_heads, head_dim); gradients flow into qkv."""
-    _check_qkvpacked(qkv)
-    return _ring_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal, window_size,
+    return _ring_attention(lambda: _qkvpacked_parts(qkv), dropout_p, softmax_scale, causal, window_size,
                            alibi_slopes, deterministic, return_attn_probs, group, softcap, "contiguous",
                            ("qkv", "qkv", "qkv"))
 
@@ -218,8 +226,7 @@ def ring_flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, caus
                                   alibi_slopes=None, deterministic=False, return_attn_probs=False, group=None, *,
                                   softcap=0.0):
     """ring_flash_attn_func with kv (batch, seqlen_local, 2, num_heads_k, head_dim); gradients flow into kv."""
-    _check_kvpacked(kv)
-    return _ring_attention(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal, window_size,
+    return _ring_attention(lambda: (q, *_kvpacked_parts(kv)), dropout_p, softmax_scale, causal, window_size,
                            alibi_slopes, deterministic, return_attn_probs, group, softcap, "contiguous",
                            ("q", "kv", "kv"))
 
@@ -228,8 +235,7 @@ def zigzag_ring_flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None
                                           window_size=(-1, -1), alibi_slopes=None, deterministic=False,
                                           return_attn_probs=False, group=None, *, softcap=0.0):
     """zigzag_ring_flash_attn_func with qkv (batch, seqlen_local, 3, num_heads, head_dim)."""
-    _check_qkvpacked(qkv)
-    return _ring_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal, window_size,
+    return _ring_attention(lambda: _qkvpacked_parts(qkv), dropout_p, softmax_scale, causal, window_size,
                            alibi_slopes, deterministic, return_attn_probs, group, softcap, "zigzag",
                            ("qkv", "qkv", "qkv"))
 
@@ -238,7 +244,6 @@ def zigzag_ring_flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=Non
                                          window_size=(-1, -1), alibi_slopes=None, deterministic=False,
                                          return_attn_probs=False, group=None, *, softcap=0.0):
     """zigzag_ring_flash_attn_func with kv (batch, seqlen_local, 2, num_heads_k, head_dim)."""
-    _check_kvpacked(kv)
-    return _ring_attention(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal, window_size,
+    return _ring_attention(lambda: (q, *_kvpacked_parts(kv)), dropout_p, softmax_scale, causal, window_size,
                            alibi_slopes, deterministic, return_attn_probs, group, softcap, "zigzag",
                            ("q", "kv", "kv"))

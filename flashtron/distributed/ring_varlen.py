@@ -108,22 +108,24 @@ def _check_local_cu_seqlens(cu_values: list, total: int, max_seqlen: int) -> Non
                          f"({max(lengths)}) in cu_seqlens; pass the local max_seqlen (the global one / world_size)")
 
 
-def _ring_varlen_attention(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal, window_size,
+def _ring_varlen_attention(parts, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal, window_size,
                            alibi_slopes, deterministic, return_attn_probs, group, softcap, names):
-    q, k, v = validation.check_qkv(q, k, v, names, varlen=True)
-    if k.shape[0] != q.shape[0]:
-        raise ValueError(f"{names[1]} holds {k.shape[0]} tokens but {names[0]} holds {q.shape[0]}: ring "
-                         "attention needs the q and k/v parts of the same tokens on each rank")
-    params = ring_params(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
-                         return_attn_probs, softcap, "contiguous")
-    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1:
-        # Raises the same TypeError / ValueError on every rank, before the collective needs a tensor.
-        validation.check_sequences(cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, q, k)
-    group, rank, world_size = resolve_group(group)
-    # Collective: before any check that could fail on some ranks only.
-    cu_values = check_same_packed_batch(q, k, cu_seqlens, group, world_size)
-    _, max_seqlen, _, cu_seqlens, _, _, _ = validation.check_sequences(cu_seqlens, cu_seqlens, max_seqlen,
-                                                                       max_seqlen, q, k)
+    """parts: returns (q, k, v), as in ring._ring_attention."""
+    # This rank's own checks, settled together with every rank's in the first collective (as in ring.py).
+    error = q = k = None
+    try:
+        q, k, v = validation.check_qkv(*parts(), names, varlen=True)
+        if k.shape[0] != q.shape[0]:
+            raise ValueError(f"{names[1]} holds {k.shape[0]} tokens but {names[0]} holds {q.shape[0]}: ring "
+                             "attention needs the q and k/v parts of the same tokens on each rank")
+        params = ring_params(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic,
+                             return_attn_probs, softcap, "contiguous")
+        _, max_seqlen, _, cu_seqlens, _, _, _ = validation.check_sequences(cu_seqlens, cu_seqlens, max_seqlen,
+                                                                           max_seqlen, q, k)
+    except (TypeError, ValueError, NotImplementedError) as refused:
+        error = refused
+    group, rank, world_size = resolve_group(group, error)
+    cu_values = check_same_packed_batch(q, k, cu_seqlens, max_seqlen, group, world_size, error)
     _check_local_cu_seqlens(cu_values, q.shape[0], max_seqlen)
     ring = Ring(group, rank, world_size)
     steps = _plan(ring, cu_values, cu_seqlens, params)
@@ -154,25 +156,30 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, 
     Returns this rank's out (like q); with return_attn_probs=True, (out, softmax_lse, None),
     softmax_lse float32 (num_heads, local_total) in natural log over all of each sequence's keys.
     """
-    return _ring_varlen_attention(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal, window_size,
-                                  alibi_slopes, deterministic, return_attn_probs, group, softcap, ("q", "k", "v"))
+    return _ring_varlen_attention(lambda: (q, k, v), cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal,
+                                  window_size, alibi_slopes, deterministic, return_attn_probs, group, softcap,
+                                  ("q", "k", "v"))
+
+
+def _packed_parts(name: str, packed, count: int) -> tuple:
+    heads = "num_heads" if count == 3 else "num_heads_k"
+    validation.check_packed(name, packed, 4, 1, count, f"(local_total, {count}, {heads}, head_dim)")
+    return packed.unbind(1)
 
 
 def ring_flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None,
                                           causal=False, window_size=(-1, -1), alibi_slopes=None, deterministic=False,
                                           return_attn_probs=False, group=None, *, softcap=0.0):
     """ring_flash_attn_varlen_func with qkv (local_total, 3, num_heads, head_dim); gradients flow into qkv."""
-    validation.check_packed("qkv", qkv, 4, 1, 3, "(local_total, 3, num_heads, head_dim)")
-    return _ring_varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, dropout_p, softmax_scale,
-                                  causal, window_size, alibi_slopes, deterministic, return_attn_probs, group,
-                                  softcap, ("qkv", "qkv", "qkv"))
+    return _ring_varlen_attention(lambda: _packed_parts("qkv", qkv, 3), cu_seqlens, max_seqlen, dropout_p,
+                                  softmax_scale, causal, window_size, alibi_slopes, deterministic, return_attn_probs,
+                                  group, softcap, ("qkv", "qkv", "qkv"))
 
 
 def ring_flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None,
                                          causal=False, window_size=(-1, -1), alibi_slopes=None, deterministic=False,
                                          return_attn_probs=False, group=None, *, softcap=0.0):
     """ring_flash_attn_varlen_func with kv (local_total, 2, num_heads_k, head_dim); gradients flow into kv."""
-    validation.check_packed("kv", kv, 4, 1, 2, "(local_total, 2, num_heads_k, head_dim)")
-    return _ring_varlen_attention(q, kv[:, 0], kv[:, 1], cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal,
-                                  window_size, alibi_slopes, deterministic, return_attn_probs, group, softcap,
-                                  ("q", "kv", "kv"))
+    return _ring_varlen_attention(lambda: (q, *_packed_parts("kv", kv, 2)), cu_seqlens, max_seqlen, dropout_p,
+                                  softmax_scale, causal, window_size, alibi_slopes, deterministic, return_attn_probs,
+                                  group, softcap, ("q", "kv", "kv"))
