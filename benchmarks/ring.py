@@ -40,6 +40,8 @@ def parse_args(on_gpu: bool):
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--layout", choices=("zigzag", "contiguous"), default="zigzag")
     parser.add_argument("--no-causal", dest="causal", action="store_false")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="the ring's deterministic=True (atomic-free block backward; one GPU keeps the default)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--single", choices=("auto", "yes", "no"), default="auto",
@@ -124,7 +126,8 @@ def main():
         t = torch.randn(args.batch, seqlen_local, heads, args.head_dim, device=device, dtype=dtype)
         return t.requires_grad_(grad)
     q, k, v, dout = local(args.heads), local(heads_kv), local(heads_kv), local(args.heads, grad=False)
-    forward, forward_backward = attention_steps(lambda q, k, v: ring(q, k, v, causal=args.causal), q, k, v, dout)
+    forward, forward_backward = attention_steps(
+        lambda q, k, v: ring(q, k, v, causal=args.causal, deterministic=args.deterministic), q, k, v, dout)
     ring_ms = {}
     for mode, step in (("fwd", forward), ("fwd+bwd", forward_backward)):
         ring_ms[mode] = slowest(timer(step, args.warmup, args.iters, barrier=dist.barrier), collective_device)
@@ -149,6 +152,7 @@ def main():
     if rank == 0:
         record = dict(environment(on_gpu), benchmark="ring", world_size=world_size,
                       backend=dist.get_backend(), layout=args.layout, causal=args.causal, dtype=args.dtype,
+                      deterministic=args.deterministic,
                       batch=args.batch, seqlen=args.seqlen, seqlen_local=seqlen_local, heads=args.heads,
                       heads_kv=heads_kv, head_dim=args.head_dim, warmup=args.warmup, iters=args.iters,
                       peak_mib_rank0=peak_mib, results={})

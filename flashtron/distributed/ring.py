@@ -35,6 +35,7 @@ class RingParams(NamedTuple):
     softcap: float
     dropout_p: float
     allow_tf32: bool
+    deterministic: bool  # the block backward calls: atomic-free (bit-for-bit reproducible) or the fastest
 
 
 def block_seed(base_seed: Optional[torch.Tensor], ring: Ring, key_rank: int, index: int,
@@ -81,7 +82,7 @@ def _ring_backward(ring: Ring, dout, q, k, v, out, lse, params: RingParams, base
             dout[:, rows], q[:, rows], key_value[0, :, keys], key_value[1, :, keys], out[:, rows],
             lse[:, :, rows].contiguous(), params.softmax_scale, call.window_left, call.window_right,
             params.softcap, None, None, params.dropout_p, block_seed(base_seed, ring, key_rank, index),
-            params.allow_tf32, deterministic=True)  # the ring's backward stays bitwise reproducible
+            params.allow_tf32, deterministic=params.deterministic)
         dq[:, rows] += block_dq
         block_gradient[0, :, keys] += block_dk
         block_gradient[1, :, keys] += block_dv
@@ -127,10 +128,10 @@ def ring_params(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, 
         raise NotImplementedError("alibi_slopes is not supported by ring attention: ALiBi's bias depends on "
                                   "global positions, which the block calls do not see; pass alibi_slopes=None, "
                                   "or use flash_attn_func on the whole sequence")
-    validation.check_flag("deterministic", deterministic)  # the ring's backward is always deterministic
+    validation.check_flag("deterministic", deterministic)
     validation.check_flag("return_attn_probs", return_attn_probs)
     return RingParams(layout, softmax_scale, window_left, window_right, softcap, dropout_p,
-                      torch.backends.cuda.matmul.allow_tf32)
+                      torch.backends.cuda.matmul.allow_tf32, deterministic)
 
 
 def new_base_seed(q, params: RingParams) -> Optional[torch.Tensor]:
@@ -179,8 +180,9 @@ def ring_flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=Fals
     causal and window_size apply to global positions, as flash_attn_func on the whole sequence;
     softcap (keyword) likewise.  dropout_p draws one seed per block call from torch's generator
     for q's device (torch.manual_seed reproduces it; the mask is not a single-GPU call's).
-    alibi_slopes raises NotImplementedError.  deterministic is accepted; the backward is always
-    deterministic.  Under a causal mask the contiguous layout leaves late ranks with most of the
+    alibi_slopes raises NotImplementedError.  deterministic=True makes the backward bit-for-bit reproducible
+    (the block calls take the atomic-free kernels, as flash_attn_func's); the ring itself sums in a fixed
+    order.  Under a causal mask the contiguous layout leaves late ranks with most of the
     work: see zigzag_ring_flash_attn_func.
 
     Returns this rank's out (like q); with return_attn_probs=True, (out, softmax_lse, None),

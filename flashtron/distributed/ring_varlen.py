@@ -62,7 +62,8 @@ def _ring_backward(ring: Ring, dout, q, k, v, out, lse, params: RingParams, base
         block_dq, block_dk, block_dv, *_ = ops.attention_backward(
             dout, q, key_value[0], key_value[1], out, lse, params.softmax_scale, call.window_left,
             call.window_right, params.softcap, None, None, params.dropout_p,
-            block_seed(base_seed, ring, key_rank, index, calls_per_step), params.allow_tf32, **_layout(call))
+            block_seed(base_seed, ring, key_rank, index, calls_per_step), params.allow_tf32,
+            deterministic=params.deterministic, **_layout(call))
         dq.add_(block_dq)
         block_gradient[0].add_(block_dk)
         block_gradient[1].add_(block_dv)
@@ -151,7 +152,7 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, 
     each sequence on global positions, as flash_attn_varlen_func on the whole batch; softcap
     (keyword) likewise.  dropout_p draws one seed per block call from torch's generator for q's
     device (torch.manual_seed reproduces it; the mask is not a single-GPU call's).  alibi_slopes
-    raises NotImplementedError.  deterministic is accepted; the backward is always deterministic.
+    raises NotImplementedError.  deterministic as in ring_flash_attn_func.
 
     Returns this rank's out (like q); with return_attn_probs=True, (out, softmax_lse, None),
     softmax_lse float32 (num_heads, local_total) in natural log over all of each sequence's keys.
