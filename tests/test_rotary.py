@@ -397,7 +397,8 @@ def test_torch_reference_helpers(interleaved):
     expected = rotary_reference(x, cos, sin, dense_positions(2, 7, 0), interleaved)
     torch.testing.assert_close(apply_rotary_emb_torch(x, cos, sin, interleaved), expected)
     pairs = torch.arange(4.0)
-    assert rotate_half(pairs, interleaved).tolist() == ([-1.0, 0.0, -3.0, 2.0] if interleaved else [-2.0, -3.0, 0.0, 1.0])
+    expected_partners = [-1.0, 0.0, -3.0, 2.0] if interleaved else [-2.0, -3.0, 0.0, 1.0]
+    assert rotate_half(pairs, interleaved).tolist() == expected_partners
     with pytest.raises(ValueError, match="rotary_dim"):
         apply_rotary_emb_torch(x[..., :8], cos, sin, interleaved)
 
