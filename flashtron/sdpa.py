@@ -90,7 +90,9 @@ def _mask_as_bias(attn_mask, query, lead, num_heads, seqlen_q, seqlen_k):
                         f"got {attn_mask.dtype}")
     if attn_mask.device != query.device:
         raise ValueError(f"attn_mask is on {attn_mask.device} but query is on {query.device}")
-    target = (*lead, num_heads, seqlen_q, seqlen_k)
+    # 3-D inputs (N, L, E) have no head dim: their weights, and so the mask, broadcast to (N, L, S).
+    three_d = query.dim() == 3
+    target = (*lead, seqlen_q, seqlen_k) if three_d else (*lead, num_heads, seqlen_q, seqlen_k)
     if attn_mask.dim() > len(target):
         raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} has more dimensions than the attention "
                          f"weights {target}")
@@ -98,6 +100,8 @@ def _mask_as_bias(attn_mask, query, lead, num_heads, seqlen_q, seqlen_k):
     if any(n not in (1, want) for n, want in zip(mask.shape, target)):
         raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to the attention "
                          f"weights' shape {target}")
+    if three_d:
+        mask = mask.unsqueeze(1)
     if len(lead) != 1:  # flatten the batch dims as the inputs were
         mask = mask.expand(*lead, *mask.shape[-3:]).reshape(-1, *mask.shape[-3:])
     if mask.dtype == torch.bool:

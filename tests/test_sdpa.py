@@ -88,6 +88,16 @@ def test_gqa_mqa_and_broadcast_batch_dims():
     _compare(torch.float32, *(t[0] for t in _draw(2, 1, 1, 5, 9, 8)), is_causal=True)
 
 
+@pytest.mark.parametrize("mask_shape", [(2, 5, 9), (1, 5, 9), (2, 1, 9), (5, 9)])
+def test_three_dimensional_inputs_take_masks_of_their_weights_shape(mask_shape):
+    """3-D inputs (N, L, E) have weights (N, L, S), so a mask (N, L, S) broadcasts; it was taken as (1, N, L, S)."""
+    query, key, value = (t[:, 0] for t in _draw(2, 1, 1, 5, 9, 8))
+    mask = torch.randn(mask_shape)
+    mask[..., 3] = float("-inf")
+    _compare(torch.float32, query, key, value, attn_mask=mask)
+    _compare(torch.float32, query, key, value, attn_mask=torch.rand(mask_shape) > 0.3)
+
+
 @pytest.mark.parametrize("head_dim,value_dim", [(16, 40), (40, 8)])
 def test_value_head_dim_differs(head_dim, value_dim):
     _compare(torch.float32, *_draw(2, 2, 2, 6, 11, head_dim, value_dim), is_causal=True)
