@@ -131,7 +131,9 @@ def _backward(ctx, dout, _dlse, grads=None, saved=None):
     if dout.stride(-1) != 1:
         # e.g. the expanded gradient of out.sum(): stride 0 everywhere.
         dout = dout.contiguous()
-    bias_requires_grad = attn_bias is not None and ctx.needs_input_grad[_ATTN_BIAS_INPUT]
+    # _PackedAttention's inputs start with the packed tensor and its dim.
+    bias_requires_grad = (attn_bias is not None
+                          and ctx.needs_input_grad[_ATTN_BIAS_INPUT + getattr(ctx, "leading_inputs", 0)])
     arguments = (dout, q, k, v, out, softmax_lse, *ctx.params, alibi_slopes, sinks, ctx.dropout_p, dropout_seed,
                  ctx.allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, *ctx.max_seqlens, attn_bias,
                  bias_requires_grad, ctx.deterministic)
@@ -196,6 +198,7 @@ class _PackedAttention(torch.autograd.Function):
         output = _engine(inputs[0]).forward(*inputs[:_ENGINE_INPUTS])
         _setup_context(ctx, inputs, output)
         ctx.packed_dim = dim
+        ctx.leading_inputs = 2
         ctx.packed_layout = packed.detach()  # its shape and strides (no copy)
         return output
 

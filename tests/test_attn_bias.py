@@ -114,6 +114,29 @@ def test_bias_without_grad_and_packed_forms():
     torch.testing.assert_close(out, expected.float(), atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("packing", ["qkv", "kv"])
+def test_packed_forms_give_the_bias_its_gradient(packing):
+    """The packed forms' Function takes the packed tensor and its dim before attention's inputs: the bias's gradient
+    must still be asked for (it was silently None)."""
+    dtype = torch.float32
+    qkv = torch.randn(BATCH, SEQLEN_Q, 3, HEADS, HEAD_DIM, dtype=dtype)
+    bias = random_bias((1, HEADS, SEQLEN_Q, SEQLEN_Q), dtype, masked_fraction=0.0).requires_grad_()
+    dout = torch.randn(BATCH, SEQLEN_Q, HEADS, HEAD_DIM, dtype=dtype)
+    packed = (qkv if packing == "qkv" else qkv[:, :, 1:]).clone().requires_grad_()
+    q = qkv[:, :, 0].clone().requires_grad_()
+    if packing == "qkv":
+        out = flash_attn_qkvpacked_func(packed, attn_bias=bias, causal=True)
+    else:
+        out = flash_attn_kvpacked_func(q, packed, attn_bias=bias, causal=True)
+    out.backward(dout)
+    parts = [t.detach().requires_grad_() for t in qkv.unbind(2)]
+    bias_ref = bias.detach().requires_grad_()
+    flash_attn_func(*parts, attn_bias=bias_ref, causal=True).backward(dout)
+    assert bias.grad is not None
+    torch.testing.assert_close(bias.grad, bias_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed.grad.unbind(2)[-1], parts[2].grad, atol=1e-5, rtol=1e-5)
+
+
 def test_bias_under_torch_compile():
     q, k, v = inputs(torch.float32)
     bias = random_bias((BATCH, 1, SEQLEN_Q, SEQLEN_K), torch.float32).requires_grad_()
