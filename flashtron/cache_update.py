@@ -59,7 +59,12 @@ def _update_torch(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_
 def update_kv_cache_op(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, cache_seqlens: Tensor,
                        cache_batch_idx: Optional[Tensor], block_table: Optional[Tensor],
                        rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor], rotary_interleaved: bool) -> None:
-    """Writes k (rotated when rotary_cos is given) and v into the caches; arguments already checked."""
+    """Writes k (rotated when rotary_cos is given) and v into the caches; arguments already checked, but for the
+    values of the index tensors: checked here, so that under torch.compile (whose tracing sees no values) they are
+    checked when the graph runs."""
+    if host_checks_enabled(k):
+        capacity = k_cache.shape[1] * (1 if block_table is None else block_table.shape[1])
+        _check_values_on_host(k_cache, k.shape[1], cache_seqlens, cache_batch_idx, block_table, capacity)
     engine = kernels.update_kv_cache if use_triton(k) else _update_torch
     engine(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table, rotary_cos, rotary_sin,
            rotary_interleaved)
@@ -197,7 +202,5 @@ def update_kv_cache(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, cach
         if rotary_cos.shape[0] < capacity:
             raise ValueError(f"rotary_cos/rotary_sin have {rotary_cos.shape[0]} positions, fewer than the cache's "
                              f"length per sequence ({capacity}); they must cover every position of the cache")
-    if host_checks_enabled(k):
-        _check_values_on_host(k_cache, seqlen_new, cache_seqlens, cache_batch_idx, block_table, capacity)
     update_kv_cache_op(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table, rotary_cos, rotary_sin,
                        rotary_interleaved)

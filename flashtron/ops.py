@@ -4,13 +4,17 @@
 normalised arguments (see `flashtron.interface`) and return fresh contiguous
 tensors.  Each has a fake implementation, so torch.compile traces through them
 without a graph break, and the forward registers the backward as its autograd
-formula.  The public functions call `attention`: under torch.compile, a dispatch
-mode (FakeTensor, make_fx, FlopCounterMode), a functorch transform or a tensor
-subclass it calls the op; in plain eager mode it calls the engine itself, through
-an autograd.Function with the same formula (the op's dispatch costs more host
-time than a short kernel runs); the packed forms' calls use a second Function that writes the packed
-tensor's gradient whole.  `flashtron::dropout_probabilities` materialises
-S_dmask for return_attn_probs with dropout.  Below this line the work goes to one
+formula (once-differentiable: a double backward raises).  The public functions
+call `attention`: under torch.compile, a dispatch mode (FakeTensor, make_fx,
+FlopCounterMode), torch.func.vmap or a tensor subclass it calls the op; in plain
+eager mode it calls the engine itself, through an autograd.Function with the
+same formula (the op's dispatch costs more host time than a short kernel runs);
+the packed forms' calls use a second Function that writes the packed tensor's
+gradient whole.  Forward-mode differentiation and torch.func's grad-style
+transforms raise NotImplementedError.  The forward op checks the values of its
+index tensors where the public functions could not (torch.compile's tracing).
+`flashtron::dropout_probabilities` materialises S_dmask for return_attn_probs
+with dropout.  Below this line the work goes to one
 of two engines at the same level: the Triton launcher (CUDA tensors, or CPU
 tensors under TRITON_INTERPRET=1) or the blockwise PyTorch path (CPU tensors).
 """
@@ -18,8 +22,9 @@ tensors under TRITON_INTERPRET=1) or the blockwise PyTorch path (CPU tensors).
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from flashtron import cpu
+from flashtron import cpu, validation
 from flashtron.kernels import launch
 
 
@@ -48,6 +53,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax
     puts a kv head's query heads in one tile (decoding: few queries, each group's keys read once).
     descale (FP8 inputs, forward only): float32 (3, B, Hk), the q, k and v factors; out is bfloat16.
     deterministic only reaches the backward: it asks for bit-for-bit reproducible gradients."""
+    validation.check_values_when_run(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q,
+                                     seqused_k, block_table, cache_batch_idx, cache_leftpad)
     return _engine(q).forward(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
                               dropout_p, dropout_seed, allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q,
                               seqused_k, max_seqlen_q, max_seqlen_k, attn_bias, block_table, cache_batch_idx,
@@ -153,7 +160,9 @@ _ATTN_BIAS_INPUT = 18
 _NUM_INPUTS = 26
 
 
-attention_forward.register_autograd(_backward, setup_context=_setup_context)
+# The backward is not itself differentiable: a double backward (create_graph=True, then a gradient of the gradient)
+# raises instead of returning a partial second derivative.
+attention_forward.register_autograd(once_differentiable(_backward), setup_context=_setup_context)
 
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -180,7 +189,7 @@ class _Attention(torch.autograd.Function):
         _setup_context(ctx, inputs, output)
         return output
 
-    backward = staticmethod(_backward)
+    backward = staticmethod(once_differentiable(_backward))
 
 
 # The engines' forward takes attention_forward's inputs but the last (deterministic reaches the backward only).
@@ -203,6 +212,7 @@ class _PackedAttention(torch.autograd.Function):
         return output
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout, dlse):
         saved = ctx.saved_tensors
         layout, q = ctx.packed_layout, saved[0]
@@ -235,13 +245,37 @@ def _packed_views(packed, q, k, v) -> bool:
                                           for t, p in zip(views, parts))
 
 
+def _unsupported_differentiation(*tensors) -> Optional[str]:
+    """The differentiation asked of this call that flashtron cannot give, or None: forward mode (torch.func.jvp,
+    jacfwd, torch.autograd.forward_ad), whose tangents would otherwise be dropped silently, and torch.func.grad-style
+    transforms (grad, vjp, jacrev), which torch's custom-op autograd does not support."""
+    if torch._C._are_functorch_transforms_active():
+        for interpreter in torch._C._functorch.get_interpreter_stack() or ():
+            if interpreter.key() == torch._C._functorch.TransformType.Jvp:
+                return "forward-mode differentiation (torch.func.jvp, jacfwd)"
+            if interpreter.key() == torch._C._functorch.TransformType.Grad:
+                return "torch.func.grad, vjp or jacrev"
+    if torch.autograd.forward_ad._current_level >= 0 and any(
+            t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        return "forward-mode differentiation (torch.autograd.forward_ad)"
+    return None
+
+
 def attention(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
               dropout_seed, allow_tf32, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
               max_seqlen_q=-1, max_seqlen_k=-1, attn_bias=None, block_table=None, cache_batch_idx=None,
               cache_leftpad=None, num_splits=1, pack_gqa=False, descale=None, deterministic=False, packed=None):
-    """attention_forward (same arguments), differentiable in q, k, v, sinks and attn_bias.  packed: (tensor,
+    """attention_forward (same arguments), differentiable in q, k, v, sinks and attn_bias (not alibi_slopes or the
+    descales).  packed: (tensor,
     dim) where q, k and v (or k and v) are tensor.unbind(dim), for the packed forms: their gradient is then
     written as one tensor (eager mode)."""
+    unsupported = _unsupported_differentiation(q, k, v, sinks, attn_bias)
+    if alibi_slopes is not None:  # no gradient on any path (as in flash-attn), though the CPU path could give one
+        alibi_slopes = alibi_slopes.detach()
+    if unsupported is not None:
+        raise NotImplementedError(f"flashtron's attention is differentiable by torch.autograd's reverse mode "
+                                  f"(backward(), torch.autograd.grad), as flash-attn's is; {unsupported} is not "
+                                  f"supported")
     inputs = (q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
               dropout_seed, allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k,
               attn_bias, block_table, cache_batch_idx, cache_leftpad, num_splits, pack_gqa, descale, deterministic)

@@ -152,7 +152,7 @@ def check_sequences(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q, k
 
 
 def _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, total_q, total_k,
-                                   seqused_q, seqused_k) -> None:
+                                   seqused_q, seqused_k, check_max_seqlen: bool = True) -> None:
     if torch.compiler.is_compiling():
         # Tracing sees fake tensors, whose values cannot be read.
         return
@@ -168,7 +168,7 @@ def _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
         if total is not None and values[-1] != total:
             raise ValueError(f"{name} must end at the number of tokens ({total}), got {values[-1]}")
         longest = max(lengths, default=0)
-        if longest > max_seqlen:
+        if check_max_seqlen and longest > max_seqlen:
             raise ValueError(f"max_seqlen_{name[-1]} ({max_seqlen}) is smaller than the longest sequence "
                              f"({longest}) in {name}")
         if used is not None:
@@ -176,6 +176,34 @@ def _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
             if any(u < 0 or u > n for u, n in zip(used_values, lengths)):
                 raise ValueError(f"{used_name} must hold values in [0, sequence length], got {used_values} "
                                  f"for lengths {lengths}")
+
+
+def check_values_when_run(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k,
+                          block_table, cache_batch_idx, cache_leftpad) -> None:
+    """The value checks of the public functions (cu_seqlens and seqused, block_table's pages, a KV cache's rows), for
+    the attention op's own implementation: under torch.compile the public functions run on fake tensors and skip
+    them, and the op runs on the real ones.  Where these checks are on (CPU tensors, or `set_sequence_checks`).
+    Only what keeps the kernels inside the tensors: a max_seqlen below a sequence's length (which computes its first
+    max_seqlen rows) is how ring attention's block calls use the op."""
+    if not (q.device.type == "cpu" or _check_sequence_values):
+        return
+    if cu_seqlens_q is not None:
+        _check_sequence_values_on_host(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q.shape[0],
+                                       None if block_table is not None else k.shape[0], seqused_q, seqused_k,
+                                       check_max_seqlen=False)
+    elif seqused_k is not None:  # a KV cache's keys per sequence
+        rows = k.shape[1] * (1 if block_table is None else block_table.shape[1])
+        used = seqused_k.tolist()
+        if any(n < 0 or n > rows for n in used):
+            raise ValueError(f"the keys per sequence (cache_seqlens plus new tokens) must lie in [0, {rows}], got "
+                             f"{used}")
+        if cache_leftpad is not None and any(p < 0 or p > n for p, n in zip(cache_leftpad.tolist(), used)):
+            raise ValueError(f"cache_leftpad entries must lie in [0, cache_seqlens[b]], got {cache_leftpad.tolist()}")
+    if cache_batch_idx is not None and any(r < 0 or r >= k.shape[0] for r in cache_batch_idx.tolist()):
+        raise ValueError(f"cache_batch_idx entries must be in [0, {k.shape[0]}), got {cache_batch_idx.tolist()}")
+    if block_table is not None and block_table.numel() and (block_table.min() < 0 or block_table.max() >= k.shape[0]):
+        raise ValueError(f"block_table entries must be page indices in [0, {k.shape[0]}), got values in "
+                         f"[{int(block_table.min())}, {int(block_table.max())}]")
 
 
 def check_block_table(block_table, k, batch: int, max_seqlen_k: int, name: str = "block_table"):
@@ -208,13 +236,19 @@ def check_block_table(block_table, k, batch: int, max_seqlen_k: int, name: str =
 _FLOAT32_NORMAL = (2.0 ** -126, 2.0 ** 126)
 
 
+def _finite(value) -> bool:
+    """math.isfinite by comparisons, which torch.compile also traces on a symbolic float (dynamic=True, or a float
+    argument that changed between calls)."""
+    return -math.inf < value < math.inf
+
+
 def softmax_scale_or_default(softmax_scale, head_dim: int, name: str = "softmax_scale") -> float:
     """The scale, head_dim ** -0.5 for None; name: the caller's argument, for the messages."""
     if softmax_scale is None:
         return head_dim ** -0.5
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
         raise TypeError(f"{name} must be a float or None, got {type(softmax_scale).__name__}")
-    if not math.isfinite(softmax_scale):
+    if not _finite(softmax_scale):
         raise ValueError(f"{name} must be finite, got {softmax_scale}")
     if softmax_scale != 0 and not _FLOAT32_NORMAL[0] <= abs(softmax_scale) <= _FLOAT32_NORMAL[1]:
         raise ValueError(f"{name} must be 0 or of magnitude in [2**-126, 2**126] (the kernels compute in "
@@ -254,7 +288,7 @@ def check_dropout(dropout_p, name: str = "dropout_p") -> float:
 
 def check_softcap(softcap) -> float:
     softcap = _require_real("softcap", softcap)
-    if not (softcap >= 0.0 and math.isfinite(softcap)):
+    if not (softcap >= 0.0 and _finite(softcap)):
         raise ValueError(f"softcap must be a finite float >= 0 (0 disables it), got {softcap!r}")
     if softcap != 0 and not _FLOAT32_NORMAL[0] <= softcap <= _FLOAT32_NORMAL[1]:
         raise ValueError(f"softcap must be 0 or in [2**-126, 2**126] (the kernels compute in float32), got {softcap!r}")

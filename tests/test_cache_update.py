@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch._dynamo
 
+from flashtron import cache_update
 from flashtron.cache_update import update_kv_cache
 from reference import assert_within_rule
 from test_rotary import DTYPES, random_tables, rotary_reference
@@ -141,8 +142,10 @@ def test_strided_caches_and_inputs():
                  writes, (cos, sin, True))
 
 
-def test_out_of_range_writes_are_dropped():
-    """The op (below the checks, as on CUDA without set_sequence_checks) drops writes that would leave the cache."""
+def test_out_of_range_writes_are_dropped(monkeypatch):
+    """The op with its value checks off (as on CUDA without set_sequence_checks) drops writes that would leave the
+    cache."""
+    monkeypatch.setattr(cache_update, "host_checks_enabled", lambda t: False)
     k_cache = torch.randn(3, 2, 1, 4)  # paged: 3 blocks of 2 rows
     v_cache = torch.randn_like(k_cache)
     k, v = new_tokens(3, 3, 1, 4, torch.float32)

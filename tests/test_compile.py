@@ -266,3 +266,91 @@ def test_compile_with_dropout_fullgraph():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     out.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_float_arguments_that_change_stay_in_one_graph_each():
+    """softmax_scale and softcap traced as symbolic floats (dynamic=True, or a float that changed between calls):
+    their range checks compare rather than call math.isfinite, which dynamo cannot put in a graph."""
+    q, k, v = (torch.randn(1, 24, 2, 16) for _ in range(3))
+    for dynamic in (True, None):
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda q, k, v, s, c: flash_attn_func(q, k, v, softmax_scale=s, softcap=c,
+                                                                        causal=True),
+                                 fullgraph=True, backend="aot_eager", dynamic=dynamic)
+        for scale, softcap in ((0.3, 0.0), (0.25, 5.0), (0.2, 3.0)):
+            expected = flash_attn_func(q, k, v, softmax_scale=scale, softcap=softcap, causal=True)
+            torch.testing.assert_close(compiled(q, k, v, scale, softcap), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_compiled_calls_check_index_values_when_they_run():
+    """Tracing sees fake tensors, so the public functions cannot read cu_seqlens or cache_seqlens then: the ops
+    check them (CPU tensors) when the graph runs, as eager calls do (out-of-bounds reads before)."""
+    from flashtron import flash_attn_varlen_func, flash_attn_with_kvcache
+    q = torch.randn(5, 2, 8)
+    varlen = torch.compile(lambda q, cu: flash_attn_varlen_func(q, q, q, cu, cu, 6, 6), fullgraph=True,
+                           backend="aot_eager")
+    with pytest.raises(ValueError, match="cu_seqlens_q must end at the number of tokens"):
+        varlen(q, torch.tensor([0, 3, 9], dtype=torch.int32))
+    good = torch.tensor([0, 3, 5], dtype=torch.int32)
+    torch.testing.assert_close(varlen(q, good), flash_attn_varlen_func(q, q, q, good, good, 6, 6))
+
+    k_cache, v_cache = torch.randn(2, 8, 2, 8), torch.randn(2, 8, 2, 8)
+    q1, new = torch.randn(2, 1, 2, 8), torch.randn(2, 1, 2, 8)
+    decode = torch.compile(lambda q, kc, vc, k, lengths: flash_attn_with_kvcache(q, kc, vc, k, k,
+                                                                                 cache_seqlens=lengths),
+                           fullgraph=True, backend="aot_eager")
+    before = k_cache.clone()
+    with pytest.raises(ValueError, match="cache_seqlens"):
+        decode(q1, k_cache, v_cache, new, torch.tensor([3, 8], dtype=torch.int32))  # row 1 has no room
+    assert torch.equal(k_cache, before)
+    decode(q1, k_cache, v_cache, new, torch.tensor([3, 6], dtype=torch.int32))
+    assert torch.equal(k_cache[0, 3], new[0, 0]) and torch.equal(k_cache[1, 6], new[1, 0])
+
+    k_pages = torch.randn(4, 4, 2, 8)
+    paged = torch.compile(lambda q, kc, table: flash_attn_with_kvcache(q, kc, kc, cache_seqlens=6, block_table=table),
+                          fullgraph=True, backend="aot_eager")
+    with pytest.raises(ValueError, match="block_table entries"):
+        paged(q1, k_pages, torch.tensor([[0, 1], [2, 9]], dtype=torch.int32))
+
+
+def test_second_derivatives_raise_rather_than_mislead():
+    """The backward is once-differentiable: a gradient penalty through attention raises (the CPU path used to return
+    a partial second derivative, the kernels none at all)."""
+    q, k, v = (torch.randn(1, 6, 2, 8, requires_grad=True) for _ in range(3))
+    out = flash_attn_func(q, k, v, causal=True)
+    (grad_q, ) = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        (out.sum() + grad_q.pow(2).sum()).backward()
+    qkv = torch.randn(1, 6, 3, 2, 8, requires_grad=True)
+    out = flash_attn_qkvpacked_func(qkv)
+    (grad_qkv, ) = torch.autograd.grad(out.pow(2).sum(), qkv, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad_qkv.pow(2).sum().backward()
+
+
+@pytest.mark.parametrize("transform", ["jvp", "forward_ad", "grad", "jacrev"])
+def test_unsupported_differentiation_is_refused(transform):
+    """Forward mode dropped its tangents silently (zeros through the op, None through the kernels), and torch.func's
+    grad-style transforms failed inside torch's custom-op autograd with a message about autograd.Function."""
+    q, k, v = (torch.randn(1, 6, 2, 8) for _ in range(3))
+    attend = lambda q: flash_attn_func(q, k, v).sum()  # noqa: E731
+    with pytest.raises(NotImplementedError, match="reverse mode"):
+        if transform == "jvp":
+            torch.func.jvp(attend, (q, ), (torch.ones_like(q), ))
+        elif transform == "forward_ad":
+            import torch.autograd.forward_ad as forward_ad
+            with forward_ad.dual_level():
+                attend(forward_ad.make_dual(q, torch.ones_like(q)))
+        else:
+            getattr(torch.func, transform)(attend)(q)
+
+
+def test_alibi_slopes_get_no_gradient_on_any_path():
+    """flash-attn gives ALiBi's slopes no gradient; the CPU path used to, when nothing else required one."""
+    q, k, v = (torch.randn(1, 6, 2, 8) for _ in range(3))
+    slopes = torch.rand(2, requires_grad=True)
+    out = flash_attn_func(q, k, v, alibi_slopes=slopes, causal=True)
+    assert not out.requires_grad
+    out = flash_attn_func(q.requires_grad_(), k, v, alibi_slopes=slopes, causal=True)
+    out.sum().backward()
+    assert slopes.grad is None and q.grad is not None
