@@ -42,7 +42,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     picks a split-KV count from the shape and the GPU, 1 disables splitting, > 1 forces it.
 
     Returns out (batch, seqlen_q, H, D), and with return_softmax_lse=True also softmax_lse float32
-    (batch, H, seqlen_q).  Forward only (inference).
+    (batch, H, seqlen_q).  Forward only (inference): the outputs carry no gradient, as flash-attn's.
     """
     paged = block_table is not None
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
@@ -96,25 +96,26 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     window_left, window_right = validation.window_bounds(causal, window_size)
     softcap = validation.check_softcap(softcap)
     alibi_slopes = validation.check_alibi_slopes(alibi_slopes, q, batch)
-    if rotary_cos is not None:
-        # flash-attn drops a window side that spans the whole cache before it chooses q's positions.
-        one_position = all(side < 0 or side >= cache_rows for side in (window_left, window_right))
-        q_checked = _rotate_queries(q_checked, rotary_cos, rotary_sin, cache_seqlens, rotary_interleaved,
-                                    tokens_at_one_position=one_position)
-    # Everything is checked before the cache changes.
-    if k is not None:
-        update_kv_cache(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,
-                        block_table=block_table, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
-                        rotary_interleaved=rotary_interleaved)
+    with torch.no_grad():  # inference only: the outputs carry no gradient, as flash-attn's
+        if rotary_cos is not None:
+            # flash-attn drops a window side that spans the whole cache before it chooses q's positions.
+            one_position = all(side < 0 or side >= cache_rows for side in (window_left, window_right))
+            q_checked = _rotate_queries(q_checked, rotary_cos, rotary_sin, cache_seqlens, rotary_interleaved,
+                                        tokens_at_one_position=one_position)
+        # Everything is checked before the cache changes.
+        if k is not None:
+            update_kv_cache(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,
+                            block_table=block_table, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
+                            rotary_interleaved=rotary_interleaved)
 
-    # Keys of row b: [cache_leftpad[b], cache_seqlens[b] + seqlen_new) (the kernel subtracts the padding).
-    # (No new tokens: cache_seqlens itself, which spares a decoding step an elementwise kernel.)
-    seqused_k = cache_seqlens + seqlen_new if seqlen_new else cache_seqlens
-    out, softmax_lse = ops.attention(
-        q_checked, k_cache, v_cache, softmax_scale, window_left, window_right, softcap, alibi_slopes, None, 0.0,
-        None, torch.backends.cuda.matmul.allow_tf32, seqused_k=seqused_k, block_table=block_table,
-        cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, num_splits=int(num_splits),
-        pack_gqa=True)
+        # Keys of row b: [cache_leftpad[b], cache_seqlens[b] + seqlen_new) (the kernel subtracts the padding).
+        # (No new tokens: cache_seqlens itself, which spares a decoding step an elementwise kernel.)
+        seqused_k = cache_seqlens + seqlen_new if seqlen_new else cache_seqlens
+        out, softmax_lse = ops.attention(
+            q_checked, k_cache, v_cache, softmax_scale, window_left, window_right, softcap, alibi_slopes, None, 0.0,
+            None, torch.backends.cuda.matmul.allow_tf32, seqused_k=seqused_k, block_table=block_table,
+            cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, num_splits=int(num_splits),
+            pack_gqa=True)
     return (out, softmax_lse) if return_softmax_lse else out
 
 

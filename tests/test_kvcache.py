@@ -161,6 +161,18 @@ def test_dense_cache(dtype, causal):
     run_case(dtype=dtype, causal=causal)
 
 
+def test_outputs_carry_no_gradient():
+    """Forward only, as flash-attn's: the new keys and values go into the cache in place, so nothing may promise them
+    a gradient (a dense cache used to give q one and the new tokens silently none)."""
+    q = torch.randn(2, 1, 4, 16, requires_grad=True)
+    k_cache, v_cache = torch.randn(2, 8, 2, 16), torch.randn(2, 8, 2, 16)
+    k_new = torch.randn(2, 1, 2, 16, requires_grad=True)
+    out, lse = flash_attn_with_kvcache(q, k_cache, v_cache, k_new, k_new * 2, cache_seqlens=3,
+                                       return_softmax_lse=True)
+    assert not out.requires_grad and not lse.requires_grad
+    assert torch.equal(k_cache[:, 3], k_new[:, 0].detach())
+
+
 @pytest.mark.parametrize("page_size", [1, 3, 16])
 def test_paged_cache_any_page_size(page_size):
     run_case(paged=True, page_size=page_size, seqlen_q=3, seqlen_new=3)
