@@ -256,6 +256,9 @@ def softmax_scale_or_default(softmax_scale, head_dim: int, name: str = "softmax_
     return float(softmax_scale)
 
 
+UNBOUNDED_WINDOW = 2 ** 30
+
+
 def window_bounds(causal, window_size) -> tuple[int, int]:
     """(window_left, window_right), -1 meaning unbounded; causal sets window_right to 0.
 
@@ -269,6 +272,10 @@ def window_bounds(causal, window_size) -> tuple[int, int]:
     left, right = (int(w) for w in window_size)
     if left < -1 or right < -1:
         raise ValueError(f"window_size entries must be >= -1 (-1 means unbounded), got {window_size!r}")
+    # A side of UNBOUNDED_WINDOW keys or more bounds nothing in any sequence a tensor can hold; passed on as it is,
+    # the kernels' int32 index arithmetic wrapped near 2**31 (every row then saw no key), and beyond it the Hopper
+    # kernels failed to compile (an int64 argument).
+    left, right = (-1 if w >= UNBOUNDED_WINDOW else w for w in (left, right))
     return left, 0 if causal else right
 
 

@@ -62,6 +62,17 @@ def test_variants_match_oracle_gpu(case, dtype):
     torch.cuda.empty_cache()
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("side", [2 ** 31 - 1, 2 ** 31])
+def test_huge_window_sides_bound_nothing_gpu(head_dim, side):
+    """The Hopper kernels (fp16, D = 64 and 128) got a huge left side's forward wrong (int32 wrap) and did not compile
+    past 2**31 (test_variants.py has the CPU and interpreter form)."""
+    q, k, v = random_inputs((1, 300, 300, 2, 2, head_dim), torch.float16, "cuda")
+    for window, causal in (((side, -1), False), ((-1, side), False), ((side, side), True)):
+        out = flash_attn_func(q, k, v, causal=causal, window_size=window)
+        torch.testing.assert_close(out, flash_attn_func(q, k, v, causal=causal), atol=0, rtol=0)
+
+
 SANITIZER_SHAPES = [(1, 37, 53, 4, 2, 40), (2, 130, 65, 2, 1, 128), (1, 64, 64, 2, 2, 256), (1, 17, 17, 1, 1, 1)]
 
 

@@ -37,6 +37,21 @@ def test_window_matches_explicit_band():
     torch.testing.assert_close(out, v)
 
 
+@pytest.mark.parametrize("side", [2 ** 30, 2 ** 31 - 10, 2 ** 31 - 1, 2 ** 31, 2 ** 40])
+def test_huge_window_sides_bound_nothing(side):
+    """A side near 2**31 made the kernels' int32 index sums wrap (every row saw no key; with a huge left side the
+    gradients were off), and one past it failed the Hopper kernels' compile: such sides are unbounded."""
+    q, k, v = random_inputs((1, 41, 37, 2, 2, 16), torch.float16)
+    for window, causal in (((-1, side), False), ((side, -1), False), ((side, side), True)):
+        expected = flash_attn_func(q, k, v, causal=causal)
+        out = flash_attn_func(q, k, v, causal=causal, window_size=window)
+        torch.testing.assert_close(out, expected, atol=0, rtol=0)
+        grads = torch.autograd.grad(out, (q, k, v), out.detach())
+        expected_grads = torch.autograd.grad(expected, (q, k, v), out.detach())
+        for g, e in zip(grads, expected_grads):
+            torch.testing.assert_close(g, e, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("softcap", [0.5, 5.0, 30.0])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
