@@ -82,16 +82,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     for name, index in (("cache_batch_idx", cache_batch_idx), ("cache_leftpad", cache_leftpad)):
         if index is not None:
             validation.check_index_tensor(name, index, batch, q.device)
-    if cache_batch_idx is not None and (q.device.type == "cpu" or validation.sequence_checks_enabled()):
-        out_of_range = (cache_batch_idx < 0) | (cache_batch_idx >= k_cache.shape[0])
-        if not torch.compiler.is_compiling() and out_of_range.any():
-            raise ValueError(f"cache_batch_idx entries must be in [0, {k_cache.shape[0]}), "
-                             f"got {cache_batch_idx.tolist()}")
-    if cache_leftpad is not None and (q.device.type == "cpu" or validation.sequence_checks_enabled()):
-        # (Unchecked, the kernels clamp each row's padding to [0, its keys].)
-        if not torch.compiler.is_compiling() and ((cache_leftpad < 0) | (cache_leftpad > cache_seqlens)).any():
-            raise ValueError(f"cache_leftpad entries must lie in [0, cache_seqlens[b]], got {cache_leftpad.tolist()} "
-                             f"for cache_seqlens {cache_seqlens.tolist()}")
+    if (q.device.type == "cpu" or validation.sequence_checks_enabled()) and not torch.compiler.is_compiling():
+        if cache_batch_idx is not None:
+            validation.check_cache_rows(cache_batch_idx, k_cache.shape[0])
+        if cache_leftpad is not None:  # (unchecked, the kernels clamp each row's padding to [0, its keys])
+            validation.check_cache_leftpad(cache_leftpad, cache_seqlens)
     softmax_scale = validation.softmax_scale_or_default(softmax_scale, q.shape[-1])
     window_left, window_right = validation.window_bounds(causal, window_size)
     softcap = validation.check_softcap(softcap)

@@ -277,16 +277,15 @@ def attention(q, k, v, softmax_scale, window_left, window_right, softcap, alibi_
               max_seqlen_q=-1, max_seqlen_k=-1, attn_bias=None, block_table=None, cache_batch_idx=None,
               cache_leftpad=None, num_splits=1, pack_gqa=False, descale=None, deterministic=False, packed=None):
     """attention_forward (same arguments), differentiable in q, k, v, sinks and attn_bias (not alibi_slopes or the
-    descales).  packed: (tensor,
-    dim) where q, k and v (or k and v) are tensor.unbind(dim), for the packed forms: their gradient is then
-    written as one tensor (eager mode)."""
+    descales).  packed: (tensor, dim) where q, k and v (or k and v) are tensor.unbind(dim), for the packed forms:
+    their gradient is then written as one tensor (eager mode)."""
     unsupported = _unsupported_differentiation(q, k, v, sinks, attn_bias)
-    if alibi_slopes is not None:  # no gradient on any path (as in flash-attn), though the CPU path could give one
-        alibi_slopes = alibi_slopes.detach()
     if unsupported is not None:
         raise NotImplementedError(f"flashtron's attention is differentiable by torch.autograd's reverse mode "
                                   f"(backward(), torch.autograd.grad), as flash-attn's is; {unsupported} is not "
                                   f"supported")
+    if alibi_slopes is not None:  # no gradient on any path (as in flash-attn), though the CPU path could give one
+        alibi_slopes = alibi_slopes.detach()
     inputs = (q, k, v, softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p,
               dropout_seed, allow_tf32, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k,
               attn_bias, block_table, cache_batch_idx, cache_leftpad, num_splits, pack_gqa, descale, deterministic)

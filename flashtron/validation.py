@@ -193,16 +193,34 @@ def check_values_when_run(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_se
                                        check_max_seqlen=False)
     elif seqused_k is not None:  # a KV cache's keys per sequence
         rows = k.shape[1] * (1 if block_table is None else block_table.shape[1])
-        used = seqused_k.tolist()
-        if any(n < 0 or n > rows for n in used):
+        if ((seqused_k < 0) | (seqused_k > rows)).any():
             raise ValueError(f"the keys per sequence (cache_seqlens plus new tokens) must lie in [0, {rows}], got "
-                             f"{used}")
-        if cache_leftpad is not None and any(p < 0 or p > n for p, n in zip(cache_leftpad.tolist(), used)):
-            raise ValueError(f"cache_leftpad entries must lie in [0, cache_seqlens[b]], got {cache_leftpad.tolist()}")
-    if cache_batch_idx is not None and any(r < 0 or r >= k.shape[0] for r in cache_batch_idx.tolist()):
-        raise ValueError(f"cache_batch_idx entries must be in [0, {k.shape[0]}), got {cache_batch_idx.tolist()}")
-    if block_table is not None and block_table.numel() and (block_table.min() < 0 or block_table.max() >= k.shape[0]):
-        raise ValueError(f"block_table entries must be page indices in [0, {k.shape[0]}), got values in "
+                             f"{seqused_k.tolist()}")
+        if cache_leftpad is not None:
+            check_cache_leftpad(cache_leftpad, seqused_k)
+    if cache_batch_idx is not None:
+        check_cache_rows(cache_batch_idx, k.shape[0])
+    if block_table is not None:
+        check_page_indices(block_table, k.shape[0])
+
+
+def check_cache_rows(cache_batch_idx: torch.Tensor, num_rows: int) -> None:
+    """cache_batch_idx's entries index a cache of num_rows rows (read on the host)."""
+    if ((cache_batch_idx < 0) | (cache_batch_idx >= num_rows)).any():
+        raise ValueError(f"cache_batch_idx entries must be in [0, {num_rows}), got {cache_batch_idx.tolist()}")
+
+
+def check_cache_leftpad(cache_leftpad: torch.Tensor, lengths: torch.Tensor) -> None:
+    """Each row's left padding lies within its cached tokens (read on the host)."""
+    if ((cache_leftpad < 0) | (cache_leftpad > lengths)).any():
+        raise ValueError(f"cache_leftpad entries must lie in [0, cache_seqlens[b]], got {cache_leftpad.tolist()} "
+                         f"for {lengths.tolist()} tokens")
+
+
+def check_page_indices(block_table: torch.Tensor, num_pages: int, name: str = "block_table") -> None:
+    """A page table's entries index the cache's num_pages pages (read on the host)."""
+    if block_table.numel() and (block_table.min() < 0 or block_table.max() >= num_pages):
+        raise ValueError(f"{name} entries must be page indices in [0, {num_pages}), got values in "
                          f"[{int(block_table.min())}, {int(block_table.max())}]")
 
 
@@ -224,9 +242,7 @@ def check_block_table(block_table, k, batch: int, max_seqlen_k: int, name: str =
         raise ValueError(f"{name} holds {block_table.shape[1]} pages of {page_size} keys per sequence, fewer than "
                          f"the {max_seqlen_k} keys a sequence may have")
     if (k.device.type == "cpu" or _check_sequence_values) and not torch.compiler.is_compiling():
-        if block_table.numel() and (block_table.min() < 0 or block_table.max() >= num_pages):
-            raise ValueError(f"{name} entries must be page indices in [0, {num_pages}), got values in "
-                             f"[{int(block_table.min())}, {int(block_table.max())}]")
+        check_page_indices(block_table, num_pages, name)
     return block_table.contiguous()
 
 
