@@ -196,6 +196,22 @@ def test_decoding_through_the_kv_cache_matches_the_full_sequence():
     assert params.key_value_memory_dict[3].shape == (2, 12, 2, 2, 12)
 
 
+@pytest.mark.parametrize("rotary_emb_dim", [8, 16])
+def test_non_causal_decoding_steps_rotate_each_token_at_its_position(rotary_emb_dim):
+    """A non-causal layer's step of several new tokens: each query rotated at its own position (flash-attn's MHA with
+    its default use_flash_attn=False), so the step's rows equal the full sequence's last rows."""
+    torch.manual_seed(int(torch.randint(0, 2**31, ())))
+    mha = MHA(48, 3, causal=False, rotary_emb_dim=rotary_emb_dim, layer_idx=0).eval()
+    x = torch.randn(2, 7, 48)
+    with torch.no_grad():
+        full = mha(x)
+        params = InferenceParams(max_seqlen=9, max_batch_size=2)
+        mha(x[:, :4], inference_params=params)
+        params.seqlen_offset = 4
+        step = mha(x[:, 4:], inference_params=params)
+    torch.testing.assert_close(step, full[:, 4:], rtol=1e-5, atol=1e-5)
+
+
 def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="num_heads"):
         MHA(30, 4)

@@ -314,10 +314,12 @@ class MHA(nn.Module):
             seqlen_offset = (inference_params.lengths_per_sample if inference_params.lengths_per_sample is not None
                              else inference_params.seqlen_offset)
             rotary_max_seqlen = inference_params.max_seqlen
-        # Decoding after the prompt rotates inside flash_attn_with_kvcache; xPos scales need the
-        # module's own tables, so they rotate here.
+        # Decoding after the prompt rotates inside flash_attn_with_kvcache where its positions are the tokens' own:
+        # one new token, or causal (it puts every query of a non-causal step at the cache's length).  xPos scales
+        # need the module's own tables, so they rotate here.
         rotate_in_cache = (inference_params is not None and inference_params.seqlen_offset > 0
-                           and self.rotary_emb is not None and self.rotary_emb.scale is None)
+                           and self.rotary_emb is not None and self.rotary_emb.scale is None
+                           and (self.causal or x.shape[1] == 1))
         if cu_seqlens is not None:
             kwargs = dict(kwargs, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         residual = x
