@@ -138,8 +138,11 @@ def test_materialize_padded_keys_masks():
     offset = xb.BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(q_lengths, padding, used, device="cpu")
     local = xb.BlockDiagonalCausalLocalAttentionPaddedKeysMask.from_seqlens_local(q_lengths, padding, used, 2,
                                                                                   device="cpu")
+    band = xb.BlockDiagonalLocalAttentionPaddedKeysMask.from_seqlens_local(q_lengths, padding, used, 2, 1,
+                                                                           device="cpu")
     for bias, sees in [(plain, EVERYTHING), (offset, BOTTOM_RIGHT_CAUSAL),
-                       (local, lambda i, j, bq, bk: (bq - 1 - i) <= (bk - 1 - j) < 2 + (bq - 1 - i))]:
+                       (local, lambda i, j, bq, bk: (bq - 1 - i) <= (bk - 1 - j) < 2 + (bq - 1 - i)),
+                       (band, lambda i, j, bq, bk: -2 <= (j - (bk - 1)) - (i - (bq - 1)) <= 1)]:
         assert torch.equal(bias.materialize((nq, nk)), hand_blocks(starts(q_lengths), k_blocks, nq, nk, sees)), \
             type(bias).__name__
 
@@ -186,7 +189,7 @@ def bias_cases(device="cpu"):
     def padded(cls, q, padding, used, **window):
         def make():
             if window:
-                return cls.from_seqlens_local(q, padding, used, window["window_size"], device=device), 1, sum(q), \
+                return cls.from_seqlens_local(q, padding, used, *window.values(), device=device), 1, sum(q), \
                     padding * len(used)
             return cls.from_seqlens(q, padding, used, device=device), 1, sum(q), padding * len(used)
         return make
@@ -221,6 +224,8 @@ def bias_cases(device="cpu"):
         ("padded-causal-offset", padded(xb.BlockDiagonalCausalWithOffsetPaddedKeysMask, [2, 1, 3], 6, [4, 5, 2])),
         ("padded-causal-local", padded(xb.BlockDiagonalCausalLocalAttentionPaddedKeysMask, [2, 1, 3], 6, [4, 5, 6],
                                        window_size=2)),
+        ("padded-local", padded(xb.BlockDiagonalLocalAttentionPaddedKeysMask, [2, 1, 3], 7, [4, 5, 7],
+                                window_left=2, window_right=1)),
         ("paged", paged(xb.PagedBlockDiagonalPaddedKeysMask)),
         ("paged-causal-offset", paged(xb.PagedBlockDiagonalCausalWithOffsetPaddedKeysMask)),
     ]
@@ -604,6 +609,31 @@ def test_top_left_blocks_with_different_offsets_are_refused_not_approximated():
         xf.memory_efficient_attention(q, k, v, attn_bias=bias)
 
 
+def test_numpy_integers_and_tensor_bias_moves():
+    """xFormers takes any integer for a window (numpy's included), LowerTriangularMask(device=...), and a
+    LowerTriangularMaskWithTensorBias's .to() converts its bias."""
+    np = pytest.importorskip("numpy")
+    for a, b in [(xb.LowerTriangularFromBottomRightLocalAttentionMask(np.int64(3)),
+                  xb.LowerTriangularFromBottomRightLocalAttentionMask(3)),
+                 (xb.LowerTriangularFromBottomRightMask().make_local_attention(np.int32(3)),
+                  xb.LowerTriangularFromBottomRightLocalAttentionMask(3)),
+                 (xb.LocalAttentionFromBottomRightMask(np.int64(2), np.int16(0)),
+                  xb.LocalAttentionFromBottomRightMask(2, 0))]:
+        assert torch.equal(a.materialize((5, 7)), b.materialize((5, 7)))
+    blocks = xb.BlockDiagonalMask.from_seqlens([3, 4], [5, 4], device="cpu")
+    assert torch.equal(blocks.make_local_attention(np.int32(2)).materialize((7, 9)),
+                       blocks.make_local_attention(2).materialize((7, 9)))
+    assert type(blocks.make_local_attention(np.int32(2))._window_size) is int
+    assert torch.equal(xb.LowerTriangularMask(device="cpu").materialize((3, 4)),
+                       xb.LowerTriangularMask().materialize((3, 4)))
+    bias = torch.randn(2, 3, 4, requires_grad=True)
+    moved = xb.LowerTriangularMaskWithTensorBias(bias).to(torch.float64)
+    assert moved._subtensor.dtype == torch.float64
+    moved._subtensor.sum().backward()
+    assert torch.equal(bias.grad, torch.ones_like(bias))
+    assert xb.LowerTriangularMaskWithTensorBias(bias).to("meta")._subtensor.device.type == "meta"
+
+
 def test_bias_constructors_check_their_arguments():
     with pytest.raises(ValueError, match="num_keys >= num_queries"):
         xb.BlockDiagonalMask.from_seqlens([3], [2], device="cpu").make_causal_from_bottomright()
@@ -611,6 +641,10 @@ def test_bias_constructors_check_their_arguments():
         xb.LowerTriangularFromBottomRightLocalAttentionMask(0)
     with pytest.raises(ValueError, match="window_left"):
         xb.LocalAttentionFromBottomRightMask(-1, 2)
+    with pytest.raises(ValueError, match="window_right"):
+        xb.BlockDiagonalLocalAttentionPaddedKeysMask.from_seqlens_local([1], 4, [3], 1, 1.5, device="cpu")
+    with pytest.raises(ValueError, match="window_size"):
+        xb.LowerTriangularFromBottomRightLocalAttentionMask(True)
     with pytest.raises(RuntimeError, match="no key"):
         xb.BlockDiagonalMask.from_seqlens([5], [2], device="cpu").make_local_attention(3)
     with pytest.raises(ValueError, match="padding"):

@@ -17,6 +17,7 @@ bottom-right diagonal and window_right after it (flash-attn window_size=(window_
 """
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
@@ -105,9 +106,13 @@ class LowerTriangularMask(AttentionBias):
     """Causal mask aligned to the top-left corner: query i sees key j iff j <= i.
 
     With more keys than queries, the keys past the last query's index are seen by no one; see
-    `LowerTriangularFromBottomRightMask` for the flash-attn alignment."""
+    `LowerTriangularFromBottomRightMask` for the flash-attn alignment.  `device` is accepted as in
+    xFormers (where the mask is a tensor subclass) and not needed: the mask holds no tensor."""
 
     _band = _CAUSAL_TOP_LEFT
+
+    def __init__(self, *, device: Device = "cpu") -> None:
+        pass
 
     def materialize(self, shape, dtype=torch.float32, device="cpu"):
         shape = _check_shape(shape)
@@ -128,6 +133,10 @@ class LowerTriangularMaskWithTensorBias(LowerTriangularMask):
             raise TypeError(f"bias must be a torch.Tensor, got {type(bias).__name__}")
         self._subtensor = bias
 
+    def to(self, *args, **kwargs) -> "LowerTriangularMaskWithTensorBias":
+        """The mask with its bias moved or converted as `torch.Tensor.to(*args, **kwargs)` would (differentiably)."""
+        return LowerTriangularMaskWithTensorBias(self._subtensor.to(*args, **kwargs))
+
     def materialize(self, shape, dtype=torch.float32, device="cpu"):
         mask = super().materialize(shape, dtype=dtype, device=device)
         return mask + self._subtensor.to(device=device, dtype=dtype)
@@ -147,10 +156,30 @@ class LowerTriangularFromBottomRightMask(AttentionBias):
         return LowerTriangularFromBottomRightLocalAttentionMask(window_size)
 
 
-def _check_window_size(window_size) -> None:
-    if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size <= 0:
+def _integer(value) -> Optional[int]:
+    """value as an int where it is an integer (Python's, numpy's, a 0-d integer tensor; not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _check_window_size(window_size) -> int:
+    value = _integer(window_size)
+    if value is None or value <= 0:
         raise ValueError(f"window_size must be a positive int (the keys a query sees, its own "
                          f"diagonal included), got {window_size!r}")
+    return value
+
+
+def _check_window_sides(bias) -> None:
+    for name in ("window_left", "window_right"):
+        value = _integer(getattr(bias, name))
+        if value is None or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {getattr(bias, name)!r}")
+        setattr(bias, name, value)
 
 
 @dataclass
@@ -161,7 +190,7 @@ class LowerTriangularFromBottomRightLocalAttentionMask(LowerTriangularFromBottom
     _window_size: int
 
     def __post_init__(self) -> None:
-        _check_window_size(self._window_size)
+        self._window_size = _check_window_size(self._window_size)
 
     @property
     def _band(self) -> _Band:
@@ -177,10 +206,7 @@ class LocalAttentionFromBottomRightMask(AttentionBias):
     window_right: int
 
     def __post_init__(self) -> None:
-        for name in ("window_left", "window_right"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        _check_window_sides(self)
 
     @property
     def _band(self) -> _Band:
@@ -426,7 +452,7 @@ class BlockDiagonalCausalLocalAttentionMask(BlockDiagonalCausalMask):
     _window_size: int = 0
 
     def __post_init__(self) -> None:
-        _check_window_size(self._window_size)
+        self._window_size = _check_window_size(self._window_size)
         for num_queries, num_keys in zip(self.q_seqinfo.seqlens_py(), self.k_seqinfo.seqlens_py()):
             if num_queries - self._window_size >= num_keys:
                 # As xFormers: the last queries of such a block would see no key at all.
@@ -446,7 +472,7 @@ class BlockDiagonalCausalLocalAttentionFromBottomRightMask(BlockDiagonalCausalFr
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_window_size(self._window_size)
+        self._window_size = _check_window_size(self._window_size)
 
     @property
     def _band(self) -> _Band:
@@ -518,7 +544,7 @@ class BlockDiagonalCausalLocalAttentionPaddedKeysMask(BlockDiagonalPaddedKeysMas
     _window_size: int
 
     def __post_init__(self) -> None:
-        _check_window_size(self._window_size)
+        self._window_size = _check_window_size(self._window_size)
 
     @property
     def _band(self) -> _Band:
@@ -529,6 +555,29 @@ class BlockDiagonalCausalLocalAttentionPaddedKeysMask(BlockDiagonalPaddedKeysMas
                            window_size: int, *, device: Optional[Device] = None):
         mask = BlockDiagonalPaddedKeysMask.from_seqlens(q_seqlen, kv_padding, kv_seqlen, device=device)
         return cls(q_seqinfo=mask.q_seqinfo, k_seqinfo=mask.k_seqinfo, _window_size=window_size)
+
+
+@dataclass(eq=False)
+class BlockDiagonalLocalAttentionPaddedKeysMask(BlockDiagonalPaddedKeysMask):
+    """`BlockDiagonalPaddedKeysMask` with `LocalAttentionFromBottomRightMask`'s band in each block (not causal):
+    window_left keys before the block's bottom-right diagonal and window_right after it, over its used keys."""
+
+    window_left: int
+    window_right: int
+
+    def __post_init__(self) -> None:
+        _check_window_sides(self)
+
+    @property
+    def _band(self) -> _Band:
+        return _Band(from_bottom_right=True, left=self.window_left, right=self.window_right)
+
+    @classmethod
+    def from_seqlens_local(cls, q_seqlen: Sequence[int], kv_padding: int, kv_seqlen: Sequence[int],
+                           window_left: int, window_right: int, *, device: Optional[Device] = None):
+        mask = BlockDiagonalPaddedKeysMask.from_seqlens(q_seqlen, kv_padding, kv_seqlen, device=device)
+        return cls(q_seqinfo=mask.q_seqinfo, k_seqinfo=mask.k_seqinfo, window_left=window_left,
+                   window_right=window_right)
 
 
 # ----------------------------------------------------------------------------------- paged masks

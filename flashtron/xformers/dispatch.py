@@ -20,7 +20,7 @@ _DENSE = (xb.LowerTriangularMask, xb.LowerTriangularMaskWithTensorBias, xb.Lower
 _BLOCK_DIAGONAL = (xb.BlockDiagonalMask, xb.BlockDiagonalCausalMask, xb.BlockDiagonalCausalFromBottomRightMask,
                    xb.BlockDiagonalCausalLocalAttentionMask, xb.BlockDiagonalCausalLocalAttentionFromBottomRightMask)
 _PADDED_KEYS = (xb.BlockDiagonalPaddedKeysMask, xb.BlockDiagonalCausalWithOffsetPaddedKeysMask,
-                xb.BlockDiagonalCausalLocalAttentionPaddedKeysMask)
+                xb.BlockDiagonalCausalLocalAttentionPaddedKeysMask, xb.BlockDiagonalLocalAttentionPaddedKeysMask)
 _PAGED = (xb.PagedBlockDiagonalPaddedKeysMask, xb.PagedBlockDiagonalCausalWithOffsetPaddedKeysMask)
 SUPPORTED_BIAS_TYPES = (type(None), torch.Tensor) + _DENSE + _BLOCK_DIAGONAL + _PADDED_KEYS + _PAGED
 
